@@ -1,0 +1,37 @@
+"""tok: turn images and videos into discrete token streams and back."""
+
+from __future__ import annotations
+
+from .errors import TokError
+from .hookspecs import hookimpl
+from .quantizer import Quantizer, QuantizerOutput
+from .registry import (
+    create_quantizer,
+    get_architecture,
+    get_dataset,
+    get_quantizer,
+    list_architectures,
+    list_datasets,
+    list_quantizers,
+    plugins,
+    register_plugin,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "TokError",
+    "hookimpl",
+    "Quantizer",
+    "QuantizerOutput",
+    "create_quantizer",
+    "get_architecture",
+    "get_dataset",
+    "get_quantizer",
+    "list_architectures",
+    "list_datasets",
+    "list_quantizers",
+    "plugins",
+    "register_plugin",
+]

@@ -1,0 +1,3 @@
+from tok.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""Atomic file writes: write to a temporary name in the same folder, then rename.
+
+A reader never sees a half-written file, and a killed process leaves at most a
+``.tmp-*`` file behind, which the next run of the same command removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+TMP_PREFIX = ".tmp-"
+
+__all__ = ["TMP_PREFIX", "atomic_path", "write_json", "write_text", "remove_stale_tmp"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``.
+
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically write ``text`` to ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Atomically write ``data`` as indented JSON."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def remove_stale_tmp(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete ``.tmp-*`` files left in ``folder`` by a killed writer; return what was removed."""
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(TMP_PREFIX + "*"):
+            if p.is_file():
+                p.unlink()
+                removed.append(p)
+    return removed

@@ -1,0 +1,1 @@
+"""Tokenizer architectures and the Tokenizer (encoder → quantizer → decoder)."""

@@ -1,0 +1,117 @@
+"""The ``Quantizer`` interface every quantizer plugin implements.
+
+Shapes (einops legend used across tok):
+
+- ``b`` batch, ``...`` the grid axes (1 for sequences, 2 for images, 3 for
+  video), ``d`` latent channels, ``s`` streams (codebooks).
+
+A quantizer maps ``z: (b, ..., d)`` to a :class:`QuantizerOutput` whose
+``indices`` are ``(b, ..., s)`` int64, and maps indices back with
+:meth:`Quantizer.indices_to_codes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError, IndexRangeError
+
+__all__ = ["Quantizer", "QuantizerOutput"]
+
+
+@dataclass(frozen=True)
+class QuantizerOutput:
+    """What every quantizer returns from ``forward``.
+
+    - ``quantized``: same shape as the input ``z``, float32 (or wider);
+      gradients reach ``z``.
+    - ``indices``: int64 ``(b, ..., s)``, one index per stream.
+    - ``aux_loss``: scalar tensor already weighted (zero where the method has none).
+    - ``metrics``: detached scalar tensors (``usage``, ``perplexity``, …).
+    """
+
+    quantized: Tensor
+    indices: Tensor
+    aux_loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Quantizer(nn.Module):
+    """Base class of quantizers. Subclasses set ``codebook_sizes`` and implement
+    ``forward``, ``indices_to_codes`` and ``config``.
+
+    Constructors take keyword-only arguments, and ``cls(**q.config())`` rebuilds
+    an equivalent quantizer; all learned state lives in parameters and buffers.
+    """
+
+    #: A link to the paper the method comes from (shown by ``tok quantizers``).
+    paper: ClassVar[str] = ""
+
+    def __init__(self, *, dim: int, codebook_sizes: tuple[int, ...]) -> None:
+        super().__init__()
+        if not isinstance(dim, int) or dim < 1:
+            raise ConfigError(f"{type(self).__name__}: dim must be a positive integer, got {dim!r}")
+        self.dim = dim
+        self.codebook_sizes = tuple(int(k) for k in codebook_sizes)
+
+    @property
+    def num_streams(self) -> int:
+        """How many indices each position carries (``s``)."""
+        return len(self.codebook_sizes)
+
+    @property
+    def bits_per_position(self) -> float:
+        """Information per grid position: ``sum(log2 K)`` over streams."""
+        import math
+
+        return sum(math.log2(k) for k in self.codebook_sizes)
+
+    def forward(self, z: Tensor) -> QuantizerOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """``(b, ..., s)`` indices → ``(b, ..., d)`` codes, equal to ``quantized`` in eval mode."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        """JSON-serialisable keyword arguments that rebuild this quantizer."""
+        raise NotImplementedError
+
+    # helpers for subclasses -------------------------------------------------
+
+    def check_input(self, z: Tensor) -> None:
+        """Raise :class:`ConfigError` unless ``z`` is a float ``(b, ..., dim)`` tensor."""
+        if not torch.is_floating_point(z) or z.ndim < 2 or z.shape[-1] != self.dim:
+            raise ConfigError(
+                f"{type(self).__name__} expects a float tensor (batch, *grid, {self.dim}), "
+                f"got {tuple(z.shape)} {z.dtype}"
+            )
+
+    def check_indices(self, indices: Tensor) -> Tensor:
+        """Validate ``(b, ..., s)`` indices against the codebook sizes; return them as int64."""
+        if indices.dtype.is_floating_point or indices.dtype == torch.bool or indices.is_complex():
+            raise IndexRangeError(f"token indices must be integers, got {indices.dtype}")
+        if indices.ndim < 2 or indices.shape[-1] != self.num_streams:
+            raise IndexRangeError(
+                f"token indices must have shape (batch, *grid, {self.num_streams}), "
+                f"got {tuple(indices.shape)}"
+            )
+        indices = indices.long()
+        if indices.numel():
+            sizes = torch.tensor(self.codebook_sizes, device=indices.device)
+            flat = indices.reshape(-1, self.num_streams)
+            bad = (flat < 0) | (flat >= sizes)
+            if bool(bad.any()):
+                row, stream = (int(i) for i in bad.nonzero()[0])
+                raise IndexRangeError(
+                    f"token index {int(flat[row, stream])} in stream {stream} is out of range "
+                    f"for codebook size {self.codebook_sizes[stream]} (valid: 0..{self.codebook_sizes[stream] - 1})"
+                )
+        return indices
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())

@@ -1,0 +1,366 @@
+"""Plugin loading and the registries of quantizers, architectures and datasets.
+
+Plugins come from the ``tok`` entry-point group (the built-in ones too) and
+from :func:`register_plugin`. Each entry point is loaded in its own
+``try``/``except``: a broken plugin gives one :class:`PluginWarning` naming
+the distribution, its version and the cause, is listed as ``failed`` by
+``tok plugins``, and everything else keeps working. ``TOK_STRICT_PLUGINS=1``
+re-raises instead. ``TOK_PLUGINS=a,b`` loads only the named entry points
+(an allow-list; ``TOK_PLUGINS=`` with nothing loads none).
+``TOK_TRACE_HOOKS=1`` prints each hook call to stderr.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import DuplicateNameError, PluginError, UnknownNameError
+
+__all__ = [
+    "PluginWarning",
+    "PluginInfo",
+    "Entry",
+    "Registry",
+    "KINDS",
+    "registry",
+    "plugins",
+    "register_plugin",
+    "unregister_plugin",
+    "reload_plugins",
+    "get_quantizer",
+    "list_quantizers",
+    "create_quantizer",
+    "get_architecture",
+    "list_architectures",
+    "get_dataset",
+    "list_datasets",
+]
+
+ENTRY_POINT_GROUP = "tok"
+# registry kind -> (hook name, singular noun used in messages, CLI command that lists it)
+KINDS: dict[str, tuple[str, str, str]] = {
+    "quantizers": ("register_quantizers", "quantizer", "tok quantizers"),
+    "architectures": ("register_architectures", "architecture", "tok plugins"),
+    "datasets": ("register_datasets", "dataset", "tok plugins"),
+}
+
+
+class PluginWarning(UserWarning):
+    """A plugin failed to load or register; the others keep working."""
+
+
+@dataclass
+class PluginInfo:
+    """What ``tok plugins`` shows about one plugin.
+
+    ``source`` is ``"builtin"`` for tok's own plugins, ``"entry point"`` for an
+    installed distribution and ``"registered"`` for :func:`register_plugin`.
+    ``status`` is ``"ok"`` or ``"failed"`` (then ``error`` says why).
+    """
+
+    name: str
+    version: str | None = None
+    distribution: str | None = None
+    source: str = "entry point"
+    status: str = "ok"
+    error: str | None = None
+    provides: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "distribution": self.distribution,
+            "source": self.source,
+            "status": self.status,
+            "error": self.error,
+            "provides": self.provides,
+        }
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered name: the object, the plugin that owns it, its aliases."""
+
+    name: str
+    obj: Any
+    owner: str
+    aliases: tuple[str, ...] = ()
+
+
+class Registry:
+    """Names → registered classes for one kind of component, with owners."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.noun = KINDS[kind][1] if kind in KINDS else kind
+        self._entries: dict[str, Entry] = {}
+        self._aliases: dict[str, str] = {}
+        self._conflicts: dict[str, list[str]] = {}
+
+    def add(self, obj: Any, *, name: str, owner: str, aliases: Iterable[str] = ()) -> None:
+        """Record ``obj`` under ``name`` (and ``aliases``) as owned by ``owner``."""
+        aliases = tuple(aliases)
+        for key in (name, *aliases):
+            holder = self._holder(key)
+            if holder is not None:
+                owners = self._conflicts.setdefault(key, [holder])
+                owners.append(owner)
+                warnings.warn(
+                    f"tok: {self.noun} name {key!r} is registered by both plugin "
+                    f"{holder!r} and plugin {owner!r}; the name is unusable until one is removed",
+                    PluginWarning,
+                    stacklevel=2,
+                )
+        self._entries.setdefault(name, Entry(name=name, obj=obj, owner=owner, aliases=aliases))
+        for alias in aliases:
+            self._aliases.setdefault(alias, name)
+
+    def _holder(self, key: str) -> str | None:
+        if key in self._entries:
+            return self._entries[key].owner
+        if key in self._aliases:
+            return self._entries[self._aliases[key]].owner
+        return None
+
+    def drop_owner(self, owner: str) -> None:
+        """Forget everything ``owner`` registered (used when its hook fails)."""
+        for name in [n for n, e in self._entries.items() if e.owner == owner]:
+            del self._entries[name]
+        self._aliases = {a: n for a, n in self._aliases.items() if n in self._entries}
+
+    def entry(self, name: str) -> Entry:
+        """The :class:`Entry` for ``name`` or an alias; raises a :class:`TokError`."""
+        if name in self._conflicts:
+            owners = " and ".join(repr(o) for o in self._conflicts[name])
+            raise DuplicateNameError(
+                f"{self.noun} {name!r} is registered by more than one plugin ({owners}); "
+                f"uninstall or disable one of them (TOK_PLUGINS=... limits which plugins load)"
+            )
+        key = self._aliases.get(name, name)
+        if key not in self._entries:
+            raise UnknownNameError(self._unknown_message(name))
+        return self._entries[key]
+
+    def get(self, name: str) -> Any:
+        """The object registered as ``name``."""
+        return self.entry(name).obj
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Registered names (not aliases) matching the glob ``pattern``, sorted."""
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def entries(self, pattern: str = "*") -> list[Entry]:
+        return [self._entries[n] for n in self.names(pattern)]
+
+    def conflicts(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self._conflicts.items()}
+
+    def name_of(self, obj: Any) -> str | None:
+        """The registered name of ``obj`` (a class or an instance of one)."""
+        cls = obj if isinstance(obj, type) else type(obj)
+        for entry in self._entries.values():
+            if entry.obj is cls:
+                return entry.name
+        return None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries or name in self._aliases
+
+    def _unknown_message(self, name: str) -> str:
+        known = sorted([*self._entries, *self._aliases])
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        listing = ", ".join(self.names()) or "none"
+        command = KINDS.get(self.kind, ("", "", "tok plugins"))[2]
+        return f"unknown {self.noun} {name!r}{hint} (available: {listing}; `{command}` lists them)"
+
+
+class _State:
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self.registries = {kind: Registry(kind) for kind in KINDS}
+
+
+_lock = threading.RLock()
+_state: _State | None = None
+_extra_plugins: list[tuple[object, str]] = []
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _fail(state: _State, info: PluginInfo, exc: BaseException, what: str) -> None:
+    dist = f"{info.distribution} {info.version}" if info.distribution else "no distribution"
+    info.status = "failed"
+    info.error = f"{type(exc).__name__}: {exc}"
+    if _env_flag("TOK_STRICT_PLUGINS"):
+        raise PluginError(f"plugin {info.name!r} ({dist}) failed to {what}: {info.error}") from exc
+    warnings.warn(
+        f"tok: plugin {info.name!r} ({dist}) failed to {what} and was skipped: {info.error}",
+        PluginWarning,
+        stacklevel=3,
+    )
+
+
+def _load_entry_points(state: _State) -> None:
+    allow = os.environ.get("TOK_PLUGINS")
+    allowed = None if allow is None else {p.strip() for p in allow.split(",") if p.strip()}
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        if ep.name in state.infos:  # the same distribution seen twice on sys.path
+            continue
+        dist = getattr(ep, "dist", None)
+        dist_name = dist.metadata["Name"] if dist is not None else None
+        info = PluginInfo(
+            name=ep.name,
+            version=dist.version if dist is not None else None,
+            distribution=dist_name,
+            source="builtin" if dist_name == "tok" else "entry point",
+        )
+        state.infos[ep.name] = info
+        try:
+            module = ep.load()
+            state.pm.register(module, name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - any plugin failure is isolated
+            _fail(state, info, exc, "load")
+
+
+def _collect(state: _State) -> None:
+    trace = _env_flag("TOK_TRACE_HOOKS")
+    for kind, (hook_name, _, _) in KINDS.items():
+        registry = state.registries[kind]
+        hook = getattr(state.pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            owner = impl.plugin_name
+            info = state.infos.setdefault(owner, PluginInfo(name=owner, source="registered"))
+            if info.status == "failed":
+                continue
+
+            def register(
+                obj: Any,
+                name: str | None = None,
+                aliases: Iterable[str] = (),
+                *,
+                _owner: str = owner,
+                _registry: Registry = registry,
+            ) -> None:
+                key = name or getattr(obj, "name", None) or obj.__name__.lower()
+                _registry.add(obj, name=key, owner=_owner, aliases=aliases)
+
+            if trace:
+                print(f"tok: hook {hook_name}() -> plugin {owner!r}", file=sys.stderr)
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # noqa: BLE001
+                registry.drop_owner(owner)
+                _fail(state, info, exc, f"run {hook_name}")
+    for info in state.infos.values():
+        info.provides = {
+            kind: [e.name for e in reg.entries() if e.owner == info.name]
+            for kind, reg in state.registries.items()
+        }
+        info.provides = {k: v for k, v in info.provides.items() if v}
+        if info.status == "failed":
+            for reg in state.registries.values():
+                reg.drop_owner(info.name)
+
+
+def _get_state() -> _State:
+    global _state
+    with _lock:
+        if _state is None:
+            state = _State()
+            _load_entry_points(state)
+            for obj, name in _extra_plugins:
+                state.pm.register(obj, name=name)
+                state.infos.setdefault(name, PluginInfo(name=name, source="registered"))
+            _collect(state)
+            _state = state
+        return _state
+
+
+def reload_plugins() -> None:
+    """Forget the loaded plugins; the next look-up loads them again."""
+    global _state
+    with _lock:
+        _state = None
+
+
+def register_plugin(plugin: object, *, name: str) -> None:
+    """Register an in-process plugin (a module or object with ``@hookimpl`` functions)."""
+    with _lock:
+        _extra_plugins.append((plugin, name))
+        reload_plugins()
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove a plugin added with :func:`register_plugin`."""
+    with _lock:
+        _extra_plugins[:] = [(p, n) for p, n in _extra_plugins if n != name]
+        reload_plugins()
+
+
+def registry(kind: str) -> Registry:
+    """The :class:`Registry` for ``kind`` (``quantizers``, ``architectures``, ``datasets``)."""
+    return _get_state().registries[kind]
+
+
+def plugins() -> list[PluginInfo]:
+    """Every plugin tok knows about, loaded or failed, sorted by name."""
+    return sorted(_get_state().infos.values(), key=lambda i: i.name)
+
+
+def get_quantizer(name: str) -> type:
+    """The quantizer class registered as ``name``."""
+    return registry("quantizers").get(name)
+
+
+def list_quantizers(pattern: str = "*") -> list[str]:
+    """Names of the registered quantizers matching the glob ``pattern``."""
+    return registry("quantizers").names(pattern)
+
+
+def create_quantizer(name: str, **kwargs: Any):
+    """Build the quantizer registered as ``name`` with keyword arguments."""
+    from .config import build
+
+    return build("quantizers", name, kwargs)
+
+
+def get_architecture(name: str) -> type:
+    """The architecture class registered as ``name``."""
+    return registry("architectures").get(name)
+
+
+def list_architectures(pattern: str = "*") -> list[str]:
+    """Names of the registered architectures matching the glob ``pattern``."""
+    return registry("architectures").names(pattern)
+
+
+def get_dataset(name: str) -> type:
+    """The dataset class registered as ``name``."""
+    return registry("datasets").get(name)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Names of the registered datasets matching the glob ``pattern``."""
+    return registry("datasets").names(pattern)
+
+
