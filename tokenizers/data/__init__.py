@@ -1,1 +1,20 @@
-"""Datasets: MNIST, image folders."""
+"""Datasets: what a recipe's ``[data]`` table and ``tok encode SRC`` can name.
+
+Every dataset is preloaded (or read shard by shard) into uint8 tensors
+``(n, c, h, w)``; training samples batches from that tensor, so data loading
+is never the bottleneck on small datasets.
+"""
+
+from .base import Dataset, Samples, data_root
+from .folder import IMAGE_EXTENSIONS, ImageFolder, ImageSkippedWarning
+from .mnist import MNIST
+
+__all__ = [
+    "Dataset",
+    "Samples",
+    "data_root",
+    "ImageFolder",
+    "ImageSkippedWarning",
+    "IMAGE_EXTENSIONS",
+    "MNIST",
+]

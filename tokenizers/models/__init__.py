@@ -1,1 +1,6 @@
-"""Tokenizer architectures and the Tokenizer (encoder → quantizer → decoder)."""
+"""Tokenizer architectures and the :class:`Tokenizer` (encoder → quantizer → decoder)."""
+
+from .base import Architecture
+from .tokenizer import Tokenizer, TokenizerOutput
+
+__all__ = ["Architecture", "Tokenizer", "TokenizerOutput"]

@@ -1,0 +1,109 @@
+"""Convolutional image encoder/decoder (the ``conv`` architecture).
+
+A VQ-GAN-style stack without attention: a stem convolution, residual blocks
+at each resolution, stride-2 convolutions down and nearest-neighbour
+upsampling + convolution up. ``len(channels) - 1`` halvings, so
+``channels=[32, 64, 128]`` turns 28×28 into a 7×7 grid.
+
+Axis legend: ``b`` batch, ``c`` channels, ``h w`` spatial, ``d`` latent dim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from tok import hookimpl
+from tok.errors import ConfigError
+from tok.models import Architecture
+from tok.models.blocks import Norm, ResBlock, make_norm
+
+__all__ = ["ConvImage"]
+
+
+class ConvImage(Architecture):
+    """2D convolutional tokenizer body.
+
+    :param in_channels: image channels (1 grayscale, 3 RGB).
+    :param channels: width at each resolution, finest first.
+    :param blocks: residual blocks per resolution: one number for all, or a list
+        (finest first) — ``[0, 1, 1]`` keeps the costly full resolution light.
+    :param latent_dim: channels of the latent grid handed to the quantizer.
+    :param norm: ``"group"``, ``"batch"`` or ``"none"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        channels: list[int] | None = None,
+        blocks: int | list[int] = 1,
+        latent_dim: int = 4,
+        norm: Norm = "group",
+    ) -> None:
+        super().__init__()
+        channels = list(channels) if channels is not None else [32, 64, 128]
+        if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
+            raise ConfigError(f"conv: channels must be a non-empty list of positive integers, got {channels!r}")
+        per_level = [blocks] * len(channels) if isinstance(blocks, int) else list(blocks)
+        if len(per_level) != len(channels) or any(b < 0 for b in per_level):
+            raise ConfigError(
+                f"conv: blocks must be a number ≥ 0 or one per entry of channels, got {blocks!r}"
+            )
+        if latent_dim < 1 or in_channels < 1:
+            raise ConfigError("conv: latent_dim and in_channels must be ≥ 1")
+        self.in_channels, self.channels, self.blocks = in_channels, channels, blocks
+        self.latent_dim, self.norm = latent_dim, norm
+        self.factor = 2 ** (len(channels) - 1)
+
+        enc: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1)]
+        for i, ch in enumerate(channels):
+            enc += [ResBlock(ch, ch, norm=norm) for _ in range(per_level[i])]
+            if i + 1 < len(channels):
+                enc.append(nn.Conv2d(ch, channels[i + 1], 3, stride=2, padding=1))
+        enc += [make_norm(norm, channels[-1]), nn.SiLU(), nn.Conv2d(channels[-1], latent_dim, 1)]
+        self.encoder = nn.Sequential(*enc)
+
+        dec: list[nn.Module] = [nn.Conv2d(latent_dim, channels[-1], 3, padding=1)]
+        for i in reversed(range(len(channels))):
+            ch = channels[i]
+            dec += [ResBlock(ch, ch, norm=norm) for _ in range(per_level[i])]
+            if i > 0:
+                dec += [
+                    nn.Upsample(scale_factor=2, mode="nearest"),
+                    nn.Conv2d(ch, channels[i - 1], 3, padding=1),
+                ]
+        dec += [make_norm(norm, channels[0]), nn.SiLU(), nn.Conv2d(channels[0], in_channels, 3, padding=1)]
+        self.decoder = nn.Sequential(*dec)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels,
+            "channels": list(self.channels),
+            "blocks": self.blocks if isinstance(self.blocks, int) else list(self.blocks),
+            "latent_dim": self.latent_dim,
+            "norm": self.norm,
+        }
+
+    def grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        c, h, w = input_shape
+        if h % self.factor or w % self.factor:
+            raise ConfigError(
+                f"conv: image size {h}x{w} is not divisible by the downsampling factor {self.factor}"
+            )
+        return (h // self.factor, w // self.factor)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``(b, c, h, w)`` → ``(b, h', w', d)``."""
+        return rearrange(self.encoder(x), "b d h w -> b h w d")
+
+    def decode(self, z: Tensor) -> Tensor:
+        """``(b, h', w', d)`` → ``(b, c, h, w)``."""
+        return self.decoder(rearrange(z, "b h w d -> b d h w"))
+
+
+@hookimpl
+def register_architectures(register):
+    register(ConvImage, name="conv")

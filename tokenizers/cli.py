@@ -1,0 +1,256 @@
+"""The ``tok`` command. The only place where a :class:`TokError` becomes an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import TokError
+
+EPILOG = "Run `tok COMMAND --help` for a command's options. Docs: README.md, docs/."
+
+
+def _fmt_table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(out)
+
+
+# commands --------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+    from .train import load_run_recipe, train
+
+    if args.resume:
+        if args.recipe:
+            raise TokError("give either a recipe or --resume RUN, not both")
+        recipe = load_run_recipe(args.resume, args.set)
+    elif args.recipe:
+        recipe = load_recipe(args.recipe, args.set)
+    else:
+        raise TokError("tok train needs a recipe file (e.g. recipes/fsq_mnist.toml) or --resume RUN")
+    result = train(recipe, resume=bool(args.resume), progress=not args.no_progress)
+    ev = result.eval
+    print(f"run folder: {result.run_dir}  (step {result.step})")
+    if ev:
+        print(
+            f"test psnr {ev['psnr']:.2f} dB  usage {ev['usage']:.1%}  "
+            f"perplexity {ev['perplexity']:.1f}  bits/pixel {ev['bits_per_pixel']:.3f}  "
+            f"({ev['images']} images)"
+        )
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .encode import encode
+
+    result = encode(
+        args.src,
+        out=args.out,
+        run=args.run,
+        split=args.split,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        resize=args.resize,
+        progress=not args.no_progress,
+    )
+    print(
+        f"wrote {result['items']} rows of tokens {result['grid']}x{result['streams']} "
+        f"in {result['shards']} shard(s) to {args.out}"
+        + (f" ({result['resumed']} shard(s) were already done)" if result["resumed"] else "")
+    )
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from .encode import decode
+
+    n = decode(
+        args.tokens,
+        out=args.out,
+        run=args.run,
+        force=args.force,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    print(f"wrote {n} images to {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .models import Tokenizer
+    from .train import build_dataset, evaluate, load_run_recipe
+
+    recipe = load_run_recipe(args.run)
+    tokenizer = Tokenizer.load(args.run)
+    samples = build_dataset(recipe).load(args.split)
+    if args.samples:
+        from .data import Samples
+
+        samples = Samples(images=samples.images[: args.samples], keys=samples.keys[: args.samples])
+    result = evaluate(tokenizer, samples)
+    result.pop("counts")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{args.run}: {result['images']} {args.split} images")
+    print(f"  psnr            {result['psnr']:.2f} dB")
+    print(f"  bits per pixel  {result['bits_per_pixel']:.3f}")
+    print(f"  codebook usage  {result['usage']:.1%}")
+    print(f"  perplexity      {result['perplexity']:.1f}")
+    if len(result["streams"]) > 1:
+        for i, s in enumerate(result["streams"]):
+            print(f"  stream {i}: usage {s['usage']:.1%}, perplexity {s['perplexity']:.1f}, dead {s['dead']}")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .registry import plugins
+
+    infos = plugins()
+    if args.json:
+        print(json.dumps([i.as_dict() for i in infos], indent=2))
+        return 0
+    rows = []
+    for i in infos:
+        provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in i.provides.items()) or "-"
+        status = i.status if i.status == "ok" else f"{i.status}: {i.error}"
+        rows.append([i.name, i.version or "-", i.distribution or "-", i.source, status, provides])
+    print(_fmt_table(rows, ["NAME", "VERSION", "DISTRIBUTION", "SOURCE", "STATUS", "PROVIDES"]))
+    return 0
+
+
+def _example_sizes(cls: type) -> str:
+    try:
+        config = cls.example_config() if hasattr(cls, "example_config") else {"dim": 8}
+        return ", ".join(str(k) for k in cls(**config).codebook_sizes)
+    except Exception:  # noqa: BLE001 - listing must not fail because of one plugin
+        return "?"
+
+
+def cmd_quantizers(args: argparse.Namespace) -> int:
+    from .registry import registry
+
+    reg = registry("quantizers")
+    entries = reg.entries(args.pattern)
+    data = [
+        {
+            "name": e.name,
+            "aliases": list(e.aliases),
+            "plugin": e.owner,
+            "example_codebook_sizes": _example_sizes(e.obj),
+            "paper": getattr(e.obj, "paper", ""),
+        }
+        for e in entries
+    ]
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    rows = [
+        [d["name"], ", ".join(d["aliases"]) or "-", d["plugin"], d["example_codebook_sizes"], d["paper"] or "-"]
+        for d in data
+    ]
+    print(_fmt_table(rows, ["NAME", "ALIASES", "PLUGIN", "CODEBOOK SIZES (example)", "PAPER"]))
+    for name, owners in reg.conflicts().items():
+        print(f"conflict: {name!r} is registered by {' and '.join(owners)}")
+    return 0
+
+
+# parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tok",
+        description="Turn images into discrete tokens and back: train tokenizers, encode, decode, inspect.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"tok {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a tokenizer from a TOML recipe", description="Train a tokenizer from a TOML recipe into a run folder (recipe [output] dir).")
+    p.add_argument("recipe", nargs="?", help="recipe file, e.g. recipes/fsq_mnist.toml")
+    p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE", help="override a recipe value (repeatable), e.g. --set train.steps=200")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("encode", help="encode images into token files", description="Encode a folder of images (or a dataset split such as mnist:test) into sharded token files plus a manifest. Resumes when run again with the same --out.")
+    p.add_argument("src", help="a folder of PNG/JPEG images, or DATASET:SPLIT (e.g. mnist:test)")
+    p.add_argument("--out", required=True, help="output folder (new, empty, or an unfinished encode of the same source)")
+    p.add_argument("--run", required=True, help="the tokenizer: a run folder written by `tok train`")
+    p.add_argument("--split", default="test", help="split of a folder with train/ and test/ subfolders (default: test)")
+    p.add_argument("--shard-size", type=int, default=1000, help="rows per token file (default: 1000)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("--resize", choices=["error", "resize", "center-crop"], default="error", help="images whose size differs from the tokenizer's: fail (default), resize, or resize+center-crop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="decode token files back into images", description="Decode a token file or token folder into PNG images, one per row, named by its source key.")
+    p.add_argument("tokens", help="a token folder (from tok encode) or one token file")
+    p.add_argument("--out", required=True, help="output folder for the PNGs (must be new or empty)")
+    p.add_argument("--run", help="the tokenizer run folder (default: the one recorded in the tokens)")
+    p.add_argument("--force", action="store_true", help="decode even if the tokens come from a different tokenizer")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per forward pass (default: 256)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("eval", help="measure a trained tokenizer", description="Print test PSNR, codebook usage, perplexity and bits per pixel of a run.")
+    p.add_argument("run", help="run folder written by `tok train`")
+    p.add_argument("--split", default="test", help="dataset split (default: test)")
+    p.add_argument("--samples", type=int, default=0, help="use only the first N images (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plugins", help="list installed plugins", description="List plugins: name, version, distribution, source, status and what each provides.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("quantizers", help="list registered quantizers", description="List registered quantizers, optionally filtered by a glob pattern.")
+    p.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'fsq*'")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_quantizers)
+    return parser
+
+
+def _one_line_warnings() -> None:
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        text = str(message)
+        text = text[len("tok: ") :] if text.startswith("tok: ") else text
+        print(f"tok: warning: {text}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``tok`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    _one_line_warnings()
+    try:
+        return args.func(args)
+    except TokError as exc:
+        if args.debug:
+            raise
+        print(f"tok: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tok: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

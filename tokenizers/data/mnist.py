@@ -1,0 +1,80 @@
+"""MNIST through torchvision, preloaded as one uint8 tensor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+
+from ..errors import DatasetMissingError
+from .base import Dataset, Samples, data_root, to_channels
+
+__all__ = ["MNIST"]
+
+FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+class MNIST(Dataset):
+    """The MNIST digits, 28×28 grayscale: 60,000 ``train`` and 10,000 ``test`` images.
+
+    :param root: folder holding ``MNIST/raw/*-ubyte`` (torchvision's layout);
+        default ``$TOK_DATA_DIR``, else the user cache folder.
+    :param download: try to download when the files are missing.
+    :param channels: 1 (default) or 3 (the gray value repeated).
+    """
+
+    def __init__(
+        self, *, root: str | None = None, download: bool = True, channels: int = 1
+    ) -> None:
+        self.root = data_root(root)
+        self.download = download
+        self.channels = channels
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def _images(self, split: str) -> torch.Tensor:
+        self.check_split(split)
+        if split not in self._cache:
+            self._cache[split] = self._open(split).data.unsqueeze(1)  # (n, 1, 28, 28) uint8
+        return self._cache[split]
+
+    def _open(self, split: str) -> torchvision.datasets.MNIST:
+        train = split == "train"
+        try:
+            return torchvision.datasets.MNIST(str(self.root), train=train, download=False)
+        except RuntimeError:
+            pass
+        if self.download:
+            try:
+                return torchvision.datasets.MNIST(str(self.root), train=train, download=True)
+            except Exception as exc:  # noqa: BLE001 - any network or disk failure
+                reason = f"downloading failed ({type(exc).__name__}: {exc})"
+        else:
+            reason = "download = false"
+        raw = Path(self.root) / "MNIST" / "raw"
+        raise DatasetMissingError(
+            f"MNIST is not in {raw} and {reason}; put {', '.join(FILES)} there "
+            f"(or set data.root / TOK_DATA_DIR to the folder that holds MNIST/raw)"
+        )
+
+    def keys(self, split: str) -> list[str]:
+        n = len(self._images(split))
+        return [f"mnist/{split}/{i:05d}" for i in range(n)]
+
+    def read(self, split: str, keys: list[str]) -> Samples:
+        images = self._images(split)
+        index = torch.tensor([int(k.rsplit("/", 1)[1]) for k in keys], dtype=torch.long)
+        return Samples(images=to_channels(images[index], self.channels), keys=list(keys))
+
+    def load(self, split: str) -> Samples:
+        images = self._images(split)
+        keys = [f"mnist/{split}/{i:05d}" for i in range(len(images))]
+        return Samples(images=to_channels(images, self.channels), keys=keys)
+
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, 28, 28)

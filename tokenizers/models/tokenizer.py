@@ -1,0 +1,210 @@
+"""``Tokenizer``: an architecture's encoder → a quantizer → the decoder.
+
+Images go in and come out as floats in ``[0, 1]``, ``(b, c, h, w)``; tokens
+are int64 ``(b, *grid, s)``. A saved tokenizer is a folder with
+``model.safetensors`` (weights only, no metadata, so ``sha256sum`` of the file
+is the fingerprint recorded in token files) and ``tokenizer.json`` (the
+registry names and configs that rebuild it). Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .._io import atomic_path, write_json
+from ..config import build
+from ..errors import CheckpointError, TokError
+from ..quantizer import Quantizer
+from ..registry import registry
+from .base import Architecture
+
+__all__ = ["Tokenizer", "TokenizerOutput", "WEIGHTS", "CONFIG", "TOKENIZER_FORMAT"]
+
+WEIGHTS = "model.safetensors"
+CONFIG = "tokenizer.json"
+TOKENIZER_FORMAT = "tok.tokenizer/1"
+
+
+@dataclass(frozen=True)
+class TokenizerOutput:
+    """What ``Tokenizer.forward`` returns.
+
+    ``reconstruction`` is in ``[0, 1]`` only approximately (not clamped, so the
+    loss sees the raw output); ``indices`` are ``(b, *grid, s)``; ``aux_loss``
+    and ``metrics`` come from the quantizer.
+    """
+
+    reconstruction: Tensor
+    indices: Tensor
+    aux_loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Tokenizer(nn.Module):
+    """An image tokenizer: ``encode(images) -> indices`` and ``decode(indices) -> images``.
+
+    :param architecture: the encoder/decoder module.
+    :param quantizer: the quantizer; its ``dim`` must equal ``architecture.latent_dim``.
+    :param input_shape: ``(c, h, w)`` of the images it was built for.
+    """
+
+    def __init__(
+        self,
+        *,
+        architecture: Architecture,
+        quantizer: Quantizer,
+        input_shape: tuple[int, ...],
+    ) -> None:
+        super().__init__()
+        if quantizer.dim != architecture.latent_dim:
+            raise TokError(
+                f"quantizer dim {quantizer.dim} does not match the architecture's "
+                f"latent_dim {architecture.latent_dim}"
+            )
+        self.architecture = architecture
+        self.quantizer = quantizer
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.architecture_name = registry("architectures").name_of(architecture) or type(
+            architecture
+        ).__name__.lower()
+        self.quantizer_name = registry("quantizers").name_of(quantizer) or type(
+            quantizer
+        ).__name__.lower()
+        self.weights_sha256: str | None = None  # set by save() and load()
+
+    # construction ------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Tokenizer:
+        """Build an untrained tokenizer from a ``config()`` dict (registry names + kwargs)."""
+        arch_cfg = config["architecture"]
+        q_cfg = config["quantizer"]
+        architecture = build("architectures", arch_cfg["name"], arch_cfg.get("config", {}))
+        q_kwargs = dict(q_cfg.get("config", {}))
+        q_kwargs.setdefault("dim", architecture.latent_dim)
+        quantizer = build("quantizers", q_cfg["name"], q_kwargs)
+        return cls(
+            architecture=architecture, quantizer=quantizer, input_shape=config["input_shape"]
+        )
+
+    def config(self) -> dict[str, Any]:
+        """Registry names and configs that rebuild this tokenizer (JSON-serialisable)."""
+        return {
+            "format": TOKENIZER_FORMAT,
+            "architecture": {"name": self.architecture_name, "config": self.architecture.config()},
+            "quantizer": {"name": self.quantizer_name, "config": self.quantizer.config()},
+            "input_shape": list(self.input_shape),
+            "grid": list(self.grid),
+            "codebook_sizes": list(self.quantizer.codebook_sizes),
+        }
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The latent grid of one input (``(h', w')`` for images, ``(K,)`` for 1D tokens)."""
+        return tuple(self.architecture.grid(self.input_shape))
+
+    @property
+    def bits_per_pixel(self) -> float:
+        """Token bits per input pixel."""
+        positions = 1
+        for g in self.grid:
+            positions *= g
+        pixels = 1
+        for s in self.input_shape[1:]:
+            pixels *= s
+        return positions * self.quantizer.bits_per_position / pixels
+
+    # the model -----------------------------------------------------------------
+
+    def forward(self, images: Tensor) -> TokenizerOutput:
+        """Reconstruct ``images`` (``(b, c, h, w)`` in ``[0, 1]``) through the tokens."""
+        z = self.architecture.encode(images * 2 - 1)
+        q = self.quantizer(z)
+        recon = self.architecture.decode(q.quantized) * 0.5 + 0.5
+        return TokenizerOutput(
+            reconstruction=recon, indices=q.indices, aux_loss=q.aux_loss, metrics=q.metrics
+        )
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Images ``(b, c, h, w)`` in ``[0, 1]`` → token indices ``(b, *grid, s)``."""
+        return self.quantizer(self.architecture.encode(images * 2 - 1)).indices
+
+    @torch.no_grad()
+    def decode(self, indices: Tensor) -> Tensor:
+        """Token indices ``(b, *grid, s)`` → images ``(b, c, h, w)`` clamped to ``[0, 1]``."""
+        codes = self.quantizer.indices_to_codes(indices)
+        return (self.architecture.decode(codes) * 0.5 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """``decode(encode(images))`` in one pass, clamped to ``[0, 1]``."""
+        return self(images).reconstruction.clamp(0, 1)
+
+    # files ---------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``tokenizer.json`` atomically into ``folder``.
+
+        Returns the folder. Sets ``weights_sha256`` to the sha256 of the weights file.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_path(folder / WEIGHTS) as tmp:
+            save_file(state, tmp)
+        self.weights_sha256 = file_sha256(folder / WEIGHTS)
+        write_json(folder / CONFIG, {**self.config(), "weights_sha256": self.weights_sha256})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, *, map_location: str | torch.device = "cpu") -> Tokenizer:
+        """Load a tokenizer saved with :meth:`save` (a folder, e.g. a run folder), in eval mode."""
+        folder = Path(folder)
+        if folder.is_file():
+            folder = folder.parent
+        config_path, weights_path = folder / CONFIG, folder / WEIGHTS
+        for p in (config_path, weights_path):
+            if not p.is_file():
+                raise CheckpointError(
+                    f"no tokenizer in {folder}: {p.name} is missing "
+                    f"(expected a run folder written by `tok train`)"
+                )
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"cannot read {config_path}: {exc}") from exc
+        if config.get("format") != TOKENIZER_FORMAT:
+            raise CheckpointError(
+                f"{config_path} is not a tok tokenizer config (format {config.get('format')!r})"
+            )
+        tokenizer = cls.from_config(config)
+        try:
+            state = load_file(weights_path, device=str(map_location))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+            raise CheckpointError(f"cannot read weights {weights_path}: {exc}") from exc
+        missing, unexpected = tokenizer.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"weights in {weights_path} do not fit the config: "
+                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
+        tokenizer.weights_sha256 = file_sha256(weights_path)
+        return tokenizer.eval()

@@ -1,0 +1,271 @@
+"""Recipes: TOML files that describe a training run, read into frozen dataclasses.
+
+A recipe has one table per component::
+
+    # tok train recipes/fsq_mnist.toml
+    [data]
+    name = "mnist"            # a registered dataset; other keys are its options
+    [model]
+    name = "conv"             # a registered architecture; other keys are its options
+    channels = [32, 64, 128]
+    [quantizer]
+    name = "fsq"              # a registered quantizer; other keys are its options
+    levels = [8, 5, 5, 5]
+    [train]
+    steps = 3000              # see TrainConfig
+    [output]
+    dir = "runs/fsq_mnist"    # see OutputConfig
+
+Components are named by registry name, never by import path. Unknown keys and
+wrong types are errors, and every problem in a recipe is reported at once.
+``--set train.steps=200`` overrides a value (parsed as a TOML value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_type_hints
+
+from .config import check_kwargs, check_value
+from .errors import RecipeError, TokError
+from .registry import registry
+
+__all__ = [
+    "Component",
+    "TrainConfig",
+    "OutputConfig",
+    "Recipe",
+    "load_recipe",
+    "parse_recipe",
+    "apply_overrides",
+    "dumps_toml",
+]
+
+TABLES = ("data", "model", "quantizer", "train", "output")
+_COMPONENT_KINDS = {"data": "datasets", "model": "architectures", "quantizer": "quantizers"}
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component and its options: ``name`` plus keyword arguments."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``[train]`` table."""
+
+    steps: int = 2000
+    """Optimizer steps in total (a resumed run continues up to this number)."""
+    batch_size: int = 64
+    """Images per step."""
+    lr: float = 2e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    """AdamW betas."""
+    warmup_steps: int = 100
+    """Linear warm-up from 0 to ``lr``."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """After warm-up: cosine decay to ``min_lr`` at ``steps``, or constant."""
+    min_lr: float = 0.0
+    """Learning rate at the end of a cosine schedule."""
+    loss: Literal["mse", "l1"] = "mse"
+    """Reconstruction loss (the quantizer's ``aux_loss`` is added to it)."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value (0 turns clipping off)."""
+    seed: int = 0
+    """Seeds the weights, the batch order and everything random."""
+    device: str = "auto"
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` … or ``"auto"`` (CUDA when available)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """``"bf16"`` runs encoder and decoder under bf16 autocast (quantizers stay float32)."""
+    threads: int = 0
+    """CPU threads for torch (0 leaves torch's default)."""
+    log_every: int = 50
+    """Write a line to ``metrics.jsonl`` every N steps."""
+    eval_every: int = 500
+    """Evaluate on the test split (``eval_samples`` images) every N steps and at the end."""
+    eval_samples: int = 2000
+    """How many test images the evaluations during training use."""
+    checkpoint_every: int = 500
+    """Save a resumable checkpoint every N steps and at the end."""
+    collapse_threshold: float = 0.1
+    """Warn when a stream's codebook usage on the evaluation images falls below this fraction."""
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """The ``[output]`` table."""
+
+    dir: str = "runs/{name}"
+    """The run folder; ``{name}`` is the recipe file's stem. Must not exist unless resuming."""
+    samples: int = 32
+    """Test images shown in the reconstruction grid."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole recipe; ``source`` is the file it came from (if any)."""
+
+    data: Component
+    model: Component
+    quantizer: Component
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    name: str = "run"
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as nested plain dicts (what ``recipe.toml`` in a run folder holds)."""
+        return {
+            "data": self.data.to_dict(),
+            "model": self.model.to_dict(),
+            "quantizer": self.quantizer.to_dict(),
+            "train": dataclasses.asdict(self.train),
+            "output": dataclasses.asdict(self.output),
+        }
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir.replace("{name}", self.name))
+
+
+def _check_table(cls: type, table: dict[str, Any], where: str) -> list[str]:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    problems = []
+    for key, value in table.items():
+        if key not in names:
+            problems.append(f"[{where}]: unknown key {key!r} (valid keys: {', '.join(names)})")
+        elif not check_value(value, hints[key]):
+            problems.append(
+                f"[{where}] {key}: expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}"
+            )
+    return problems
+
+
+def _type_name(tp: Any) -> str:
+    from .config import _describe
+
+    return _describe(tp)
+
+
+def _check_component(table_name: str, table: Any) -> tuple[Component | None, list[str]]:
+    if not isinstance(table, dict):
+        return None, [f"[{table_name}] must be a table"]
+    options = dict(table)
+    name = options.pop("name", None)
+    if not isinstance(name, str):
+        kind = _COMPONENT_KINDS[table_name]
+        known = ", ".join(registry(kind).names()) or "none"
+        return None, [f"[{table_name}]: missing name = \"...\" (registered: {known})"]
+    try:
+        cls = registry(_COMPONENT_KINDS[table_name]).get(name)
+    except TokError as exc:
+        return None, [f"[{table_name}] name: {exc}"]
+    problems = check_kwargs(cls, options, where=f"[{table_name}] {name}")
+    # the builder fills these in from the dataset / architecture
+    problems = [
+        p
+        for p in problems
+        if not p.endswith("missing required key 'dim'")
+        and not p.endswith("missing required key 'in_channels'")
+    ]
+    return Component(name=name, options=options), problems
+
+
+def parse_recipe(data: dict[str, Any], *, name: str = "run", source: str | None = None) -> Recipe:
+    """Validate a recipe given as nested dicts; raises :class:`RecipeError` listing every problem."""
+    problems: list[str] = []
+    for key in data:
+        if key not in TABLES:
+            problems.append(f"unknown table [{key}] (valid tables: {', '.join(TABLES)})")
+    parts: dict[str, Any] = {}
+    for table_name in ("data", "model", "quantizer"):
+        if table_name not in data:
+            problems.append(f"missing table [{table_name}]")
+            continue
+        parts[table_name], found = _check_component(table_name, data[table_name])
+        problems += found
+    for table_name, cls in (("train", TrainConfig), ("output", OutputConfig)):
+        table = data.get(table_name, {})
+        if not isinstance(table, dict):
+            problems.append(f"[{table_name}] must be a table")
+            continue
+        found = _check_table(cls, table, table_name)
+        problems += found
+        if not found:
+            parts[table_name] = cls(**table)
+    if problems:
+        raise RecipeError(problems, source=source)
+    return Recipe(name=name, source=source, **parts)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``table.key=value`` overrides (values parsed as TOML, else kept as strings)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    problems = []
+    for item in overrides:
+        path, sep, raw = item.partition("=")
+        table, dot, key = path.strip().partition(".")
+        if not sep or not dot or not key:
+            problems.append(f"--set {item!r}: expected table.key=value, e.g. train.steps=200")
+            continue
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        target = data.setdefault(table, {})
+        if not isinstance(target, dict):
+            problems.append(f"--set {item!r}: [{table}] is not a table")
+            continue
+        target[key] = value
+    if problems:
+        raise RecipeError(problems)
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RecipeError([f"cannot read recipe {path}: {exc.strerror or exc}"]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError([f"not valid TOML: {exc}"], source=str(path)) from exc
+    data = apply_overrides(data, overrides or [])
+    return parse_recipe(data, name=path.stem, source=str(path))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dumps_toml(data: dict[str, dict[str, Any]], *, header: str = "") -> str:
+    """Write nested ``{table: {key: value}}`` dicts as TOML (``None`` values are left out)."""
+    lines = [header.rstrip()] if header else []
+    for table, values in data.items():
+        lines += ["", f"[{table}]"] if lines else [f"[{table}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    return "\n".join(lines) + "\n"
