@@ -15,10 +15,10 @@ Axis legend: ``b`` batch, ``...`` grid axes, ``d`` latent channels,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from tok import Quantizer, QuantizerOutput, hookimpl
@@ -72,7 +72,38 @@ class _RoundSTE(torch.autograd.Function):
         return grad
 
 
-round_ste = _RoundSTE.apply
+def round_ste(x: Tensor) -> Tensor:
+    """``x.round()`` with a straight-through gradient (plain ``round`` when no gradient is needed)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RoundSTE.apply(x)
+    return x.round()
+
+
+# Per-channel constants are repeated this many times along the channel axis, so
+# that ``x + c`` runs over a long contiguous inner axis (``(n, 64)`` rather than
+# ``(16 n, 4)``): PyTorch's CPU kernels are several times faster that way.
+_TILE = 16
+# Indices are summed as float64 (exact below 2**53); larger codebooks use int64.
+_EXACT_FLOAT64 = 2**53
+# Batch metrics use a dense histogram up to this many codes (all streams together).
+_DENSE_METRICS = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Constants:
+    """FSQ's per-channel constants on one device (``p = num_codebooks * len(levels)``).
+
+    Kept out of the module's buffers so that ``module.to(torch.bfloat16)``
+    cannot round them.
+    """
+
+    shift: Tensor  # float32 (_TILE * p,): atanh(offset / half_l)
+    half_l: Tensor  # float32 (_TILE * p,): (L - 1) (1 + eps) / 2
+    offset: Tensor  # float32 (_TILE * p,): 0.5 for even L, else 0
+    half_width: Tensor  # float32 (_TILE * p,): L // 2
+    index_matrix: Tensor  # float64 (p, c): the mixed-radix basis of each codebook
+    index_offset: float  # sum over one codebook of (L // 2) * basis
+    stream_offsets: Tensor  # int64 (c,): s * K, to count all streams in one histogram
 
 
 class FSQ(Quantizer):
@@ -83,7 +114,11 @@ class FSQ(Quantizer):
     :param dim: latent channels of the input; a linear projection in and out is
         added when it differs from ``num_codebooks * len(levels)``.
     :param num_codebooks: independent FSQ codebooks, one index stream each.
-    :param eps: how far the bound extends past the outermost levels.
+    :param eps: how far the bound extends past the outermost levels, in
+        ``(0, 1 / (max(levels) - 1))``.
+
+    The codebook is never materialised: ``prod(levels)`` may be as large as
+    int64 indices allow. Quantization runs in float32, also under autocast.
     """
 
     paper = "https://arxiv.org/abs/2309.15505"
@@ -109,12 +144,29 @@ class FSQ(Quantizer):
             raise ConfigError(
                 f"invalid FSQ levels {levels!r}: give a non-empty list of integers, each at least 2"
             )
-        if not isinstance(num_codebooks, int) or num_codebooks < 1:
-            raise ConfigError(f"FSQ num_codebooks must be a positive integer, got {num_codebooks!r}")
+        if math.prod(levels) > 2**63 - 1:
+            raise ConfigError(
+                f"FSQ levels {list(levels)} give {math.prod(levels)} codes, more than int64 "
+                f"indices can hold; use fewer levels or num_codebooks > 1"
+            )
+        if (
+            isinstance(num_codebooks, bool)
+            or not isinstance(num_codebooks, int)
+            or num_codebooks < 1
+        ):
+            raise ConfigError(
+                f"FSQ num_codebooks must be a positive integer, got {num_codebooks!r}"
+            )
+        max_eps = 1 / (max(levels) - 1)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < max_eps:
+            raise ConfigError(
+                f"FSQ eps must be in (0, {max_eps:.4g}) for levels {list(levels)} (beyond that "
+                f"the bound reaches past the outermost level), got {eps!r}"
+            )
         self.levels = [int(v) for v in levels]
         self.num_codebooks = num_codebooks
         self.eps = float(eps)
-        code_dim = len(self.levels) * num_codebooks
+        self._code_dim = code_dim = len(self.levels) * num_codebooks
         dim = code_dim if dim is None else dim
         size = math.prod(self.levels)
         super().__init__(dim=dim, codebook_sizes=(size,) * num_codebooks)
@@ -124,15 +176,12 @@ class FSQ(Quantizer):
 
         lv = torch.tensor(self.levels, dtype=torch.int64)
         basis = torch.cumprod(torch.tensor([1, *self.levels[:-1]], dtype=torch.int64), 0)
-        half_l = (lv.double() - 1) * (1 + self.eps) / 2
-        offset = (lv % 2 == 0).double() * 0.5
-        # Derived from the config, so not saved with the weights.
+        # Derived from the config, so not saved with the weights; integer, so
+        # ``module.to(dtype)`` leaves them alone.
         self.register_buffer("_levels", lv, persistent=False)
         self.register_buffer("_basis", basis, persistent=False)
-        self.register_buffer("_half_width", (lv // 2).float(), persistent=False)
-        self.register_buffer("_half_l", half_l.float(), persistent=False)
-        self.register_buffer("_offset", offset.float(), persistent=False)
-        self.register_buffer("_shift", torch.atanh(offset / half_l).float(), persistent=False)
+        self.register_buffer("_half_width", lv // 2, persistent=False)
+        self._constants_by_device: dict[torch.device, _Constants] = {}
 
     @classmethod
     def example_config(cls) -> dict[str, Any]:
@@ -147,48 +196,113 @@ class FSQ(Quantizer):
             "eps": self.eps,
         }
 
+    # constants ------------------------------------------------------------
+
+    def _constants(self, device: torch.device) -> _Constants:
+        k = self._constants_by_device.get(device)
+        if k is None:
+            k = self._constants_by_device[device] = self._make_constants(device)
+        return k
+
+    def _make_constants(self, device: torch.device) -> _Constants:
+        lv = torch.tensor(self.levels, dtype=torch.float64)
+        half_l = (lv - 1) * (1 + self.eps) / 2
+        offset = (lv % 2 == 0).double() * 0.5
+        shift = torch.atanh(offset / half_l)
+        half_width = torch.floor(lv / 2)
+        basis = self._basis.cpu().double()
+        c, n_levels = self.num_codebooks, len(self.levels)
+        matrix = torch.zeros(c, n_levels, c, dtype=torch.float64)
+        for i in range(c):
+            matrix[i, :, i] = basis
+
+        def tiled(x: Tensor) -> Tensor:
+            return x.repeat(c * _TILE).float().to(device)
+
+        return _Constants(
+            shift=tiled(shift),
+            half_l=tiled(half_l),
+            offset=tiled(offset),
+            half_width=tiled(half_width),
+            index_matrix=matrix.reshape(c * n_levels, c).to(device),
+            index_offset=float((half_width * basis).sum()),
+            stream_offsets=torch.arange(c, device=device) * self.codebook_sizes[0],
+        )
+
+    def _tiled(self, x: Tensor) -> tuple[Tensor, int]:
+        """View ``x (..., p)`` as ``(rows, m p)`` for the largest ``m ≤ _TILE`` that divides."""
+        p = self._code_dim
+        m = math.gcd(x.numel() // p, _TILE)
+        return x.reshape(-1, m * p), m * p
+
     # the method, in small steps ------------------------------------------
 
     def bound(self, z: Tensor) -> Tensor:
-        """Squash each channel into ``(-L/2, L/2)``, shifted by half a step for even ``L``."""
-        return torch.tanh(z + self._shift) * self._half_l - self._offset
-
-    def _round(self, z: Tensor) -> Tensor:
-        """Integer levels ``r`` in ``[-(L//2), (L-1)//2]`` with a straight-through gradient."""
-        return round_ste(self.bound(z))
+        """Squash ``z (..., c l)`` into ``(-L/2, L/2)`` per channel, shifted half a step for even ``L``."""
+        k = self._constants(z.device)
+        x, n = self._tiled(z)
+        return (torch.tanh(x + k.shift[:n]) * k.half_l[:n] - k.offset[:n]).view(z.shape)
 
     def _levels_to_indices(self, r: Tensor) -> Tensor:
-        digits = (r.detach() + self._half_width).long()
-        return (digits * self._basis).sum(-1)
+        """Integer levels ``r (..., c l)`` → ``(..., c)`` mixed-radix indices."""
+        r = r.detach()
+        lead = r.shape[:-1]
+        if self.codebook_sizes[0] <= _EXACT_FLOAT64:
+            k = self._constants(r.device)
+            flat = r.reshape(-1, self._code_dim).double()
+            indices = torch.mm(flat, k.index_matrix).add_(k.index_offset).long()
+        else:
+            digits = r.reshape(-1, self.num_codebooks, len(self.levels)).long() + self._half_width
+            indices = (digits * self._basis).sum(-1)
+        return indices.view(*lead, self.num_codebooks)
 
     def _indices_to_levels(self, indices: Tensor) -> Tensor:
+        """``(..., c)`` indices → float integer levels ``(..., c l)``."""
         digits = (indices.unsqueeze(-1) // self._basis) % self._levels
-        return (digits - self._half_width.long()).float()
+        return (digits - self._half_width).flatten(-2).float()
+
+    def _normalise(self, r: Tensor) -> Tensor:
+        """Integer levels → codes in ``[-1, 1]``: ``r / (L // 2)``."""
+        k = self._constants(r.device)
+        x, n = self._tiled(r)
+        return (x / k.half_width[:n]).view(r.shape)
+
+    def _metrics(self, indices: Tensor) -> dict[str, Tensor]:
+        """Batch ``usage`` and ``perplexity`` (averaged over codebooks), without a sync."""
+        c, size = self.num_codebooks, self.codebook_sizes[0]
+        if c * size > _DENSE_METRICS:
+            return batch_code_metrics(indices, self.codebook_sizes)
+        flat = indices.detach().reshape(-1, c)
+        if c > 1:
+            flat = flat + self._constants(indices.device).stream_offsets
+        counts = torch.bincount(flat.flatten(), minlength=c * size)
+        counts = counts.view(c, size).float()
+        p = counts / max(flat.shape[0], 1)
+        return {
+            "usage": (counts > 0).float().mean(),
+            "perplexity": torch.special.entr(p).sum(-1).exp().mean(),
+        }
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         """Quantize ``z: (b, ..., d)``; returns float32 codes and ``(b, ..., c)`` indices."""
         self.check_input(z)
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = self.project_in(z.float())
-            z = rearrange(z, "b ... (c l) -> b ... c l", c=self.num_codebooks)
-            r = self._round(z)
-            indices = self._levels_to_indices(r)
-            codes = rearrange(r / self._half_width, "b ... c l -> b ... (c l)")
-            quantized = self.project_out(codes)
+            r = round_ste(self.bound(z))  # b ... (c l), integer levels
+            indices = self._levels_to_indices(r)  # b ... c
+            quantized = self.project_out(self._normalise(r))
         return QuantizerOutput(
             quantized=quantized,
             indices=indices,
             aux_loss=quantized.new_zeros(()),
-            metrics=batch_code_metrics(indices, self.codebook_sizes),
+            metrics=self._metrics(indices),
         )
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """``(b, ..., c)`` indices → ``(b, ..., d)`` codes (out-of-range indices raise)."""
         indices = self.check_indices(indices)
         with torch.autocast(device_type=indices.device.type, enabled=False):
-            r = self._indices_to_levels(indices)
-            codes = rearrange(r / self._half_width, "b ... c l -> b ... (c l)")
-            return self.project_out(codes)
+            return self.project_out(self._normalise(self._indices_to_levels(indices)))
 
 
 @hookimpl

@@ -58,6 +58,18 @@ class Quantizer(nn.Module):
         self.dim = dim
         self.codebook_sizes = tuple(int(k) for k in codebook_sizes)
 
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        """Keyword arguments that build a small, representative instance.
+
+        :func:`tok.testing.check_quantizer` builds the quantizer with
+        ``cls(**cls.example_config())`` when it is given no ``config``.
+        Override it so the conformance suite exercises what matters in your
+        method (a projection, several streams, a learned codebook…); keep it
+        small so the checks stay fast. The default is ``{"dim": 8}``.
+        """
+        return {"dim": 8}
+
     @property
     def num_streams(self) -> int:
         """How many indices each position carries (``s``)."""

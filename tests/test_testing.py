@@ -1,0 +1,273 @@
+"""The conformance suite (tok.testing): every registered quantizer passes it,
+and each deliberately broken quantizer below fails it, naming the promise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import tok
+from tok import Quantizer, QuantizerOutput, hookimpl
+from tok.registry import register_plugin, unregister_plugin
+from tok.testing import check_quantizer
+
+
+@pytest.mark.parametrize("name", tok.list_quantizers())
+def test_every_registered_quantizer_conforms(name: str) -> None:
+    check_quantizer(name)
+
+
+class TinyVQ(Quantizer):
+    """A small but correct nearest-neighbour VQ with an EMA usage buffer."""
+
+    def __init__(self, *, dim: int = 4, codebook_size: int = 5) -> None:
+        super().__init__(dim=dim, codebook_sizes=(codebook_size,))
+        self.codebook_size = codebook_size
+        self.codebook = nn.Parameter(torch.randn(codebook_size, dim))
+        self.register_buffer("usage_ema", torch.zeros(codebook_size))
+
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        return {"dim": 4, "codebook_size": 5}
+
+    def config(self) -> dict[str, Any]:
+        return {"dim": self.dim, "codebook_size": self.codebook_size}
+
+    def lookup(self, z: Tensor) -> Tensor:
+        flat = z.detach().reshape(-1, self.dim)
+        return torch.cdist(flat, self.codebook.detach()).argmin(-1).reshape(*z.shape[:-1], 1)
+
+    def update(self, indices: Tensor) -> None:
+        if self.training:
+            counts = torch.bincount(indices.flatten(), minlength=self.codebook_size)
+            self.usage_ema.mul_(0.9).add_(counts.float(), alpha=0.1)
+
+    def straight_through(self, z: Tensor, codes: Tensor) -> Tensor:
+        return codes + (z - z.detach())  # exactly ``codes`` in value, gradient of z
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        self.check_input(z)
+        indices = self.lookup(z)
+        self.update(indices)
+        codes = self.codebook[indices[..., 0]]
+        return QuantizerOutput(
+            quantized=self.straight_through(z, codes),
+            indices=indices,
+            aux_loss=(z - codes.detach()).pow(2).mean() * 0.25,
+            metrics={"usage": (self.usage_ema > 0).float().mean()},
+        )
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        indices = self.check_indices(indices)
+        return self.codebook[indices[..., 0]]
+
+
+def test_tiny_vq_conforms() -> None:
+    check_quantizer(TinyVQ)
+    check_quantizer(TinyVQ, config={"dim": 3, "codebook_size": 2}, grids=((2,),), batch=1)
+
+
+class WrapsIndices(TinyVQ):
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        return self.codebook[indices[..., 0] % self.codebook_size]
+
+
+class CodesDiffer(TinyVQ):
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        return super().indices_to_codes(indices) + 1e-3
+
+
+class NoGradient(TinyVQ):
+    def straight_through(self, z: Tensor, codes: Tensor) -> Tensor:
+        return codes
+
+
+class UpdatesInEval(TinyVQ):
+    def update(self, indices: Tensor) -> None:
+        self.usage_ema.add_(1.0)
+
+
+class StateOutsideBuffers(TinyVQ):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scale = torch.rand(())  # learned-looking state the state dict does not hold
+
+    def straight_through(self, z: Tensor, codes: Tensor) -> Tensor:
+        return super().straight_through(z, codes) * self.scale
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        return super().indices_to_codes(indices) * self.scale
+
+
+class ConfigNotJson(TinyVQ):
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "dtype": torch.float32}
+
+
+class ConfigIncomplete(TinyVQ):
+    def __init__(self, *, dim: int = 4, codebook_size: int = 5) -> None:
+        super().__init__(dim=dim, codebook_size=codebook_size)
+
+    def config(self) -> dict[str, Any]:
+        return {"dim": self.dim}
+
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        return {"dim": 4, "codebook_size": 7}
+
+
+class Int32Indices(TinyVQ):
+    def lookup(self, z: Tensor) -> Tensor:
+        return super().lookup(z).int()
+
+
+class IndicesOutOfRange(TinyVQ):
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        out = super().forward(z)
+        return QuantizerOutput(out.quantized, out.indices + self.codebook_size, out.aux_loss)
+
+
+class ReturnsTuple(TinyVQ):
+    def forward(self, z: Tensor) -> Any:  # type: ignore[override]
+        out = super().forward(z)
+        return out.quantized, out.indices, out.aux_loss
+
+
+class WrongShape(TinyVQ):
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        out = super().forward(z)
+        return QuantizerOutput(out.quantized.flatten(1), out.indices, out.aux_loss)
+
+
+class HalfPrecision(TinyVQ):
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        out = super().forward(z)
+        return QuantizerOutput(out.quantized.half(), out.indices, out.aux_loss)
+
+
+class AttachedMetrics(TinyVQ):
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        out = super().forward(z)
+        return QuantizerOutput(out.quantized, out.indices, out.aux_loss, {"loss": out.aux_loss})
+
+
+class VectorAuxLoss(TinyVQ):
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        out = super().forward(z)
+        return QuantizerOutput(out.quantized, out.indices, out.aux_loss.reshape(1))
+
+
+class RandomInEval(TinyVQ):
+    def straight_through(self, z: Tensor, codes: Tensor) -> Tensor:
+        return super().straight_through(z, codes) + torch.randn_like(codes) * 1e-3
+
+
+class NoInputCheck(TinyVQ):
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        z = z[..., : self.dim]  # silently drops extra channels
+        indices = self.lookup(z)
+        codes = self.codebook[indices[..., 0]]
+        return QuantizerOutput(self.straight_through(z, codes), indices, z.new_zeros(()))
+
+
+class WrongErrorForBadIndices(TinyVQ):
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        return self.codebook[indices[..., 0]]  # IndexError for K, wraps for -1
+
+
+class MutatesInput(TinyVQ):
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        out = super().forward(z)
+        with torch.no_grad():
+            z.mul_(2)
+        return out
+
+
+BROKEN = [
+    (WrapsIndices, "never wrap"),
+    (WrongErrorForBadIndices, "IndexRangeError"),
+    (CodesDiffer, "indices_to_codes(indices) equals quantized exactly"),
+    (NoGradient, "gradients reach z"),
+    (UpdatesInEval, "eval-mode forward leaves buffers"),
+    (StateOutsideBuffers, "same outputs"),
+    (ConfigNotJson, "JSON-serialisable"),
+    (ConfigIncomplete, "rebuilds the quantizer"),
+    (Int32Indices, "int64"),
+    (IndicesOutOfRange, "indices lie in [0, codebook_sizes[s])"),
+    (ReturnsTuple, "QuantizerOutput"),
+    (WrongShape, "quantized has the shape of z"),
+    (HalfPrecision, "float32 (or wider)"),
+    (AttachedMetrics, "detached"),
+    (VectorAuxLoss, "aux_loss is a scalar tensor"),
+    (RandomInEval, "deterministic"),
+    (NoInputCheck, "wrong last dimension raises a tok.TokError"),
+    (MutatesInput, "leaves z unchanged"),
+]
+
+
+@pytest.mark.parametrize(("cls", "promise"), BROKEN, ids=[c.__name__ for c, _ in BROKEN])
+def test_broken_quantizer_fails_naming_the_promise(cls: type, promise: str) -> None:
+    with pytest.raises(AssertionError, match="breaks the Quantizer contract") as info:
+        check_quantizer(cls)
+    assert promise in str(info.value)
+    assert cls.__name__ in str(info.value)
+
+
+def test_not_a_quantizer_subclass() -> None:
+    class Plain(nn.Module):
+        def __init__(self, *, dim: int = 8) -> None:
+            super().__init__()
+
+    with pytest.raises(AssertionError, match="subclass of tok.Quantizer"):
+        check_quantizer(Plain)
+
+
+def test_config_argument_overrides_example_config() -> None:
+    with pytest.raises(AssertionError, match="it builds from its config.*unexpected keyword"):
+        check_quantizer(TinyVQ, config={"dim": 4, "size": 3})
+
+
+def test_default_config_is_dim_8() -> None:
+    class NeedsCodebookSize(TinyVQ):
+        example_config = Quantizer.example_config  # the base-class default: {"dim": 8}
+
+        def __init__(self, *, dim: int, codebook_size: int = 3) -> None:
+            assert dim == 8
+            super().__init__(dim=dim, codebook_size=codebook_size)
+
+    check_quantizer(NeedsCodebookSize, grids=((2,),))
+
+
+def test_example_config_may_be_a_dict_attribute() -> None:
+    class DictExample(TinyVQ):
+        example_config = {"dim": 2, "codebook_size": 3}  # type: ignore[assignment]
+
+    check_quantizer(DictExample, grids=((2,),))
+
+
+def test_by_registered_name_from_a_third_party_plugin() -> None:
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def register_quantizers(register):
+            register(TinyVQ, name="tiny-vq-test")
+            register(WrapsIndices, name="wraps-test")
+
+    register_plugin(Plugin(), name="tiny-test-plugin")
+    try:
+        check_quantizer("tiny-vq-test")
+        with pytest.raises(AssertionError, match="'wraps-test'.*never wrap"):
+            check_quantizer("wraps-test")
+    finally:
+        unregister_plugin("tiny-test-plugin")
+
+
+def test_leaves_the_callers_random_state_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    check_quantizer(TinyVQ, grids=((2,),))
+    assert torch.equal(torch.rand(3), expected)
