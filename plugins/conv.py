@@ -46,7 +46,9 @@ class ConvImage(Architecture):
         super().__init__()
         channels = list(channels) if channels is not None else [32, 64, 128]
         if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
-            raise ConfigError(f"conv: channels must be a non-empty list of positive integers, got {channels!r}")
+            raise ConfigError(
+                f"conv: channels must be a non-empty list of positive integers, got {channels!r}"
+            )
         per_level = [blocks] * len(channels) if isinstance(blocks, int) else list(blocks)
         if len(per_level) != len(channels) or any(b < 0 for b in per_level):
             raise ConfigError(
@@ -75,7 +77,11 @@ class ConvImage(Architecture):
                     nn.Upsample(scale_factor=2, mode="nearest"),
                     nn.Conv2d(ch, channels[i - 1], 3, padding=1),
                 ]
-        dec += [make_norm(norm, channels[0]), nn.SiLU(), nn.Conv2d(channels[0], in_channels, 3, padding=1)]
+        dec += [
+            make_norm(norm, channels[0]),
+            nn.SiLU(),
+            nn.Conv2d(channels[0], in_channels, 3, padding=1),
+        ]
         self.decoder = nn.Sequential(*dec)
 
     def config(self) -> dict[str, Any]:

@@ -45,7 +45,13 @@ def codebook_stats(counts: Tensor) -> dict[str, float]:
     size = counts.numel()
     used = int((counts > 0).sum())
     if total == 0:
-        return {"usage": 0.0, "perplexity": 0.0, "perplexity_ratio": 0.0, "dead": size, "size": size}
+        return {
+            "usage": 0.0,
+            "perplexity": 0.0,
+            "perplexity_ratio": 0.0,
+            "dead": size,
+            "size": size,
+        }
     p = counts / total
     entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
     return {

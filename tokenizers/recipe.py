@@ -168,7 +168,7 @@ def _check_component(table_name: str, table: Any) -> tuple[Component | None, lis
     if not isinstance(name, str):
         kind = _COMPONENT_KINDS[table_name]
         known = ", ".join(registry(kind).names()) or "none"
-        return None, [f"[{table_name}]: missing name = \"...\" (registered: {known})"]
+        return None, [f'[{table_name}]: missing name = "..." (registered: {known})']
     try:
         cls = registry(_COMPONENT_KINDS[table_name]).get(name)
     except TokError as exc:

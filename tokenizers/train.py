@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from contextlib import nullcontext
@@ -38,11 +37,18 @@ from ._io import atomic_path, write_json, write_text
 from .config import build
 from .data import Dataset, Samples
 from .errors import CheckpointError, OutputDirError, TokError
-from .metrics import codebook_stats, code_counts, psnr
+from .metrics import code_counts, codebook_stats, psnr
 from .models import Tokenizer
-from .recipe import Recipe, dumps_toml, parse_recipe, apply_overrides
+from .recipe import Recipe, apply_overrides, dumps_toml, parse_recipe
 
-__all__ = ["train", "evaluate", "build_tokenizer", "CollapseWarning", "RunResult", "load_run_recipe"]
+__all__ = [
+    "train",
+    "evaluate",
+    "build_tokenizer",
+    "CollapseWarning",
+    "RunResult",
+    "load_run_recipe",
+]
 
 STATE = "state.safetensors"
 STATE_JSON = "state.json"
@@ -71,7 +77,9 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError as exc:
         raise TokError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TokError(f"train.device = {name!r} but CUDA is not available here; use \"cpu\" or \"auto\"")
+        raise TokError(
+            f'train.device = {name!r} but CUDA is not available here; use "cpu" or "auto"'
+        )
     return device
 
 
@@ -106,7 +114,11 @@ def lr_at(step: int, recipe: Recipe) -> float:
 
 @torch.no_grad()
 def evaluate(
-    tokenizer: Tokenizer, samples: Samples, *, batch_size: int = 500, device: torch.device | None = None
+    tokenizer: Tokenizer,
+    samples: Samples,
+    *,
+    batch_size: int = 500,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Reconstruct ``samples`` and measure them.
 
@@ -147,7 +159,14 @@ def evaluate(
 # checkpoints -----------------------------------------------------------------
 
 
-def _save_state(run_dir: Path, step: int, tokenizer: Tokenizer, opt: torch.optim.Optimizer, gen: torch.Generator, elapsed: float) -> None:
+def _save_state(
+    run_dir: Path,
+    step: int,
+    tokenizer: Tokenizer,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    elapsed: float,
+) -> None:
     tensors: dict[str, torch.Tensor] = {
         f"model.{k}": v.detach().contiguous().cpu() for k, v in tokenizer.state_dict().items()
     }
@@ -166,18 +185,22 @@ def _save_state(run_dir: Path, step: int, tokenizer: Tokenizer, opt: torch.optim
     tokenizer.save(run_dir)
 
 
-def _load_state(run_dir: Path, tokenizer: Tokenizer, opt: torch.optim.Optimizer, gen: torch.Generator) -> tuple[int, float]:
+def _load_state(
+    run_dir: Path, tokenizer: Tokenizer, opt: torch.optim.Optimizer, gen: torch.Generator
+) -> tuple[int, float]:
     path = run_dir / STATE
     if not path.is_file():
-        raise CheckpointError(f"cannot resume {run_dir}: no {STATE} (the run never reached its first checkpoint)")
+        raise CheckpointError(
+            f"cannot resume {run_dir}: no {STATE} (the run never reached its first checkpoint)"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         scalars = json.loads(meta["state"])
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     tokenizer.load_state_dict(model_state)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -271,7 +294,9 @@ def train(
     dataset = build_dataset(recipe)
     train_set = dataset.load("train")
     test_set = dataset.load("test")
-    eval_set = Samples(images=test_set.images[: t.eval_samples], keys=test_set.keys[: t.eval_samples])
+    eval_set = Samples(
+        images=test_set.images[: t.eval_samples], keys=test_set.keys[: t.eval_samples]
+    )
     tokenizer = build_tokenizer(recipe, tuple(train_set.images.shape[1:])).to(device)
     opt = torch.optim.AdamW(
         tokenizer.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
@@ -284,7 +309,13 @@ def train(
         step, elapsed = _load_state(run_dir, tokenizer, opt, gen)
         rows = _read_log(run_dir, step)
         write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
-    write_text(run_dir / RECIPE, dumps_toml(recipe.to_dict(), header=f"# resolved recipe of {run_dir}\n# resume: tok train --resume {run_dir}"))
+    write_text(
+        run_dir / RECIPE,
+        dumps_toml(
+            recipe.to_dict(),
+            header=f"# resolved recipe of {run_dir}\n# resume: tok train --resume {run_dir}",
+        ),
+    )
 
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -297,7 +328,9 @@ def train(
     end = t.steps if stop_after is None else min(t.steps, step + stop_after)
     start_time = time.perf_counter() - elapsed
     log = open(run_dir / METRICS, "a")  # noqa: SIM115 - kept open for the whole loop
-    bar = tqdm(total=t.steps, initial=step, disable=not progress, desc=f"train {recipe.name}", unit="step")
+    bar = tqdm(
+        total=t.steps, initial=step, disable=not progress, desc=f"train {recipe.name}", unit="step"
+    )
     try:
         tokenizer.train()
         while step < end:
@@ -333,7 +366,9 @@ def train(
                 log.flush()
                 bar.set_postfix(loss=f"{row['loss']:.4f}", usage=f"{row.get('usage', 0):.2f}")
             if step % t.eval_every == 0 or step == t.steps:
-                last_eval = _evaluate_and_plot(run_dir, recipe, tokenizer, eval_set, step, log, device)
+                last_eval = _evaluate_and_plot(
+                    run_dir, recipe, tokenizer, eval_set, step, log, device
+                )
             if step % t.checkpoint_every == 0 or step == end:
                 _save_state(run_dir, step, tokenizer, opt, gen, time.perf_counter() - start_time)
     finally:
@@ -383,5 +418,7 @@ def _evaluate_and_plot(
     tokenizer.train()
     if x.ndim == 4:
         plots.save_recon_grid(run_dir / "recon.png", x.cpu(), recon)
-    plots.save_usage_histogram(run_dir / "usage.png", result["counts"], title=f"codebook usage at step {step}")
+    plots.save_usage_histogram(
+        run_dir / "usage.png", result["counts"], title=f"codebook usage at step {step}"
+    )
     return result

@@ -81,12 +81,12 @@ class Tokenizer(nn.Module):
         self.architecture = architecture
         self.quantizer = quantizer
         self.input_shape = tuple(int(v) for v in input_shape)
-        self.architecture_name = registry("architectures").name_of(architecture) or type(
-            architecture
-        ).__name__.lower()
-        self.quantizer_name = registry("quantizers").name_of(quantizer) or type(
-            quantizer
-        ).__name__.lower()
+        self.architecture_name = (
+            registry("architectures").name_of(architecture) or type(architecture).__name__.lower()
+        )
+        self.quantizer_name = (
+            registry("quantizers").name_of(quantizer) or type(quantizer).__name__.lower()
+        )
         self.weights_sha256: str | None = None  # set by save() and load()
 
     # construction ------------------------------------------------------------

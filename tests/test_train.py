@@ -1,0 +1,121 @@
+"""Tests for tok.train: run folders, checkpoints, resume, schedule, collapse warning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tok.errors import CheckpointError, OutputDirError
+from tok.models import Tokenizer
+from tok.recipe import load_recipe
+from tok.train import CollapseWarning, load_run_recipe, lr_at, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.channels=[8, 16, 16]",
+    "train.steps=6",
+    "train.batch_size=8",
+    "train.eval_samples=32",
+    "train.eval_every=3",
+    "train.checkpoint_every=3",
+    "train.log_every=1",
+    "train.warmup_steps=2",
+    "output.samples=8",
+]
+
+
+def tiny(tmp_path: Path, *extra: str, name: str = "run"):
+    return load_recipe(
+        ROOT / "recipes/fsq_mnist.toml", [*TINY, f"output.dir='{tmp_path / name}'", *extra]
+    )
+
+
+def test_run_folder_contents(tmp_path):
+    result = train(tiny(tmp_path), progress=False)
+    run = result.run_dir
+    assert result.step == 6
+    for name in [
+        "recipe.toml",
+        "model.safetensors",
+        "tokenizer.json",
+        "state.safetensors",
+        "state.json",
+        "metrics.jsonl",
+        "recon.png",
+        "usage.png",
+        "loss.png",
+    ]:
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if r["split"] == "test"] == [3, 6]
+    assert {"loss", "lr", "usage", "perplexity"} <= set(rows[0])
+    assert 0 < result.eval["psnr"] < 60
+    assert not list(run.glob(".tmp-*"))
+    # the resolved recipe rebuilds the same recipe
+    assert load_run_recipe(run).train == tiny(tmp_path).train
+    # the saved tokenizer loads and reproduces itself
+    tok = Tokenizer.load(run)
+    assert tok.grid == (7, 7) and tok.quantizer.codebook_sizes == (1000,)
+
+
+def test_no_pickle_in_run_folder(tmp_path):
+    run = train(tiny(tmp_path), progress=False).run_dir
+    for path in run.iterdir():
+        assert path.suffix in {".toml", ".safetensors", ".json", ".jsonl", ".png"}, path
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = train(tiny(tmp_path, name="a"), progress=False)
+    stopped = train(tiny(tmp_path, name="b"), progress=False, stop_after=3)
+    assert stopped.step == 3
+    resumed = train(load_run_recipe(stopped.run_dir), resume=True, progress=False)
+    assert resumed.step == 6
+    a = load_file(straight.run_dir / "model.safetensors")
+    b = load_file(resumed.run_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows = [json.loads(x) for x in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_refuses_existing_run_folder(tmp_path):
+    (tmp_path / "run").mkdir()
+    keep = tmp_path / "run" / "precious.txt"
+    keep.write_text("mine")
+    with pytest.raises(OutputDirError, match="already exists"):
+        train(tiny(tmp_path), progress=False)
+    assert keep.read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["precious.txt"]
+
+
+def test_resume_without_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="recipe.toml is missing"):
+        load_run_recipe(tmp_path)
+
+
+def test_lr_schedule(tmp_path):
+    recipe = tiny(
+        tmp_path, "train.steps=100", "train.warmup_steps=10", "train.lr=1.0", "train.min_lr=0.1"
+    )
+    assert lr_at(0, recipe) == pytest.approx(0.1)
+    assert lr_at(9, recipe) == pytest.approx(1.0)
+    assert lr_at(10, recipe) == pytest.approx(1.0)
+    assert lr_at(55, recipe) == pytest.approx(0.55)
+    assert lr_at(100, recipe) == pytest.approx(0.1)
+    const = tiny(tmp_path, "train.schedule='constant'", "train.warmup_steps=0")
+    assert lr_at(5, const) == const.train.lr
+
+
+def test_collapse_warning_names_the_stream(tmp_path):
+    # 32768 codes, 16 test images x 49 positions: at most 2.4 % can be used
+    recipe = tiny(
+        tmp_path, "quantizer.levels=[8, 8, 8, 8, 8]", "model.latent_dim=5", "train.eval_samples=16"
+    )
+    with pytest.warns(CollapseWarning, match=r"stream 0 .* of 32768 codes"):
+        train(recipe, progress=False)
