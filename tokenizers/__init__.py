@@ -13,9 +13,12 @@ from .registry import (
     list_architectures,
     list_datasets,
     list_quantizers,
-    plugins,
     register_plugin,
 )
+from .registry import plugins as list_plugins
+
+# ``tok.plugins`` is the package of built-in plugins (``tok.plugins.fsq``…);
+# importing it rebinds that attribute, so the function is ``tok.list_plugins``.
 
 __version__ = "0.1.0"
 
@@ -31,7 +34,7 @@ __all__ = [
     "get_quantizer",
     "list_architectures",
     "list_datasets",
+    "list_plugins",
     "list_quantizers",
-    "plugins",
     "register_plugin",
 ]

@@ -247,7 +247,7 @@ def _collect(state: _State) -> None:
     for kind, (hook_name, _, _) in KINDS.items():
         registry = state.registries[kind]
         hook = getattr(state.pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order (pluggy calls LIFO)
             owner = impl.plugin_name
             info = state.infos.setdefault(owner, PluginInfo(name=owner, source="registered"))
             if info.status == "failed":
