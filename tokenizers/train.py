@@ -357,7 +357,7 @@ def train(
                     "split": "train",
                     "loss": loss.item(),
                     "recon_loss": recon_loss.item(),
-                    "aux_loss": float(out.aux_loss),
+                    "aux_loss": float(out.aux_loss.detach()),
                     "lr": lr,
                     "time": round(time.perf_counter() - start_time, 3),
                     **{k: float(v) for k, v in out.metrics.items()},
