@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -220,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'fsq*'")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_quantizers)
+    for p in sub.choices.values():  # `tok encode … --debug` works as well as `tok --debug encode …`
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
     return parser
 
 
@@ -250,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tok: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tok plugins --json | head`: the reader left; no traceback
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,10 +16,17 @@ from torchvision.io import encode_png
 from tqdm.auto import tqdm
 
 from ._io import atomic_path
-from .config import parameters
+from .config import build, parameters
 from .data import Dataset, ImageFolder
 from .data.base import to_uint8
-from .errors import DatasetError, OutputDirError, TokenFileError, TokenizerMismatchError
+from .data.folder import quiet_torchvision_io
+from .errors import (
+    ConfigError,
+    DatasetError,
+    OutputDirError,
+    TokenFileError,
+    TokenizerMismatchError,
+)
 from .models import Tokenizer
 from .registry import registry
 from .tokens import TokenDir, TokenHeader, load_tokens
@@ -38,7 +45,13 @@ def open_source(src: str, tokenizer: Tokenizer, *, split: str, resize: str = "er
     if sep and name in registry("datasets"):
         cls = registry("datasets").get(name)
         options = {"channels": channels} if "channels" in parameters(cls) else {}
-        return cls(**options), ds_split or split
+        try:
+            return build("datasets", name, options), ds_split or split
+        except ConfigError as exc:
+            raise DatasetError(
+                f"dataset {name!r} cannot be named as DATASET:SPLIT here ({exc}); "
+                f"give a folder of images instead"
+            ) from exc
     if path.exists():
         raise DatasetError(f"{src} is not a folder; give a folder of images or DATASET:SPLIT such as mnist:test")
     raise DatasetError(
@@ -144,7 +157,8 @@ def decode(
     for start in tqdm(range(0, len(tf.keys), batch_size), desc="decode", unit="batch", disable=not progress):
         images = to_uint8(tokenizer.decode(tf.tokens[start : start + batch_size].to(device)).cpu())
         for image, path in zip(images, paths[start : start + batch_size], strict=True):
-            data = encode_png(image).numpy().tobytes()
+            with quiet_torchvision_io():
+                data = encode_png(image).numpy().tobytes()
             with atomic_path(path) as tmp:
                 tmp.write_bytes(data)
             n += 1

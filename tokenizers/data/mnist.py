@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from ..errors import DatasetMissingError
+from ..errors import DatasetError, DatasetMissingError
 from .base import Dataset, Samples, data_root, to_channels
 
 __all__ = ["MNIST"]
@@ -32,6 +32,8 @@ class MNIST(Dataset):
     def __init__(
         self, *, root: str | None = None, download: bool = True, channels: int = 1
     ) -> None:
+        if channels not in (1, 3):
+            raise DatasetError(f"mnist channels must be 1 or 3, got {channels!r}")
         self.root = data_root(root)
         self.download = download
         self.channels = channels
@@ -68,7 +70,17 @@ class MNIST(Dataset):
 
     def read(self, split: str, keys: list[str]) -> Samples:
         images = self._images(split)
-        index = torch.tensor([int(k.rsplit("/", 1)[1]) for k in keys], dtype=torch.long)
+        prefix = f"mnist/{split}/"
+        rows = []
+        for k in keys:
+            i = k[len(prefix) :] if k.startswith(prefix) else ""
+            if not (i.isdigit() and len(i) == 5 and int(i) < len(images)):
+                raise DatasetError(
+                    f"no MNIST {split} image with key {k!r} (keys are {prefix}00000 to "
+                    f"{prefix}{len(images) - 1:05d})"
+                )
+            rows.append(int(i))
+        index = torch.tensor(rows, dtype=torch.long)
         return Samples(images=to_channels(images[index], self.channels), keys=list(keys))
 
     def load(self, split: str) -> Samples:

@@ -191,16 +191,34 @@ class Tokenizer(nn.Module):
             config = json.loads(config_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"cannot read {config_path}: {exc}") from exc
-        if config.get("format") != TOKENIZER_FORMAT:
+        if not isinstance(config, dict) or config.get("format") != TOKENIZER_FORMAT:
+            found = config.get("format") if isinstance(config, dict) else type(config).__name__
             raise CheckpointError(
-                f"{config_path} is not a tok tokenizer config (format {config.get('format')!r})"
+                f"{config_path} is not a tok tokenizer config (format {found!r}, "
+                f"expected {TOKENIZER_FORMAT!r})"
             )
-        tokenizer = cls.from_config(config)
+        try:
+            tokenizer = cls.from_config(config)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(
+                f"{config_path} is damaged: cannot rebuild the tokenizer from it "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        except CheckpointError:
+            raise
+        except TokError as exc:  # unknown name (a plugin missing?), bad options, dim mismatch
+            raise CheckpointError(f"cannot rebuild the tokenizer in {config_path}: {exc}") from exc
         try:
             state = load_file(weights_path, device=str(map_location))
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types
             raise CheckpointError(f"cannot read weights {weights_path}: {exc}") from exc
-        missing, unexpected = tokenizer.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = tokenizer.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            detail = str(exc).strip().splitlines()[-1].strip()
+            raise CheckpointError(
+                f"weights in {weights_path} do not fit {config_path.name}: {detail}"
+            ) from exc
         if missing or unexpected:
             raise CheckpointError(
                 f"weights in {weights_path} do not fit the config: "

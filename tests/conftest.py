@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny trained tokenizer and a folder of real MNIST PNGs.
+
+Both need the real MNIST files: ``$TOK_DATA_DIR`` (torchvision layout,
+``MNIST/raw/*-ubyte``). When it is unset and the workplace's shared copy
+(``../shared/data`` beside the repository) exists, that copy is used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "fsq_mnist.toml"
+
+_SHARED_DATA = REPO.parent / "shared" / "data"
+if not os.environ.get("TOK_DATA_DIR") and (_SHARED_DATA / "MNIST" / "raw").is_dir():
+    os.environ["TOK_DATA_DIR"] = str(_SHARED_DATA)
+
+#: how many test digits the ``mnist_pngs`` folder holds
+NUM_PNGS = 1000
+
+#: overrides that make the real fsq_mnist recipe train in seconds
+TINY = [
+    "train.steps=20",
+    "train.batch_size=16",
+    "train.eval_every=20",
+    "train.eval_samples=64",
+    "train.checkpoint_every=20",
+]
+
+
+def mnist_dir() -> Path:
+    """The folder that holds ``MNIST/raw`` (fails the test clearly if there is none)."""
+    root = os.environ.get("TOK_DATA_DIR")
+    if not root or not (Path(root) / "MNIST" / "raw").is_dir():
+        pytest.fail(
+            "these tests need the real MNIST files: set TOK_DATA_DIR to the folder holding MNIST/raw"
+        )
+    return Path(root)
+
+
+def train_tiny(out: Path, *extra: str) -> Path:
+    """Train the real fsq_mnist recipe for 20 steps into ``out``; return the run folder."""
+    import warnings
+
+    from tok.recipe import load_recipe
+    from tok.train import CollapseWarning, train
+
+    mnist_dir()
+    recipe = load_recipe(RECIPE, [*TINY, *extra, f"output.dir='{out}'"])
+    with warnings.catch_warnings():
+        # 20 steps are far too few for a healthy codebook; that is not what is tested
+        warnings.simplefilter("ignore", CollapseWarning)
+        train(recipe, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder of the fsq_mnist recipe trained for 20 steps (model.safetensors, tokenizer.json…)."""
+    return train_tiny(tmp_path_factory.mktemp("trained") / "fsq_mnist")
+
+
+@pytest.fixture(scope="session")
+def mnist_pngs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,000 real MNIST test digits as grayscale PNGs, ``<label>/<index>.png`` (keys like ``7/00000``)."""
+    import torchvision
+    from torchvision.io import write_png
+
+    from tok.data.folder import quiet_torchvision_io
+
+    ds = torchvision.datasets.MNIST(str(mnist_dir()), train=False, download=False)
+    root = tmp_path_factory.mktemp("digits")
+    with quiet_torchvision_io():
+        for i in range(NUM_PNGS):
+            folder = root / str(int(ds.targets[i]))
+            folder.mkdir(exist_ok=True)
+            write_png(ds.data[i].unsqueeze(0), str(folder / f"{i:05d}.png"))
+    return root

@@ -1,0 +1,318 @@
+"""The ``tok`` command: help, version, listings, recipe errors, ``--debug``, eval, train refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tok
+from tok import cli
+from tok.errors import RecipeError, TokError
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "fsq_mnist.toml"
+
+SUBCOMMAND_OPTIONS = {
+    "train": ["--set", "--resume", "--no-progress", "recipe"],
+    "encode": [
+        "--out",
+        "--run",
+        "--split",
+        "--shard-size",
+        "--batch-size",
+        "--resize",
+        "--no-progress",
+    ],
+    "decode": ["--out", "--run", "--force", "--batch-size", "--no-progress"],
+    "eval": ["--split", "--samples", "--json"],
+    "plugins": ["--json"],
+    "quantizers": ["pattern", "--json"],
+}
+
+
+def tok_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run ``tok ARGS`` in this process; return (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        code = cli.main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's --help / --version / usage errors
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tok_subprocess(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tok", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+
+
+def one_error(err: str, *needles: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("tok: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def write_recipe(path: Path, *, quantizer: str = "fsq", train_extra: str = "") -> Path:
+    """The real fsq_mnist recipe with another quantizer name and extra [train] lines."""
+    text = RECIPE.read_text().replace('name = "fsq"', f'name = "{quantizer}"')
+    assert f'name = "{quantizer}"' in text
+    text = text.replace("[train]\n", "[train]\n" + train_extra)
+    path.write_text(text)
+    return path
+
+
+# version and help -------------------------------------------------------------
+
+
+def test_version(capsys):
+    code, out, _ = tok_cli(capsys, "--version")
+    assert code == 0
+    assert out.strip() == f"tok {tok.__version__}"
+    proc = tok_subprocess("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"tok {tok.__version__}"
+
+
+def test_help_lists_every_command(capsys):
+    code, out, _ = tok_cli(capsys, "--help")
+    assert code == 0
+    for word in [*SUBCOMMAND_OPTIONS, "--version", "--debug"]:
+        assert word in out
+
+
+def test_no_command_prints_help(capsys):
+    code, out, _ = tok_cli(capsys)
+    assert code == 0
+    assert "usage: tok" in out and "encode" in out
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMAND_OPTIONS))
+def test_subcommand_help_mentions_its_options(capsys, command):
+    code, out, _ = tok_cli(capsys, command, "--help")
+    assert code == 0
+    assert f"usage: tok {command}" in out
+    for option in SUBCOMMAND_OPTIONS[command]:
+        assert option in out, f"{option} missing from `tok {command} --help`"
+
+
+# listings ---------------------------------------------------------------------
+
+BUILTINS = {"fsq": "quantizers", "conv": "architectures", "datasets": "datasets"}
+
+
+def test_plugins_table(capsys):
+    code, out, _ = tok_cli(capsys, "plugins")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["NAME", "VERSION"] and "SOURCE" in lines[0]
+    rows = {line.split()[0]: line for line in lines[2:] if line.strip()}
+    for name, kind in BUILTINS.items():
+        assert name in rows, f"no {name} row in:\n{out}"
+        assert "builtin" in rows[name].split()
+        assert "ok" in rows[name].split()
+        assert kind in rows[name]
+    assert "quantizers: fsq" in rows["fsq"]
+    assert "mnist" in rows["datasets"] and "imagefolder" in rows["datasets"]
+
+
+def test_plugins_json(capsys):
+    code, out, _ = tok_cli(capsys, "plugins", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert isinstance(data, list)
+    for item in data:
+        assert {"name", "version", "source", "status", "provides"} <= set(item)
+    by_name = {item["name"]: item for item in data}
+    for name, kind in BUILTINS.items():
+        item = by_name[name]
+        assert item["source"] == "builtin"
+        assert item["status"] == "ok"
+        assert item["version"] == tok.__version__
+        assert kind in item["provides"]
+    assert by_name["fsq"]["provides"]["quantizers"] == ["fsq"]
+    assert sorted(by_name["datasets"]["provides"]["datasets"]) == ["imagefolder", "mnist"]
+
+
+def test_quantizers_lists_fsq(capsys):
+    code, out, _ = tok_cli(capsys, "quantizers")
+    assert code == 0
+    rows = [line.split()[0] for line in out.splitlines()[2:] if line.strip()]
+    assert "fsq" in rows
+    fsq_row = next(line for line in out.splitlines() if line.startswith("fsq "))
+    assert "1000" in fsq_row  # the example codebook size (levels 8,5,5,5)
+
+    code, out, _ = tok_cli(capsys, "quantizers", "fs*", "--json")
+    assert code == 0
+    assert [d["name"] for d in json.loads(out)] == ["fsq"]
+
+
+def test_quantizers_pattern_that_matches_nothing(capsys):
+    code, out, _ = tok_cli(capsys, "quantizers", "zz*")
+    assert code == 0
+    rows = [
+        line for line in out.splitlines()[2:] if line.strip() and not line.startswith("conflict")
+    ]
+    assert rows == []
+    assert "fsq" not in out
+    code, out, _ = tok_cli(capsys, "quantizers", "zz*", "--json")
+    assert code == 0 and json.loads(out) == []
+
+
+# recipe errors ----------------------------------------------------------------
+
+
+def test_unknown_quantizer_suggests_the_closest(capsys, tmp_path):
+    recipe = write_recipe(tmp_path / "typo.toml", quantizer="fqs")
+    out_dir = tmp_path / "run"
+    code, _, err = tok_cli(capsys, "train", recipe, "--set", f"output.dir='{out_dir}'")
+    assert code != 0
+    one_error(err, "fqs", "did you mean", "'fsq'", str(recipe))
+    assert not out_dir.exists()
+
+
+def test_unknown_key_and_wrong_type_are_reported_together(capsys, tmp_path):
+    recipe = write_recipe(tmp_path / "bad.toml", train_extra='stepz = 10\ngrad_clip = "fast"\n')
+    out_dir = tmp_path / "run"
+    code, _, err = tok_cli(capsys, "train", recipe, "--set", f"output.dir='{out_dir}'")
+    assert code != 0
+    line = one_error(err, "stepz", "unknown key", "grad_clip", "expected float", "'fast'")
+    assert "2 recipe problems" in line
+    assert not out_dir.exists()
+
+
+def test_set_overrides_are_checked_too(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, _, err = tok_cli(
+        capsys,
+        "train",
+        RECIPE,
+        "--set",
+        "train.steps=many",
+        "--set",
+        "quantizer.levelz=[8,5]",
+        "--set",
+        f"output.dir='{out_dir}'",
+    )
+    assert code != 0
+    one_error(err, "steps", "'many'", "levelz")
+    assert not out_dir.exists()
+
+
+def test_debug_shows_the_traceback(capsys, tmp_path):
+    recipe = write_recipe(tmp_path / "typo.toml", quantizer="fqs")
+    # in process: --debug lets the TokError through instead of printing one line
+    with pytest.raises(RecipeError, match="did you mean"):
+        cli.main(["--debug", "train", str(recipe)])
+    with pytest.raises(RecipeError, match="did you mean"):  # after the command works too
+        cli.main(["train", str(recipe), "--debug"])
+    # as a command: a Python traceback on stderr, non-zero exit
+    proc = tok_subprocess("--debug", "train", recipe)
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "RecipeError" in proc.stderr and "did you mean" in proc.stderr
+    # and without --debug: one line, no traceback
+    proc = tok_subprocess("train", recipe)
+    assert proc.returncode != 0
+    one_error(proc.stderr, "did you mean")
+
+
+def test_errors_are_tokerrors_with_nonzero_exit(capsys, tmp_path):
+    code, _, err = tok_cli(capsys, "train")
+    assert code != 0
+    one_error(err, "recipe")
+    code, _, err = tok_cli(capsys, "train", tmp_path / "nope.toml")
+    assert code != 0
+    one_error(err, "nope.toml")
+    assert issubclass(RecipeError, TokError)
+
+
+# eval -------------------------------------------------------------------------
+
+
+def test_eval_prints_the_metrics(capsys, trained_run):
+    code, out, err = tok_cli(capsys, "eval", trained_run, "--samples", "200")
+    assert code == 0, err
+    assert "200 test images" in out
+    for word in ("psnr", "bits per pixel", "codebook usage", "perplexity"):
+        assert word in out
+
+    code, out_json, err = tok_cli(capsys, "eval", trained_run, "--samples", "200", "--json")
+    assert code == 0, err
+    data = json.loads(out_json)
+    assert data["images"] == 200
+    assert 5 < data["psnr"] < 60
+    assert 0 < data["usage"] <= 1
+    assert 1 <= data["perplexity"] <= 1000
+    assert data["bits_per_pixel"] == pytest.approx(49 * math.log2(1000) / 784)
+    assert len(data["streams"]) == 1 and data["streams"][0]["size"] == 1000
+    # the table shows the same numbers
+    assert f"{data['psnr']:.2f} dB" in out
+    assert f"{data['bits_per_pixel']:.3f}" in out
+    assert f"{data['perplexity']:.1f}" in out
+
+
+def test_eval_of_a_folder_that_is_not_a_run(capsys, tmp_path):
+    code, _, err = tok_cli(capsys, "eval", tmp_path)
+    assert code != 0
+    one_error(err, str(tmp_path), "recipe.toml")
+
+
+# train refusals ---------------------------------------------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_train_refuses_an_existing_non_empty_output_folder(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "notes.txt").write_text("mine\n")
+    (out_dir / "model.safetensors").write_bytes(b"not yours")
+    before = _snapshot(out_dir)
+    code, _, err = tok_cli(
+        capsys, "train", RECIPE, "--set", f"output.dir='{out_dir}'", "--no-progress"
+    )
+    assert code != 0
+    one_error(err, str(out_dir), "--resume")
+    assert _snapshot(out_dir) == before
+
+
+@pytest.mark.parametrize("what", ["empty", "other files", "missing"])
+def test_resume_of_a_folder_that_is_not_a_run(capsys, tmp_path, what):
+    folder = tmp_path / "notarun"
+    if what != "missing":
+        folder.mkdir()
+    if what == "other files":
+        (folder / "notes.txt").write_text("mine\n")
+    before = _snapshot(folder) if folder.exists() else None
+    code, _, err = tok_cli(capsys, "train", "--resume", folder, "--no-progress")
+    assert code != 0
+    one_error(err, str(folder), "not a run folder")
+    if before is not None:
+        assert _snapshot(folder) == before
+    else:
+        assert not folder.exists()
+
+
+def test_recipe_and_resume_together_is_an_error(capsys, tmp_path):
+    code, _, err = tok_cli(capsys, "train", RECIPE, "--resume", tmp_path)
+    assert code != 0
+    one_error(err, "--resume")

@@ -1,0 +1,560 @@
+"""``tok encode`` / ``tok decode`` end to end, on real MNIST digits and a real (tiny) run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torchvision.io import decode_image, write_png
+
+from tok import cli
+from tok.data.base import to_uint8
+from tok.models import Tokenizer
+from tok.tokens import FORMAT, keys_sha256, load_tokens, read_tokens
+
+# torchvision >= 0.29 warns on every decode_image/write_png this test calls itself
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning"
+)
+
+NUM = 1000  # tests/conftest.py NUM_PNGS
+DECODE_BATCH = 256  # tok decode's default --batch-size
+
+
+# helpers ---------------------------------------------------------------------
+
+
+def tok_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run ``tok ARGS`` in this process; return (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tok_subprocess(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m tok ARGS`` in a real subprocess."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "tok", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        **kwargs,
+    )
+
+
+def one_error(err: str, *needles: str) -> str:
+    """``err`` is exactly one line ``tok: error: …`` holding every needle; return it."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one error line, got:\n{err}"
+    return last_error(err, *needles)
+
+
+def last_error(err: str, *needles: str) -> str:
+    """The single ``tok: error:`` line of ``err`` (warnings may precede it), holding every needle."""
+    assert "Traceback" not in err, err
+    errors = [line for line in err.strip().splitlines() if line.startswith("tok: error: ")]
+    assert len(errors) == 1, f"expected one 'tok: error:' line, got:\n{err}"
+    for needle in needles:
+        assert str(needle) in errors[0], f"{needle!r} not in {errors[0]!r}"
+    return errors[0]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder`` with its bytes and mtime."""
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def png_keys(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.png"))
+
+
+def read_pngs(folder: Path, keys: list[str]) -> torch.Tensor:
+    return torch.stack([decode_image(str(folder / f"{k}.png")) for k in keys])
+
+
+def small_folder(src: Path, dst: Path, n: int) -> list[Path]:
+    """Copy the first ``n`` digit PNGs of ``src`` into ``dst`` (flat); return the copies."""
+    dst.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for i, p in enumerate(sorted(src.rglob("*.png"))[:n]):
+        copies.append(dst / f"d{i:03d}.png")
+        shutil.copy(p, copies[-1])
+    return copies
+
+
+# the main round trip ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def encoded(trained_run: Path, mnist_pngs: Path, tmp_path_factory: pytest.TempPathFactory):
+    """1000 digits encoded by a real ``python -m tok`` subprocess, decoded with ``cli.main``."""
+    work = tmp_path_factory.mktemp("encoded")
+    tokens, decoded = work / "tokens", work / "decoded"
+    proc = tok_subprocess(
+        "encode",
+        mnist_pngs,
+        "--out",
+        tokens,
+        "--run",
+        trained_run,
+        "--shard-size",
+        "250",
+        "--no-progress",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr
+    assert f"wrote {NUM} rows" in proc.stdout
+    assert "4 shard(s)" in proc.stdout
+    assert cli.main(["decode", str(tokens), "--out", str(decoded), "--no-progress"]) == 0
+    return tokens, decoded
+
+
+def test_decoded_pngs_equal_the_tokenizers_reconstructions(encoded, trained_run, mnist_pngs):
+    tokens, decoded = encoded
+    keys = png_keys(mnist_pngs)
+    assert len(keys) == NUM and all("/" in k for k in keys)
+    # exactly one PNG per source image, at the same relative path
+    assert png_keys(decoded) == keys
+    assert sorted(p.relative_to(decoded).as_posix() for p in decoded.rglob("*") if p.is_file()) == [
+        f"{k}.png" for k in keys
+    ]
+
+    source = read_pngs(mnist_pngs, keys)
+    got = read_pngs(decoded, keys)
+    assert got.dtype == torch.uint8 and got.shape == (NUM, 1, 28, 28)
+
+    tokenizer = Tokenizer.load(trained_run)
+    x = source.float() / 255
+    # tok decode runs batches of 256 over the rows in key order; conv kernels may
+    # round the last bit differently for other batch shapes (batch 1 differs), so
+    # the reference uses the same batches
+    want = torch.cat(
+        [
+            to_uint8(tokenizer.reconstruct(x[i : i + DECODE_BATCH]))
+            for i in range(0, NUM, DECODE_BATCH)
+        ]
+    )
+    diff = (got.int() - want.int()).abs()
+    assert torch.equal(got, want), (
+        f"{int((diff > 0).sum())} pixels differ (max {int(diff.max())}) between tok decode's PNGs "
+        "and Tokenizer.reconstruct"
+    )
+    # the reconstructions are not the sources (20 training steps)
+    assert not torch.equal(got, source)
+
+    # the stored tokens are the tokenizer's own tokens of those images
+    tf = load_tokens(tokens)
+    assert tf.keys == keys
+    # (encode ran one batch per 250-row shard)
+    assert torch.equal(
+        tf.tokens, torch.cat([tokenizer.encode(x[i : i + 250]) for i in range(0, NUM, 250)])
+    )
+
+
+def test_shards_carry_the_metadata_and_the_manifest_is_complete(encoded, trained_run, mnist_pngs):
+    tokens, _ = encoded
+    keys = png_keys(mnist_pngs)
+    sha = hashlib.sha256((trained_run / "model.safetensors").read_bytes()).hexdigest()
+    if shutil.which("sha256sum"):
+        out = subprocess.run(
+            ["sha256sum", str(trained_run / "model.safetensors")], capture_output=True, text=True
+        )
+        assert out.stdout.split()[0] == sha
+    quantizer_config = Tokenizer.load(trained_run).quantizer.config()
+    assert quantizer_config["levels"] == [8, 5, 5, 5]
+
+    shards = sorted(p.name for p in tokens.iterdir())
+    assert shards == [f"{i:05d}.safetensors" for i in range(4)] + ["manifest.json"]
+    for i in range(4):
+        path = tokens / f"{i:05d}.safetensors"
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            assert list(f.keys()) == ["tokens"]
+            raw = f.get_tensor("tokens")
+        assert meta["format"] == FORMAT == "tok.tokens/1"
+        assert meta["quantizer"] == "fsq"
+        assert json.loads(meta["quantizer_config"]) == quantizer_config
+        assert json.loads(meta["codebook_sizes"]) == [1000]
+        assert json.loads(meta["grid"]) == [7, 7]
+        assert json.loads(meta["keys"]) == keys[i * 250 : (i + 1) * 250]
+        assert meta["tokenizer_sha256"] == sha
+        # K = 1000 does not fit uint8: stored as int16, read back as int64
+        assert raw.dtype == torch.int16
+        assert raw.shape == (250, 7, 7, 1)
+        assert int(raw.min()) >= 0 and int(raw.max()) < 1000
+        tf = read_tokens(path)
+        assert tf.tokens.dtype == torch.int64 and torch.equal(tf.tokens, raw.long())
+
+    manifest = json.loads((tokens / "manifest.json").read_text())
+    assert manifest["format"] == "tok.tokens/1"
+    assert manifest["complete"] is True
+    assert manifest["num_items"] == NUM
+    assert manifest["shard_size"] == 250
+    assert manifest["keys_sha256"] == keys_sha256(keys)
+    assert manifest["shards"] == [
+        {"file": f"{i:05d}.safetensors", "count": 250, "done": True} for i in range(4)
+    ]
+    assert manifest["header"]["tokenizer_sha256"] == sha
+    assert manifest["header"]["quantizer"] == "fsq"
+    assert manifest["header"]["grid"] == [7, 7]
+    assert manifest["header"]["codebook_sizes"] == [1000]
+
+
+def test_encoding_again_into_a_finished_folder_redoes_nothing(
+    encoded, trained_run, mnist_pngs, capsys
+):
+    tokens, _ = encoded
+    before = snapshot(tokens)
+    code, out, err = tok_cli(
+        capsys,
+        "encode",
+        mnist_pngs,
+        "--out",
+        tokens,
+        "--run",
+        trained_run,
+        "--shard-size",
+        "250",
+        "--no-progress",
+    )
+    assert code == 0, err
+    assert "(4 shard(s) were already done)" in out
+    assert snapshot(tokens) == before
+
+
+# resume after a kill ---------------------------------------------------------
+
+
+def _done_shards(manifest: Path) -> list[str]:
+    try:
+        m = json.loads(manifest.read_text())
+    except (OSError, ValueError):  # not there yet (it is replaced atomically, never partial)
+        return []
+    return [s["file"] for s in m["shards"] if s["done"]]
+
+
+def test_killed_encode_resumes_without_redoing_shards(trained_run, mnist_pngs, tmp_path, capsys):
+    out = tmp_path / "tokens"
+    args = ["encode", mnist_pngs, "--out", out, "--run", trained_run]
+    args += ["--shard-size", "50", "--batch-size", "1", "--no-progress"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tok", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while len(_done_shards(out / "manifest.json")) < 3:
+            assert proc.poll() is None, (
+                f"encode ended (rc {proc.returncode}) before 3 shards were done: "
+                f"{proc.stderr.read().decode()}"
+            )
+            assert time.monotonic() < deadline, "encode made no progress"
+            time.sleep(0.005)
+        # 20 shards of 50 single-image passes: far from done when 3 are
+        assert proc.poll() is None, "encode finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    done = [s["file"] for s in manifest["shards"] if s["done"]]
+    assert 3 <= len(done) < 20 and manifest["complete"] is False
+    # no half-written file is visible: every shard there reads cleanly
+    visible = sorted(p for p in out.glob("*.safetensors") if not p.name.startswith("."))
+    assert set(p.name for p in visible) >= set(done)
+    for p in visible:
+        assert len(read_tokens(p)) == 50
+    mtimes = {name: (out / name).stat().st_mtime_ns for name in done}
+
+    code, stdout, err = tok_cli(capsys, *args)
+    assert code == 0, err
+    assert f"({len(done)} shard(s) were already done)" in stdout
+    assert {name: (out / name).stat().st_mtime_ns for name in done} == mtimes
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:05d}.safetensors" for i in range(20)] + [
+        "manifest.json"
+    ]
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+
+    decoded = tmp_path / "decoded"
+    code, stdout, err = tok_cli(capsys, "decode", out, "--out", decoded, "--no-progress")
+    assert code == 0, err
+    assert f"wrote {NUM} images" in stdout
+    assert png_keys(decoded) == png_keys(mnist_pngs)
+
+
+# bad inputs ------------------------------------------------------------------
+
+
+def test_empty_image_folder_is_an_error(trained_run, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = tok_cli(capsys, "encode", empty, "--out", tmp_path / "out", "--run", trained_run)
+    assert code != 0
+    one_error(err, str(empty), "no PNG/JPEG images")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_files_are_skipped_with_one_warning(trained_run, mnist_pngs, tmp_path, capsys):
+    src = tmp_path / "src"
+    good = small_folder(mnist_pngs, src / "good", 30)
+    data = good[0].read_bytes()
+    (src / "bad").mkdir()
+    (src / "bad" / "truncated.png").write_bytes(data[: len(data) // 2])
+    (src / "notes.txt").write_text("not an image\n")
+    out = tmp_path / "tokens"
+
+    code, stdout, err = tok_cli(
+        capsys,
+        "encode",
+        src,
+        "--out",
+        out,
+        "--run",
+        trained_run,
+        "--shard-size",
+        "8",
+        "--no-progress",
+    )
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tok: warning: skipped 2 file(s)")
+    assert "bad/truncated.png" in lines[0] and "notes.txt" in lines[0]
+    assert "wrote 30 rows" in stdout
+
+    tf = load_tokens(out)
+    assert tf.keys == [f"good/d{i:03d}" for i in range(30)]
+    assert tf.tokens.shape == (30, 7, 7, 1)
+    assert json.loads((out / "manifest.json").read_text())["num_items"] == 30
+    # and the skipped files are still there, untouched
+    assert (src / "bad" / "truncated.png").read_bytes() == data[: len(data) // 2]
+
+
+def test_a_folder_of_only_corrupt_files_is_an_error(trained_run, mnist_pngs, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    data = next(mnist_pngs.rglob("*.png")).read_bytes()
+    (src / "a.png").write_bytes(data[:40])
+    (src / "b.png").write_bytes(b"\x89PNG garbage")
+    code, _, err = tok_cli(capsys, "encode", src, "--out", tmp_path / "out", "--run", trained_run)
+    assert code != 0
+    last_error(err, "none of the 2", str(src))
+    assert not (tmp_path / "out").exists()
+
+
+def test_mixed_image_sizes(trained_run, mnist_pngs, tmp_path, capsys):
+    src = tmp_path / "src"
+    small_folder(mnist_pngs, src, 5)
+    write_png(torch.randint(0, 256, (1, 32, 40), dtype=torch.uint8), str(src / "big.png"))
+    out = tmp_path / "tokens"
+
+    code, _, err = tok_cli(capsys, "encode", src, "--out", out, "--run", trained_run)
+    assert code != 0
+    one_error(err, "big.png", "32x40", "28", "--resize")
+    assert not out.exists()
+
+    for policy in ("resize", "center-crop"):
+        dest = tmp_path / policy
+        code, stdout, err = tok_cli(
+            capsys,
+            "encode",
+            src,
+            "--out",
+            dest,
+            "--run",
+            trained_run,
+            "--resize",
+            policy,
+            "--no-progress",
+        )
+        assert code == 0, err
+        assert "wrote 6 rows" in stdout
+        tf = load_tokens(dest)
+        assert "big" in tf.keys and tf.tokens.shape == (6, 7, 7, 1)
+
+
+def _craft_token_file(src: Path, dst: Path, *, row: int, value: int) -> None:
+    """Copy token file ``src`` to ``dst`` with one index changed (bypassing write_tokens' checks)."""
+    with safe_open(str(src), framework="pt") as f:
+        meta = f.metadata()
+        raw = f.get_tensor("tokens")
+    raw[row, 3, 4, 0] = value
+    save_file({"tokens": raw}, str(dst), metadata=meta)
+
+
+def test_out_of_range_token_index_is_refused(encoded, trained_run, tmp_path, capsys):
+    tokens, _ = encoded
+    bad = tmp_path / "bad.safetensors"
+    _craft_token_file(tokens / "00000.safetensors", bad, row=7, value=1234)
+    assert load_file(str(bad))["tokens"].max() == 1234
+
+    out = tmp_path / "decoded"
+    code, _, err = tok_cli(capsys, "decode", bad, "--out", out, "--run", trained_run)
+    assert code != 0
+    one_error(err, str(bad), "1234", "out of range", "1000")
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def other_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the trained run with slightly different weights (another sha256)."""
+    other = tmp_path_factory.mktemp("other") / "run"
+    shutil.copytree(trained_run, other)
+    # clone: load_file maps the file, which is overwritten next
+    state = {k: v.clone() for k, v in load_file(str(other / "model.safetensors")).items()}
+    name = sorted(state)[0]
+    state[name] = state[name] + 0.01
+    save_file(state, str(other / "model.safetensors"))
+    return other
+
+
+def test_tokens_from_another_tokenizer_need_force(
+    encoded, trained_run, other_run, tmp_path, capsys
+):
+    tokens, _ = encoded
+    shard = tokens / "00000.safetensors"
+    ours = hashlib.sha256((trained_run / "model.safetensors").read_bytes()).hexdigest()
+    theirs = hashlib.sha256((other_run / "model.safetensors").read_bytes()).hexdigest()
+    assert ours != theirs
+
+    out = tmp_path / "decoded"
+    code, _, err = tok_cli(capsys, "decode", shard, "--out", out, "--run", other_run)
+    assert code != 0
+    one_error(err, "tokenizer", "sha256", ours[:12], theirs[:12], "--force")
+    assert not out.exists()
+
+    code, stdout, err = tok_cli(
+        capsys, "decode", shard, "--out", out, "--run", other_run, "--force", "--no-progress"
+    )
+    assert code == 0, err
+    assert "wrote 250 images" in stdout
+    assert len(list(out.rglob("*.png"))) == 250
+
+
+def test_encode_into_other_tokenizers_folder_is_refused(encoded, other_run, mnist_pngs, capsys):
+    tokens, _ = encoded
+    before = snapshot(tokens)
+    code, _, err = tok_cli(
+        capsys,
+        "encode",
+        mnist_pngs,
+        "--out",
+        tokens,
+        "--run",
+        other_run,
+        "--shard-size",
+        "250",
+        "--no-progress",
+    )
+    assert code != 0
+    one_error(err, str(tokens), "different tokenizer")
+    assert snapshot(tokens) == before
+
+
+def test_encode_refuses_an_out_folder_with_other_files(trained_run, mnist_pngs, tmp_path, capsys):
+    src = tmp_path / "src"
+    small_folder(mnist_pngs, src, 4)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("precious\n")
+    before = snapshot(out)
+    code, _, err = tok_cli(
+        capsys, "encode", src, "--out", out, "--run", trained_run, "--no-progress"
+    )
+    assert code != 0
+    one_error(err, str(out), "mine.txt")
+    assert snapshot(out) == before
+
+
+def test_decode_refuses_an_out_folder_with_other_files(encoded, tmp_path, capsys):
+    tokens, _ = encoded
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("precious\n")
+    before = snapshot(out)
+    code, _, err = tok_cli(
+        capsys, "decode", tokens / "00001.safetensors", "--out", out, "--no-progress"
+    )
+    assert code != 0
+    one_error(err, str(out), "not empty")
+    assert snapshot(out) == before
+
+
+def test_missing_run_folder(encoded, mnist_pngs, tmp_path, capsys):
+    tokens, _ = encoded
+    missing = tmp_path / "no-such-run"
+    code, _, err = tok_cli(capsys, "encode", mnist_pngs, "--out", tmp_path / "o1", "--run", missing)
+    assert code != 0
+    one_error(err, str(missing))
+    code, _, err = tok_cli(capsys, "decode", tokens, "--out", tmp_path / "o2", "--run", missing)
+    assert code != 0
+    one_error(err, str(missing))
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("src", ["zz:test", "no/such/folder", "mnsit:test"])
+def test_unknown_source(trained_run, tmp_path, capsys, src):
+    code, _, err = tok_cli(capsys, "encode", src, "--out", tmp_path / "out", "--run", trained_run)
+    assert code != 0
+    one_error(err, src, "mnist")  # names the source and lists the datasets
+    assert not (tmp_path / "out").exists()
+
+
+def test_dataset_that_needs_options_is_a_clean_error(trained_run, tmp_path, capsys):
+    # imagefolder needs a path: naming it as DATASET:SPLIT used to crash with a TypeError
+    code, _, err = tok_cli(
+        capsys, "encode", "imagefolder:test", "--out", tmp_path / "out", "--run", trained_run
+    )
+    assert code != 0
+    one_error(err, "imagefolder", "path")
+
+
+def test_unknown_split_of_a_dataset(trained_run, tmp_path, capsys):
+    code, _, err = tok_cli(
+        capsys, "encode", "mnist:bogus", "--out", tmp_path / "out", "--run", trained_run
+    )
+    assert code != 0
+    one_error(err, "bogus", "train", "test")
+
+
+def test_decode_of_a_missing_token_file(tmp_path, capsys):
+    missing = tmp_path / "nothing.safetensors"
+    code, _, err = tok_cli(capsys, "decode", missing, "--out", tmp_path / "out")
+    assert code != 0
+    one_error(err, str(missing))
+
+
+def test_errors_through_a_real_subprocess(trained_run, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = tok_subprocess("encode", empty, "--out", tmp_path / "out", "--run", trained_run)
+    assert proc.returncode != 0
+    one_error(proc.stderr, str(empty))
+    assert proc.stdout == ""
