@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from tok.recipe import load_recipe
-from tok.train import build_tokenizer, train
+from tok.train import build_tokenizer, resolve_precision, train
 
 VARIANTS: dict[str, list[str]] = {
     "base": [],
@@ -38,6 +38,13 @@ VARIANTS: dict[str, list[str]] = {
     "proj16": ["model.latent_dim=16"],
     "l1": ["train.loss='l1'"],
     "mid": ["model.channels=[24,48,96]"],
+    "bf16": ["train.precision='bf16'"],
+    "bf16small": ["train.precision='bf16'", "model.channels=[16,32,64]", "model.blocks=[1,1,1]"],
+    "bf16mid": ["train.precision='bf16'", "model.channels=[24,48,96]"],
+    "bf16b022": ["train.precision='bf16'", "model.blocks=[0,2,2]"],
+    "bf16wide": ["train.precision='bf16'", "model.channels=[32,96,192]"],
+    "bf16clip": ["train.precision='bf16'", "train.grad_clip=1.0"],
+    "bf16groupclip": ["train.precision='bf16'", "train.grad_clip=1.0", "model.norm='group'"],
     "smallnone": ["model.channels=[16,32,64]", "model.blocks=[1,1,1]"],
     "lr5e-3": ["train.lr=5e-3"],
 }
@@ -47,13 +54,15 @@ def time_cpu(names: list[str], recipe_path: str) -> None:
     for name in names:
         recipe = load_recipe(recipe_path, VARIANTS[name])
         model = build_tokenizer(recipe, (1, 28, 28))
+        bf16 = resolve_precision(recipe.train.precision, torch.device("cpu")) == "bf16"
         opt = torch.optim.AdamW(model.parameters(), 1e-3)
         x = torch.rand(recipe.train.batch_size, 1, 28, 28)
         for i in range(30):
             if i == 10:
                 t0 = time.perf_counter()
-            out = model(x)
-            loss = (out.reconstruction - x).pow(2).mean()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model(x)
+                loss = (out.reconstruction.float() - x).pow(2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -21,7 +20,9 @@ def _fmt_table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
     out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    out += [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
     return "\n".join(out)
 
 
@@ -39,7 +40,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif args.recipe:
         recipe = load_recipe(args.recipe, args.set)
     else:
-        raise TokError("tok train needs a recipe file (e.g. recipes/fsq_mnist.toml) or --resume RUN")
+        raise TokError(
+            "tok train needs a recipe file (e.g. recipes/fsq_mnist.toml) or --resume RUN"
+        )
     result = train(recipe, resume=bool(args.resume), progress=not args.no_progress)
     ev = result.eval
     print(f"run folder: {result.run_dir}  (step {result.step})")
@@ -111,7 +114,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"  perplexity      {result['perplexity']:.1f}")
     if len(result["streams"]) > 1:
         for i, s in enumerate(result["streams"]):
-            print(f"  stream {i}: usage {s['usage']:.1%}, perplexity {s['perplexity']:.1f}, dead {s['dead']}")
+            print(
+                f"  stream {i}: usage {s['usage']:.1%}, perplexity {s['perplexity']:.1f}, dead {s['dead']}"
+            )
     return 0
 
 
@@ -158,7 +163,13 @@ def cmd_quantizers(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     rows = [
-        [d["name"], ", ".join(d["aliases"]) or "-", d["plugin"], d["example_codebook_sizes"], d["paper"] or "-"]
+        [
+            d["name"],
+            ", ".join(d["aliases"]) or "-",
+            d["plugin"],
+            d["example_codebook_sizes"],
+            d["paper"] or "-",
+        ]
         for d in data
     ]
     print(_fmt_table(rows, ["NAME", "ALIASES", "PLUGIN", "CODEBOOK SIZES (example)", "PAPER"]))
@@ -180,55 +191,123 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a tokenizer from a TOML recipe", description="Train a tokenizer from a TOML recipe into a run folder (recipe [output] dir).")
+    p = sub.add_parser(
+        "train",
+        help="train a tokenizer from a TOML recipe",
+        description="Train a tokenizer from a TOML recipe into a run folder (recipe [output] dir).",
+    )
     p.add_argument("recipe", nargs="?", help="recipe file, e.g. recipes/fsq_mnist.toml")
-    p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE", help="override a recipe value (repeatable), e.g. --set train.steps=200")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="override a recipe value (repeatable), e.g. --set train.steps=200",
+    )
+    p.add_argument(
+        "--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("encode", help="encode images into token files", description="Encode a folder of images (or a dataset split such as mnist:test) into sharded token files plus a manifest. Resumes when run again with the same --out.")
+    p = sub.add_parser(
+        "encode",
+        help="encode images into token files",
+        description="Encode a folder of images (or a dataset split such as mnist:test) into sharded token files plus a manifest. Resumes when run again with the same --out.",
+    )
     p.add_argument("src", help="a folder of PNG/JPEG images, or DATASET:SPLIT (e.g. mnist:test)")
-    p.add_argument("--out", required=True, help="output folder (new, empty, or an unfinished encode of the same source)")
-    p.add_argument("--run", required=True, help="the tokenizer: a run folder written by `tok train`")
-    p.add_argument("--split", default="test", help="split of a folder with train/ and test/ subfolders (default: test)")
-    p.add_argument("--shard-size", type=int, default=1000, help="rows per token file (default: 1000)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
-    p.add_argument("--resize", choices=["error", "resize", "center-crop"], default="error", help="images whose size differs from the tokenizer's: fail (default), resize, or resize+center-crop")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (new, empty, or an unfinished encode of the same source)",
+    )
+    p.add_argument(
+        "--run", required=True, help="the tokenizer: a run folder written by `tok train`"
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        help="split of a folder with train/ and test/ subfolders (default: test)",
+    )
+    p.add_argument(
+        "--shard-size", type=int, default=1000, help="rows per token file (default: 1000)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="images per forward pass (default: 256)"
+    )
+    p.add_argument(
+        "--resize",
+        choices=["error", "resize", "center-crop"],
+        default="error",
+        help="images whose size differs from the tokenizer's: fail (default), resize, or resize+center-crop",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", help="decode token files back into images", description="Decode a token file or token folder into PNG images, one per row, named by its source key.")
+    p = sub.add_parser(
+        "decode",
+        help="decode token files back into images",
+        description="Decode a token file or token folder into PNG images, one per row, named by its source key.",
+    )
     p.add_argument("tokens", help="a token folder (from tok encode) or one token file")
     p.add_argument("--out", required=True, help="output folder for the PNGs (must be new or empty)")
-    p.add_argument("--run", help="the tokenizer run folder (default: the one recorded in the tokens)")
-    p.add_argument("--force", action="store_true", help="decode even if the tokens come from a different tokenizer")
-    p.add_argument("--batch-size", type=int, default=256, help="rows per forward pass (default: 256)")
+    p.add_argument(
+        "--run", help="the tokenizer run folder (default: the one recorded in the tokens)"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="decode even if the tokens come from a different tokenizer",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="rows per forward pass (default: 256)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_decode)
 
-    p = sub.add_parser("eval", help="measure a trained tokenizer", description="Print test PSNR, codebook usage, perplexity and bits per pixel of a run.")
+    p = sub.add_parser(
+        "eval",
+        help="measure a trained tokenizer",
+        description="Print test PSNR, codebook usage, perplexity and bits per pixel of a run.",
+    )
     p.add_argument("run", help="run folder written by `tok train`")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
-    p.add_argument("--samples", type=int, default=0, help="use only the first N images (default: all)")
+    p.add_argument(
+        "--samples", type=int, default=0, help="use only the first N images (default: all)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("plugins", help="list installed plugins", description="List plugins: name, version, distribution, source, status and what each provides.")
+    p = sub.add_parser(
+        "plugins",
+        help="list installed plugins",
+        description="List plugins: name, version, distribution, source, status and what each provides.",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("quantizers", help="list registered quantizers", description="List registered quantizers, optionally filtered by a glob pattern.")
+    p = sub.add_parser(
+        "quantizers",
+        help="list registered quantizers",
+        description="List registered quantizers, optionally filtered by a glob pattern.",
+    )
     p.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'fsq*'")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_quantizers)
     for p in sub.choices.values():  # `tok encode … --debug` works as well as `tok --debug encode …`
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show tracebacks of errors",
+        )
     return parser
 
 
 def _one_line_warnings() -> None:
-    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    def show(
+        message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None
+    ) -> None:
         text = str(message)
         text = text[len("tok: ") :] if text.startswith("tok: ") else text
         print(f"tok: warning: {text}", file=sys.stderr)

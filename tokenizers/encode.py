@@ -34,12 +34,16 @@ from .tokens import TokenDir, TokenHeader, load_tokens
 __all__ = ["encode", "decode", "open_source"]
 
 
-def open_source(src: str, tokenizer: Tokenizer, *, split: str, resize: str = "error") -> tuple[Dataset, str]:
+def open_source(
+    src: str, tokenizer: Tokenizer, *, split: str, resize: str = "error"
+) -> tuple[Dataset, str]:
     """The dataset and split that ``src`` names: a folder of images or ``DATASET:SPLIT``."""
     channels, height, width = tokenizer.input_shape
     path = Path(src)
     if path.is_dir():
-        dataset = ImageFolder(path=str(path), channels=channels, size=[height, width], resize=resize)  # type: ignore[arg-type]
+        dataset = ImageFolder(
+            path=str(path), channels=channels, size=[height, width], resize=resize
+        )  # type: ignore[arg-type]
         return dataset, split
     name, sep, ds_split = src.partition(":")
     if sep and name in registry("datasets"):
@@ -53,7 +57,9 @@ def open_source(src: str, tokenizer: Tokenizer, *, split: str, resize: str = "er
                 f"give a folder of images instead"
             ) from exc
     if path.exists():
-        raise DatasetError(f"{src} is not a folder; give a folder of images or DATASET:SPLIT such as mnist:test")
+        raise DatasetError(
+            f"{src} is not a folder; give a folder of images or DATASET:SPLIT such as mnist:test"
+        )
     raise DatasetError(
         f"no folder {src!r}; give a folder of PNG/JPEG images or DATASET:SPLIT "
         f"(datasets: {', '.join(registry('datasets').names())})"
@@ -98,7 +104,9 @@ def encode(
     for index, shard_keys in tqdm(pending, desc="encode", unit="shard", disable=not progress):
         samples = dataset.read(split, shard_keys)
         if samples.keys != shard_keys:
-            raise DatasetError(f"files in {src} changed while encoding (shard {index}); run the command again")
+            raise DatasetError(
+                f"files in {src} changed while encoding (shard {index}); run the command again"
+            )
         rows = [
             tokenizer.encode(samples.floats(slice(i, i + batch_size)).to(device)).cpu()
             for i in range(0, len(samples), batch_size)
@@ -150,11 +158,15 @@ def decode(
         )
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputDirError(f"output folder {out} already exists and is not empty; tok never overwrites files — choose a new --out")
+        raise OutputDirError(
+            f"output folder {out} already exists and is not empty; tok never overwrites files — choose a new --out"
+        )
     paths = [_png_path(out, key) for key in tf.keys]
     out.mkdir(parents=True, exist_ok=True)
     n = 0
-    for start in tqdm(range(0, len(tf.keys), batch_size), desc="decode", unit="batch", disable=not progress):
+    for start in tqdm(
+        range(0, len(tf.keys), batch_size), desc="decode", unit="batch", disable=not progress
+    ):
         images = to_uint8(tokenizer.decode(tf.tokens[start : start + batch_size].to(device)).cpu())
         for image, path in zip(images, paths[start : start + batch_size], strict=True):
             with quiet_torchvision_io():

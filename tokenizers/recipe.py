@@ -87,8 +87,10 @@ class TrainConfig:
     """Seeds the weights, the batch order and everything random."""
     device: str = "auto"
     """``"cpu"``, ``"cuda"``, ``"cuda:1"`` … or ``"auto"`` (CUDA when available)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """``"bf16"`` runs encoder and decoder under bf16 autocast (quantizers stay float32)."""
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    """``"bf16"`` runs encoder and decoder under bf16 autocast (quantizers stay float32);
+    ``"auto"`` picks bf16 where the hardware does bf16 matrix work natively (CUDA with
+    bf16 support, or a CPU with AMX), else fp32. Evaluation and encoding run in fp32."""
     threads: int = 0
     """CPU threads for torch (0 leaves torch's default)."""
     log_every: int = 50

@@ -362,5 +362,3 @@ def get_dataset(name: str) -> type:
 def list_datasets(pattern: str = "*") -> list[str]:
     """Names of the registered datasets matching the glob ``pattern``."""
     return registry("datasets").names(pattern)
-
-

@@ -83,6 +83,28 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _cpu_has_amx() -> bool:
+    check = getattr(getattr(torch._C, "_cpu", None), "_is_amx_tile_supported", None)
+    if check is not None:
+        try:
+            return bool(check())
+        except Exception:  # noqa: BLE001 - a private helper; fall back to the flags
+            pass
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"fp32"`` or ``"bf16"``: ``"auto"`` is bf16 only where bf16 is fast in hardware."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and _cpu_has_amx() else "fp32"
+
+
 def build_dataset(recipe: Recipe) -> Dataset:
     return build("datasets", recipe.data.name, recipe.data.options)
 
@@ -317,11 +339,17 @@ def train(
         ),
     )
 
+    precision = resolve_precision(t.precision, device)
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        if t.precision == "bf16"
+        if precision == "bf16"
         else nullcontext()
     )
+    if progress:
+        tqdm.write(
+            f"tok: training {recipe.name} on {device} ({precision}, {torch.get_num_threads()} "
+            f"threads) for {t.steps} steps into {run_dir}"
+        )
     images = train_set.images.to(device)
     n = len(train_set)
     last_eval: dict[str, Any] = {}

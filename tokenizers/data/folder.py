@@ -34,7 +34,13 @@ from torchvision.transforms.v2 import functional as TF
 from ..errors import DatasetError, ImageError
 from .base import Dataset, Samples
 
-__all__ = ["ImageFolder", "ImageSkippedWarning", "IMAGE_EXTENSIONS", "list_files", "quiet_torchvision_io"]
+__all__ = [
+    "ImageFolder",
+    "ImageSkippedWarning",
+    "IMAGE_EXTENSIONS",
+    "list_files",
+    "quiet_torchvision_io",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -156,7 +162,9 @@ class ImageFolder(Dataset):
     def _report(self, skipped: list[str]) -> None:
         if not skipped:
             return
-        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        shown = ", ".join(skipped[:5]) + (
+            f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        )
         if self.strict:
             raise ImageError(f"unreadable files in {self.path}: {shown}")
         warnings.warn(
@@ -177,15 +185,21 @@ class ImageFolder(Dataset):
         with quiet_torchvision_io():
             return decode_image(data, mode=mode)
 
-    def _fit(self, image: torch.Tensor, path: Path, first: tuple[Path, tuple[int, int]]) -> torch.Tensor:
+    def _fit(
+        self, image: torch.Tensor, path: Path, first: tuple[Path, tuple[int, int]]
+    ) -> torch.Tensor:
         hw = tuple(image.shape[-2:])
         target = self.size or first[1]
         if self.resize == "error":
             if hw != tuple(target):
-                ref = f"size = {list(target)}" if self.size else f"{first[0].name} is {target[0]}x{target[1]}"
+                ref = (
+                    f"size = {list(target)}"
+                    if self.size
+                    else f"{first[0].name} is {target[0]}x{target[1]}"
+                )
                 raise ImageError(
                     f"image {path} is {hw[0]}x{hw[1]} but {ref}; images must all have one size "
-                    f"(or resize them: resize = \"resize\" or \"center-crop\" in a recipe, "
+                    f'(or resize them: resize = "resize" or "center-crop" in a recipe, '
                     f"--resize resize or --resize center-crop for tok encode)"
                 )
             return image
@@ -222,7 +236,9 @@ class ImageFolder(Dataset):
             kept.append(key)
         self._report(skipped)
         if not kept:
-            raise DatasetError(f"none of the {len(files)} image files in {folder} is a readable image")
+            raise DatasetError(
+                f"none of the {len(files)} image files in {folder} is a readable image"
+            )
         return kept
 
     def read(self, split: str, keys: list[str]) -> Samples:
@@ -236,7 +252,9 @@ class ImageFolder(Dataset):
         files, skipped = self._scan(split)
         return self._read(split, list(files), files, skipped)
 
-    def _read(self, split: str, keys: list[str], files: dict[str, Path], skipped: list[str]) -> Samples:
+    def _read(
+        self, split: str, keys: list[str], files: dict[str, Path], skipped: list[str]
+    ) -> Samples:
         folder = self.folder(split)
         images, kept = [], []
         first: tuple[Path, tuple[int, int]] | None = None
@@ -253,7 +271,9 @@ class ImageFolder(Dataset):
             kept.append(key)
         self._report(skipped)
         if not images:
-            raise DatasetError(f"none of the {len(keys)} image files in {folder} is a readable image")
+            raise DatasetError(
+                f"none of the {len(keys)} image files in {folder} is a readable image"
+            )
         batch = torch.stack(images)
         self._shape = tuple(batch.shape[1:])
         return Samples(images=batch, keys=kept)

@@ -1,0 +1,101 @@
+"""The package builds as a wheel that maps tokenizers/ → tok and plugins/ → tok.plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("src")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (path,) = out.glob("tok-*.whl")
+    return path
+
+
+def test_wheel_layout(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "tok/__init__.py" in names
+    assert "tok/__main__.py" in names
+    assert "tok/plugins/fsq.py" in names
+    assert "tok/models/tokenizer.py" in names
+    assert "tok/data/mnist.py" in names
+    assert not any(n.startswith(("tokenizers/", "plugins/", "tests/")) for n in names)
+    (ep,) = [n for n in names if n.endswith("entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(ep).decode()
+    assert "[tok]" in text and "fsq = tok.plugins.fsq" in text
+    assert "[console_scripts]" in text and "tok = tok.cli:main" in text
+
+
+def test_installed_wheel_runs_python_m_tok(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = "import tok, json; print(json.dumps([tok.__file__, tok.list_quantizers()]))"
+    where, quantizers = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert where.startswith(str(target))
+    assert "fsq" in quantizers
+    proc = subprocess.run(
+        [sys.executable, "-m", "tok", "plugins", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    plugins = {p["name"]: p for p in json.loads(proc.stdout)}
+    assert plugins["fsq"]["source"] == "builtin" and plugins["fsq"]["status"] == "ok"
