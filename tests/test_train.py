@@ -25,6 +25,7 @@ TINY = [
     "train.log_every=1",
     "train.warmup_steps=2",
     "output.samples=8",
+    "train.collapse_threshold=0.0",  # 32 images cannot use 1000 codes; tested on its own below
 ]
 
 
@@ -115,7 +116,11 @@ def test_lr_schedule(tmp_path):
 def test_collapse_warning_names_the_stream(tmp_path):
     # 32768 codes, 16 test images x 49 positions: at most 2.4 % can be used
     recipe = tiny(
-        tmp_path, "quantizer.levels=[8, 8, 8, 8, 8]", "model.latent_dim=5", "train.eval_samples=16"
+        tmp_path,
+        "quantizer.levels=[8, 8, 8, 8, 8]",
+        "model.latent_dim=5",
+        "train.eval_samples=16",
+        "train.collapse_threshold=0.1",
     )
     with pytest.warns(CollapseWarning, match=r"stream 0 .* of 32768 codes"):
         train(recipe, progress=False)
