@@ -25,6 +25,7 @@ from tok.train import build_tokenizer, resolve_precision, train
 
 VARIANTS: dict[str, list[str]] = {
     "base": [],
+    "fp32": ["train.precision='fp32'"],
     "group": ["model.norm='group'"],
     "b012": ["model.blocks=[0,1,2]"],
     "b022": ["model.blocks=[0,2,2]"],
