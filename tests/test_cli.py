@@ -193,6 +193,42 @@ def test_unknown_key_and_wrong_type_are_reported_together(capsys, tmp_path):
     assert not out_dir.exists()
 
 
+def test_invalid_levels_are_one_line_and_create_nothing(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, _, err = tok_cli(
+        capsys,
+        "train",
+        RECIPE,
+        "--set",
+        "quantizer.levels=[1, 5]",
+        "--set",
+        f"output.dir='{out_dir}'",
+    )
+    assert code != 0
+    one_error(err, "invalid FSQ levels [1, 5]", "at least 2")
+    assert not out_dir.exists()
+
+
+def test_missing_dataset_offline_names_where_to_put_it(capsys, tmp_path):
+    empty, out_dir = tmp_path / "nodata", tmp_path / "run"
+    empty.mkdir()
+    code, _, err = tok_cli(
+        capsys,
+        "train",
+        RECIPE,
+        "--set",
+        f"data.root='{empty}'",
+        "--set",
+        "data.download=false",
+        "--set",
+        f"output.dir='{out_dir}'",
+    )
+    assert code != 0
+    one_error(err, "MNIST is not in", str(empty / "MNIST" / "raw"), "train-images-idx3-ubyte")
+    assert not out_dir.exists()
+    assert list(empty.iterdir()) == []
+
+
 def test_set_overrides_are_checked_too(capsys, tmp_path):
     out_dir = tmp_path / "run"
     code, _, err = tok_cli(
