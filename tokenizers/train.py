@@ -392,7 +392,7 @@ def train(
                 }
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-                bar.set_postfix(loss=f"{row['loss']:.4f}", usage=f"{row.get('usage', 0):.2f}")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", batch_usage=f"{row.get('usage', 0):.2f}")
             if step % t.eval_every == 0 or step == t.steps:
                 last_eval = _evaluate_and_plot(
                     run_dir, recipe, tokenizer, eval_set, step, log, device
