@@ -352,3 +352,9 @@ def test_recipe_and_resume_together_is_an_error(capsys, tmp_path):
     code, _, err = tok_cli(capsys, "train", RECIPE, "--resume", tmp_path)
     assert code != 0
     one_error(err, "--resume")
+
+
+def test_eval_rejects_negative_samples(capsys, trained_run):
+    code, out, err = tok_cli(capsys, "eval", trained_run, "--samples", "-5")
+    assert code != 0 and out == ""
+    one_error(err, "--samples", "-5")

@@ -95,6 +95,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .models import Tokenizer
     from .train import build_dataset, evaluate, load_run_recipe
 
+    if args.samples < 0:
+        raise TokError(f"--samples must be 0 (all) or a positive number, got {args.samples}")
     recipe = load_run_recipe(args.run)
     tokenizer = Tokenizer.load(args.run)
     samples = build_dataset(recipe).load(args.split)
