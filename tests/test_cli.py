@@ -184,11 +184,11 @@ def test_unknown_quantizer_suggests_the_closest(capsys, tmp_path):
 
 
 def test_unknown_key_and_wrong_type_are_reported_together(capsys, tmp_path):
-    recipe = write_recipe(tmp_path / "bad.toml", train_extra='stepz = 10\ngrad_clip = "fast"\n')
+    recipe = write_recipe(tmp_path / "bad.toml", train_extra='stepz = 10\nweight_decay = "fast"\n')
     out_dir = tmp_path / "run"
     code, _, err = tok_cli(capsys, "train", recipe, "--set", f"output.dir='{out_dir}'")
     assert code != 0
-    line = one_error(err, "stepz", "unknown key", "grad_clip", "expected float", "'fast'")
+    line = one_error(err, "stepz", "unknown key", "weight_decay", "expected float", "'fast'")
     assert "2 recipe problems" in line
     assert not out_dir.exists()
 
