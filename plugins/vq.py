@@ -1,0 +1,395 @@
+"""Vector quantization (VQ-VAE) with an EMA codebook.
+
+van den Oord, Vinyals, Kavukcuoglu: "Neural Discrete Representation
+Learning", 2017. https://arxiv.org/abs/1711.00937 — the EMA codebook update
+is the paper's appendix A.1; dead-code restart and k-means initialisation are
+the usual practice (e.g. Dhariwal et al. 2020, Jukebox; Zeghidour et al. 2021,
+SoundStream).
+
+Each position's latent vector is replaced by its nearest code in a learned
+codebook of ``codebook_size`` vectors; the index of that code is the token.
+
+Axis legend: ``b`` batch, ``...`` grid axes, ``n`` flattened positions
+(``b ...``), ``d`` latent channels, ``c`` code-space channels
+(``codebook_dim``), ``k`` codes.
+
+State (all buffers, so a safetensors file of the state dict restores it):
+``codebook (k, c)`` (a parameter instead when ``ema=False``),
+``cluster_size (k,)`` and ``embed_sum (k, c)`` — the EMA statistics —,
+``unused_steps (k,)`` for dead-code restart and ``initted`` for k-means.
+Under ``torch.distributed`` the statistics are all-reduced and every random
+choice (k-means, restart) is made on rank 0 and broadcast, so every rank
+holds the identical codebook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tok import Quantizer, QuantizerOutput, hookimpl
+from tok.errors import ConfigError
+
+__all__ = ["VQ", "kmeans"]
+
+# Rows of the (n, k) distance matrix computed at a time: keeps the block in cache.
+_CHUNK = 1024
+# k-means uses at most this many vectors (a random subset) from the first batch.
+_KMEANS_MAX_SAMPLES = 1 << 16
+
+
+def exists(x: Any) -> bool:
+    return x is not None
+
+
+def _is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if _is_distributed() else 0
+
+
+def _all_reduce(t: Tensor, op: Any = None) -> Tensor:
+    """Sum (or ``op``) ``t`` in place over all ranks; a no-op in a single process."""
+    if _is_distributed():
+        torch.distributed.all_reduce(t, op=op or torch.distributed.ReduceOp.SUM)
+    return t
+
+
+def _broadcast(t: Tensor) -> Tensor:
+    """Overwrite ``t`` in place with rank 0's copy; a no-op in a single process."""
+    if _is_distributed():
+        torch.distributed.broadcast(t, src=0)
+    return t
+
+
+def nearest(x: Tensor, codebook: Tensor) -> Tensor:
+    """Index of the nearest code (Euclidean) for each row of ``x (n, c)``: int64 ``(n,)``.
+
+    ``argmin_k |c_k|^2 - 2 x·c_k`` (``|x|^2`` does not change the argmin),
+    computed with one ``addmm`` per block of rows; no one-hot, no ``cdist``.
+    """
+    n = x.shape[0]
+    out = torch.empty(n, dtype=torch.long, device=x.device)
+    if n == 0:
+        return out
+    c_sq = codebook.pow(2).sum(-1)
+    codebook_t = codebook.t()
+    block = torch.empty(min(n, _CHUNK), codebook.shape[0], dtype=x.dtype, device=x.device)
+    for start in range(0, n, _CHUNK):
+        rows = x[start : start + _CHUNK]
+        dist = torch.addmm(c_sq, rows, codebook_t, alpha=-2, out=block[: rows.shape[0]])
+        torch.argmin(dist, dim=1, out=out[start : start + rows.shape[0]])
+    return out
+
+
+def _cluster_sums(x: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per-code counts ``(k,)`` (float) and sums ``(k, c)`` of the rows of ``x`` assigned to each."""
+    counts = torch.bincount(idx, minlength=k).to(x.dtype)
+    sums = x.new_zeros(k, x.shape[1]).index_add_(0, idx, x)
+    return counts, sums
+
+
+def kmeans(x: Tensor, k: int, *, iters: int = 10) -> Tensor:
+    """``k`` centroids of ``x (n, c)``: k-means++ seeding, then ``iters`` Lloyd iterations.
+
+    Uses the global torch RNG. With fewer than ``k`` distinct vectors some
+    centroids repeat. An empty cluster keeps its centroid.
+    """
+    n = x.shape[0]
+    centers = x.new_empty(k, x.shape[1])
+    first = int(torch.randint(n, ()))
+    centers[0] = x[first]
+    d2 = (x - x[first]).pow(2).sum(-1)
+    for i in range(1, k):
+        total = d2.sum()
+        j = int(torch.multinomial(d2, 1)) if total > 0 else int(torch.randint(n, ()))
+        centers[i] = x[j]
+        torch.minimum(d2, (x - x[j]).pow(2).sum(-1), out=d2)
+    for _ in range(iters):
+        counts, sums = _cluster_sums(x, nearest(x, centers), k)
+        filled = counts > 0
+        centers[filled] = sums[filled] / counts[filled, None]
+    return centers
+
+
+class VQ(Quantizer):
+    """Nearest-neighbour vector quantization with one codebook (one index stream).
+
+    :param dim: latent channels of the input.
+    :param codebook_size: number of codes ``k``.
+    :param codebook_dim: channels of the code space; when it differs from
+        ``dim`` a linear projection in and out is added (a low-dimensional
+        code space improves codebook usage).
+    :param decay: EMA decay of the codebook statistics (``ema=True``).
+    :param eps: Laplace smoothing of the EMA cluster sizes.
+    :param commitment_weight: weight of the commitment loss
+        ``mse(z_e, sg[q])`` (in code space).
+    :param ema: update the codebook by EMA (default); ``False`` makes it a
+        parameter learned through the codebook loss ``mse(q, sg[z_e])``.
+    :param codebook_weight: weight of that codebook loss (``ema=False`` only).
+    :param kmeans_init: initialise the codebook by k-means++ and k-means on
+        the first training batch.
+    :param kmeans_iters: Lloyd iterations of that k-means.
+    :param restart_after: re-seed a code from a random current encoder output
+        when it has been unused for this many training steps (0 or ``None``: never).
+    :param cosine: l2-normalise inputs and codes (nearest by cosine similarity).
+
+    Distances are computed in float32, also under bf16 autocast, so bf16
+    gives the same indices as float32. The codebook changes only in train
+    mode with gradients enabled.
+    """
+
+    paper = "https://arxiv.org/abs/1711.00937"
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        codebook_size: int,
+        codebook_dim: int | None = None,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        commitment_weight: float = 0.25,
+        ema: bool = True,
+        codebook_weight: float = 1.0,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+        restart_after: int | None = None,
+        cosine: bool = False,
+    ) -> None:
+        _check_int("codebook_size", codebook_size, low=1)
+        if exists(codebook_dim):
+            _check_int("codebook_dim", codebook_dim, low=1)
+        _check_float("decay", decay, 0.0, 1.0, "[0, 1)", upper_open=True)
+        _check_float("eps", eps, 0.0, None, "> 0", lower_open=True)
+        _check_float("commitment_weight", commitment_weight, 0.0, None, ">= 0")
+        _check_float("codebook_weight", codebook_weight, 0.0, None, ">= 0")
+        _check_bool("ema", ema)
+        _check_bool("kmeans_init", kmeans_init)
+        _check_bool("cosine", cosine)
+        _check_int("kmeans_iters", kmeans_iters, low=0)
+        if exists(restart_after):
+            _check_int("restart_after", restart_after, low=0)
+        super().__init__(dim=dim, codebook_sizes=(codebook_size,))
+        self.codebook_size = codebook_size
+        self.codebook_dim = cd = codebook_dim if exists(codebook_dim) else dim
+        self.decay = float(decay)
+        self.eps = float(eps)
+        self.commitment_weight = float(commitment_weight)
+        self.ema = ema
+        self.codebook_weight = float(codebook_weight)
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
+        self.restart_after = int(restart_after or 0)
+        self.cosine = cosine
+
+        self.project_in = nn.Linear(dim, cd) if cd != dim else nn.Identity()
+        self.project_out = nn.Linear(cd, dim) if cd != dim else nn.Identity()
+
+        codebook = torch.randn(codebook_size, cd)
+        if cosine:
+            codebook = F.normalize(codebook, dim=-1)
+        if ema:
+            self.register_buffer("codebook", codebook)
+        else:
+            self.codebook = nn.Parameter(codebook)
+        self.register_buffer("cluster_size", torch.ones(codebook_size))
+        self.register_buffer("embed_sum", codebook.clone())
+        self.register_buffer("unused_steps", torch.zeros(codebook_size, dtype=torch.long))
+        self.register_buffer("initted", torch.tensor(not kmeans_init))
+
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        """16 codes in a 4-channel code space behind a projection, k-means init and restart."""
+        return {
+            "dim": 12,
+            "codebook_size": 16,
+            "codebook_dim": 4,
+            "kmeans_init": True,
+            "kmeans_iters": 2,
+            "restart_after": 2,
+        }
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim,
+            "codebook_size": self.codebook_size,
+            "codebook_dim": self.codebook_dim,
+            "decay": self.decay,
+            "eps": self.eps,
+            "commitment_weight": self.commitment_weight,
+            "ema": self.ema,
+            "codebook_weight": self.codebook_weight,
+            "kmeans_init": self.kmeans_init,
+            "kmeans_iters": self.kmeans_iters,
+            "restart_after": self.restart_after,
+            "cosine": self.cosine,
+        }
+
+    # the method, in small steps ------------------------------------------
+
+    def _to_code_space(self, z: Tensor) -> Tensor:
+        """``z (..., d)`` → float32 ``(n, c)``: projected, l2-normalised when ``cosine``."""
+        x = self.project_in(z.float().reshape(-1, self.dim))
+        return F.normalize(x, dim=-1) if self.cosine else x
+
+    def _codes(self, idx: Tensor) -> Tensor:
+        """``(n,)`` indices → float32 codes ``(n, c)`` (no gradient to the codebook)."""
+        return self.codebook.detach().float()[idx]
+
+    @torch.no_grad()
+    def _init_kmeans(self, x: Tensor) -> None:
+        """k-means on the first batch (all ranks' vectors), computed on rank 0 and broadcast."""
+        local = x[torch.randperm(x.shape[0], device=x.device)[:_KMEANS_MAX_SAMPLES]]
+        if _is_distributed():
+            world = torch.distributed.get_world_size()
+            m = _all_reduce(
+                torch.tensor(local.shape[0], device=x.device), torch.distributed.ReduceOp.MIN
+            )
+            m = int(m) if world * int(m) <= _KMEANS_MAX_SAMPLES else _KMEANS_MAX_SAMPLES // world
+            parts = [local.new_empty(m, local.shape[1]) for _ in range(world)]
+            torch.distributed.all_gather(parts, local[:m].contiguous())
+            local = torch.cat(parts)
+        if local.shape[0] == 0:
+            return  # nothing to learn from yet (on some rank): try again next batch
+        centers = self.codebook.new_empty(self.codebook.shape)
+        if _rank() == 0:
+            centers.copy_(kmeans(local, self.codebook_size, iters=self.kmeans_iters))
+            if self.cosine:
+                centers = F.normalize(centers, dim=-1)
+        _broadcast(centers)
+        self.codebook.data.copy_(centers)
+        self.embed_sum.copy_(centers)
+        self.cluster_size.fill_(1.0)
+        self.initted.fill_(True)
+
+    @torch.no_grad()
+    def _update(self, x: Tensor, idx: Tensor, counts: Tensor) -> None:
+        """One training step of the codebook: EMA statistics, then dead-code restart."""
+        k = self.codebook_size
+        if self.ema:
+            sums = x.new_zeros(k, self.codebook_dim).index_add_(0, idx, x)
+            stats = _all_reduce(torch.cat([counts.float()[:, None], sums], 1))
+            counts, sums = stats[:, 0], stats[:, 1:]
+            self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+            self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+            n = self.cluster_size.sum()
+            smoothed = (self.cluster_size + self.eps) / (n + k * self.eps) * n
+            codebook = self.embed_sum / smoothed[:, None]
+            if self.cosine:
+                codebook = F.normalize(codebook, dim=-1)
+            self.codebook.copy_(codebook)
+        elif self.restart_after:
+            counts = _all_reduce(counts.float())
+        if self.restart_after:
+            self._restart_dead_codes(x, counts)
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, x: Tensor, counts: Tensor) -> None:
+        """Re-seed codes unused for ``restart_after`` steps from random rows of ``x`` (rank 0's)."""
+        self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
+        dead = self.unused_steps >= self.restart_after
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return
+        fresh = self.codebook.detach()[dead].float()  # rank 0 overwrites these
+        if _rank() == 0 and x.shape[0] > 0:
+            if x.shape[0] >= num_dead:
+                rows = torch.randperm(x.shape[0], device=x.device)[:num_dead]
+            else:
+                rows = torch.randint(x.shape[0], (num_dead,), device=x.device)
+            fresh = x[rows]
+        fresh = _broadcast(fresh.contiguous())
+        self.codebook.data[dead] = fresh.to(self.codebook.dtype)
+        self.embed_sum[dead] = fresh
+        self.cluster_size[dead] = 1.0
+        self.unused_steps[dead] = 0
+
+    def _aux_loss(self, x: Tensor, q: Tensor, idx: Tensor) -> Tensor:
+        """Commitment loss ``mse(x, sg[q])``, plus the codebook loss ``mse(q, sg[x])`` without EMA."""
+        if idx.numel() == 0:
+            return x.new_zeros(())
+        aux = self.commitment_weight * F.mse_loss(x, q)
+        if not self.ema:
+            q_learn = self.codebook.float()[idx]  # the gradient reaches the codebook
+            aux = aux + self.codebook_weight * F.mse_loss(q_learn, x.detach())
+        return aux
+
+    def _metrics(self, counts: Tensor, n: int) -> dict[str, Tensor]:
+        """Batch ``usage`` (fraction of codes used) and ``perplexity`` from local counts."""
+        p = counts.float() / max(n, 1)
+        return {
+            "usage": (counts > 0).float().mean(),
+            "perplexity": torch.special.entr(p).sum().exp(),
+        }
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        """Quantize ``z: (b, ..., d)``; returns float32 codes and ``(b, ..., 1)`` indices."""
+        self.check_input(z)
+        lead = z.shape[:-1]
+        update = self.training and torch.is_grad_enabled()
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            x = self._to_code_space(z)  # n c
+            if update and not bool(self.initted):
+                self._init_kmeans(x.detach())
+            idx = nearest(x.detach(), self.codebook.detach().float())  # n
+            q = self._codes(idx)  # n c
+            aux = self._aux_loss(x, q, idx)
+            counts = torch.bincount(idx, minlength=self.codebook_size)
+            if update:
+                self._update(x.detach(), idx, counts)
+            if x.requires_grad:
+                q = q + (x - x.detach())  # exactly q, with the gradient of x (straight-through)
+            quantized = self.project_out(q)
+        return QuantizerOutput(
+            quantized=quantized.view(*lead, self.dim),
+            indices=idx.view(*lead, 1),
+            aux_loss=aux,
+            metrics=self._metrics(counts, idx.shape[0]),
+        )
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """``(b, ..., 1)`` indices → ``(b, ..., d)`` codes (out-of-range indices raise)."""
+        indices = self.check_indices(indices)
+        with torch.autocast(device_type=indices.device.type, enabled=False):
+            q = self._codes(indices.reshape(-1))
+            return self.project_out(q).view(*indices.shape[:-1], self.dim)
+
+
+def _check_int(name: str, value: Any, *, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"VQ {name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"VQ {name} must be true or false, got {value!r}")
+
+
+def _check_float(
+    name: str,
+    value: Any,
+    low: float,
+    high: float | None,
+    where: str,
+    *,
+    lower_open: bool = False,
+    upper_open: bool = False,
+) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok:
+        ok = value > low if lower_open else value >= low
+    if ok and exists(high):
+        ok = value < high if upper_open else value <= high
+    if not ok:
+        raise ConfigError(f"VQ {name} must be a number in {where}, got {value!r}")
+
+
+@hookimpl
+def register_quantizers(register):
+    register(VQ, name="vq")
