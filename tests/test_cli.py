@@ -31,6 +31,7 @@ SUBCOMMAND_OPTIONS = {
     ],
     "decode": ["--out", "--run", "--force", "--batch-size", "--no-progress"],
     "eval": ["--split", "--samples", "--json"],
+    "inspect": ["--split", "--samples", "--threshold", "--out", "--json"],
     "plugins": ["--json"],
     "quantizers": ["pattern", "--json"],
 }
@@ -298,6 +299,23 @@ def test_eval_prints_the_metrics(capsys, trained_run):
     assert f"{data['psnr']:.2f} dB" in out
     assert f"{data['bits_per_pixel']:.3f}" in out
     assert f"{data['perplexity']:.1f}" in out
+    # and a per-stream health table
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("STREAM"))
+    assert lines[header].split() == [
+        "STREAM", "CODES", "USAGE", "PERPLEXITY", "PPL/K", "LOG2-RATIO", "DEAD",
+    ]  # fmt: skip
+    s = data["streams"][0]
+    assert lines[header + 2].split() == [
+        "0",
+        "1000",
+        f"{s['usage']:.1%}",
+        f"{s['perplexity']:.1f}",
+        f"{s['perplexity_fraction']:.3f}",
+        f"{s['perplexity_ratio']:.3f}",
+        str(s["dead"]),
+    ]
+    assert s["perplexity_ratio"] == pytest.approx(math.log2(s["perplexity"]) / math.log2(1000))
 
 
 def test_eval_of_a_folder_that_is_not_a_run(capsys, tmp_path):

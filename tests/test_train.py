@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -122,5 +123,41 @@ def test_collapse_warning_names_the_stream(tmp_path):
         "train.eval_samples=16",
         "train.collapse_threshold=0.1",
     )
-    with pytest.warns(CollapseWarning, match=r"stream 0 .* of 32768 codes"):
+    with pytest.warns(CollapseWarning, match=r"stream 0 .* of 32768 codes") as caught:
         train(recipe, progress=False)
+    # it names the recipe and the run, and says how to look closer
+    message = str(caught[0].message)
+    assert f"recipe {recipe.name} " in message and str(recipe.run_dir) in message
+    assert f"tok inspect {recipe.run_dir}" in message
+    assert "on 16 test images" in message
+
+
+def test_no_collapse_warning_above_the_threshold(tmp_path, recwarn):
+    # 1000 codes and a threshold far below what 32 x 49 positions use
+    train(tiny(tmp_path, "train.collapse_threshold=0.01"), progress=False)
+    assert not [w for w in recwarn if issubclass(w.category, CollapseWarning)]
+
+
+def test_metrics_log_per_stream_health(tmp_path):
+    run = train(tiny(tmp_path, "quantizer.num_codebooks=2"), progress=False).run_dir
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    test_rows = [r for r in rows if r["split"] == "test"]
+    assert len(train_rows) == 6 and len(test_rows) == 2
+    for row in train_rows:  # per-batch, per stream: 8 images x 49 positions
+        assert [set(s) for s in row["streams"]] == [{"usage", "perplexity", "dead"}] * 2
+        for s in row["streams"]:
+            used = round(s["usage"] * 1000)
+            assert 1 <= used <= 8 * 49 and s["dead"] == 1000 - used
+            assert 1 <= s["perplexity"] <= used + 1e-6
+        # the quantizer's batch usage is the mean over the streams
+        assert row["usage"] == pytest.approx(sum(s["usage"] for s in row["streams"]) / 2)
+    for row in test_rows:  # on the evaluation images, per stream
+        assert len(row["streams"]) == 2
+        for s in row["streams"]:
+            assert s["size"] == 1000 and s["dead"] == 1000 - round(s["usage"] * 1000)
+            assert s["perplexity_ratio"] == pytest.approx(
+                math.log2(s["perplexity"]) / math.log2(1000)
+            )
+            assert s["perplexity_fraction"] == pytest.approx(s["perplexity"] / 1000)
+        assert row["usage"] == pytest.approx(sum(s["usage"] for s in row["streams"]) / 2)

@@ -92,6 +92,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .health import stream_table
     from .models import Tokenizer
     from .train import build_dataset, evaluate, load_run_recipe
 
@@ -114,11 +115,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"  bits per pixel  {result['bits_per_pixel']:.3f}")
     print(f"  codebook usage  {result['usage']:.1%}")
     print(f"  perplexity      {result['perplexity']:.1f}")
-    if len(result["streams"]) > 1:
-        for i, s in enumerate(result["streams"]):
-            print(
-                f"  stream {i}: usage {s['usage']:.1%}, perplexity {s['perplexity']:.1f}, dead {s['dead']}"
-            )
+    headers, rows = stream_table(result["streams"])
+    print()
+    print(_fmt_table(rows, headers))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .health import inspect_run, stream_table
+
+    report = inspect_run(
+        args.run, split=args.split, samples=args.samples, threshold=args.threshold, out=args.out
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        f"{args.run}: codebook health of {report['recipe']} on {report['images']} "
+        f"{report['split']} images (psnr {report['psnr']:.2f} dB, "
+        f"{report['bits_per_pixel']:.3f} bits/pixel)"
+    )
+    headers, rows = stream_table(report["streams"], report["threshold"])
+    print()
+    print(_fmt_table(rows, headers))
+    print()
+    threshold = f"{report['threshold'] * 100:g}%"
+    for i in report["collapsed"]:
+        s = report["streams"][i]
+        print(
+            f"COLLAPSED: stream {i} uses {s['usage']:.1%} of its {s['size']} codes, "
+            f"below the collapse threshold {threshold}"
+        )
+    if not report["collapsed"]:
+        print(f"every stream uses at least {threshold} of its codes (the collapse threshold)")
+    evals = len(report["history"][0]["step"]) if report["history"] else 0
+    print(f"usage over {evals} evaluation(s) during training: {report['files']['usage_over_time']}")
+    print(f"usage histogram: {report['files']['histogram']}")
+    print(f"all numbers: {report['files']['json']}")
     return 0
 
 
@@ -279,6 +312,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "inspect",
+        help="codebook health of a trained tokenizer",
+        description="Evaluate a run's tokenizer and show its codebook health per stream: usage, "
+        "perplexity, its ratios to K and log2 K, dead codes, and which streams are below the "
+        "collapse threshold. Writes health.png (usage histograms), usage_over_time.png (test "
+        "usage and perplexity ratio at each evaluation during training) and health.json into "
+        "the run folder, or into --out.",
+    )
+    p.add_argument("run", help="run folder written by `tok train`")
+    p.add_argument("--split", default="test", help="dataset split (default: test)")
+    p.add_argument(
+        "--samples", type=int, default=0, help="use only the first N images (default: all)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="flag streams using fewer than this fraction of their codes "
+        "(default: the run's train.collapse_threshold)",
+    )
+    p.add_argument(
+        "--out", help="folder for health.png, usage_over_time.png and health.json (default: RUN)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(
         "plugins",

@@ -4,6 +4,8 @@
 - :func:`code_counts`: how often each code of each stream was used.
 - :func:`codebook_stats`: usage (fraction of codes used), perplexity, its
   ratio to the codebook size, dead codes — from counts.
+- :func:`batch_stream_stats`: per-stream usage, perplexity and dead codes of
+  one batch of indices (cheap; the training log's per-stream columns).
 - :func:`bits_per_pixel`: the token rate of a tokenizer.
 """
 
@@ -14,7 +16,14 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["psnr", "code_counts", "codebook_stats", "batch_code_metrics", "bits_per_pixel"]
+__all__ = [
+    "psnr",
+    "code_counts",
+    "codebook_stats",
+    "batch_code_metrics",
+    "batch_stream_stats",
+    "bits_per_pixel",
+]
 
 # Above this size a batch's indices are counted with ``unique`` instead of a dense histogram.
 _DENSE_LIMIT = 1 << 20
@@ -35,10 +44,18 @@ def code_counts(indices: Tensor, codebook_sizes: tuple[int, ...]) -> list[Tensor
 def codebook_stats(counts: Tensor) -> dict[str, float]:
     """Health of one codebook from its code counts.
 
-    Returns ``usage`` (fraction of codes used at least once), ``perplexity``
-    (``exp`` of the entropy of the code distribution — the effective number of
-    codes), ``perplexity_ratio`` (``log perplexity / log K``: 1 means uniform
-    use), ``dead`` (codes never used) and ``size``.
+    Returns
+
+    - ``usage``: fraction of the ``K`` codes used at least once;
+    - ``perplexity``: ``2 ** H`` for the entropy ``H`` (bits) of the code
+      distribution — the effective number of codes;
+    - ``entropy_bits``: ``H = log2 perplexity``;
+    - ``perplexity_ratio``: ``log2 perplexity / log2 K`` (``H`` over its
+      maximum): 1 means uniform use of every code, 0 a single code;
+    - ``perplexity_fraction``: ``perplexity / K``, the effective fraction of
+      the codebook (harsher than the log ratio: half of the codes used
+      uniformly gives 0.5 where the log ratio is close to 1);
+    - ``dead``: codes never used; ``size``: ``K``.
     """
     counts = counts.double()
     total = counts.sum()
@@ -48,16 +65,21 @@ def codebook_stats(counts: Tensor) -> dict[str, float]:
         return {
             "usage": 0.0,
             "perplexity": 0.0,
+            "entropy_bits": 0.0,
             "perplexity_ratio": 0.0,
+            "perplexity_fraction": 0.0,
             "dead": size,
             "size": size,
         }
     p = counts / total
-    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()  # nats
+    perplexity = math.exp(entropy)
     return {
         "usage": used / size,
-        "perplexity": math.exp(entropy),
+        "perplexity": perplexity,
+        "entropy_bits": entropy / math.log(2),
         "perplexity_ratio": entropy / math.log(size) if size > 1 else 1.0,
+        "perplexity_fraction": perplexity / size,
         "dead": size - used,
         "size": size,
     }
@@ -79,6 +101,29 @@ def batch_code_metrics(indices: Tensor, codebook_sizes: tuple[int, ...]) -> dict
         "usage": torch.stack(usage).mean(),
         "perplexity": torch.stack(perplexity).mean().cpu(),
     }
+
+
+def batch_stream_stats(indices: Tensor, codebook_sizes: tuple[int, ...]) -> list[dict[str, float]]:
+    """Per-stream ``usage``, ``perplexity`` and ``dead`` of one batch of ``indices (..., s)``.
+
+    Counts with ``unique`` (never a ``K``-long histogram), so it is cheap for any
+    codebook size. A batch of ``n`` positions can use at most ``n`` codes, so
+    these are lower bounds of the codebook's health, not estimates of it.
+    """
+    flat = indices.detach().reshape(-1, len(codebook_sizes))
+    stats = []
+    for s, k in enumerate(codebook_sizes):
+        counts = torch.unique(flat[:, s], return_counts=True)[1].double()
+        p = counts / counts.sum().clamp_min(1)
+        used = counts.numel()
+        stats.append(
+            {
+                "usage": used / k,
+                "perplexity": math.exp(-(p * p.log()).sum().item()) if used else 0.0,
+                "dead": k - used,
+            }
+        )
+    return stats
 
 
 def bits_per_pixel(*, positions: int, codebook_sizes: tuple[int, ...], pixels: int) -> float:

@@ -7,7 +7,11 @@ A run folder holds:
 - ``state.safetensors`` — everything needed to resume: model weights,
   AdamW moments, RNG states; its metadata holds the step (no pickle);
 - ``state.json`` — the same scalars, readable;
-- ``metrics.jsonl`` — one JSON object per logged step and per evaluation;
+- ``metrics.jsonl`` — one JSON object per logged step (``"split": "train"``:
+  losses, learning rate, the quantizer's per-batch ``usage``/``perplexity``
+  and per-stream batch ``streams``) and per evaluation (``"split": "test"``:
+  ``psnr``, ``mse``, ``usage``, ``perplexity`` and per-stream ``streams``
+  with the fields of :func:`tok.metrics.codebook_stats`);
 - ``recon.png``, ``usage.png``, ``loss.png`` — reconstructions of test
   images, the codebook-usage histogram, the loss and PSNR curves.
 
@@ -37,7 +41,7 @@ from ._io import atomic_path, write_json, write_text
 from .config import build
 from .data import Dataset, Samples
 from .errors import CheckpointError, OutputDirError, TokError
-from .metrics import code_counts, codebook_stats, psnr
+from .metrics import batch_stream_stats, code_counts, codebook_stats, psnr
 from .models import Tokenizer
 from .recipe import Recipe, apply_overrides, dumps_toml, parse_recipe
 
@@ -389,6 +393,7 @@ def train(
                     "lr": lr,
                     "time": round(time.perf_counter() - start_time, 3),
                     **{k: float(v) for k, v in out.metrics.items()},
+                    "streams": batch_stream_stats(out.indices, tokenizer.quantizer.codebook_sizes),
                 }
                 log.write(json.dumps(row) + "\n")
                 log.flush()
@@ -433,9 +438,11 @@ def _evaluate_and_plot(
     for s, stats in enumerate(result["streams"]):
         if stats["usage"] < recipe.train.collapse_threshold:
             warnings.warn(
-                f"tok: codebook collapse in stream {s} at step {step}: "
-                f"{stats['usage']:.1%} of {stats['size']} codes used on {result['images']} test images "
-                f"(threshold {recipe.train.collapse_threshold:.0%})",
+                f"tok: codebook collapse in recipe {recipe.name} ({run_dir}), "
+                f"stream {s} at step {step}: {stats['usage']:.1%} of {stats['size']} codes "
+                f"used on {result['images']} test images "
+                f"(threshold train.collapse_threshold = {recipe.train.collapse_threshold:.0%}); "
+                f"see `tok inspect {run_dir}`",
                 CollapseWarning,
                 stacklevel=3,
             )
