@@ -33,10 +33,10 @@ from torch import Tensor, nn
 from tok import Quantizer, QuantizerOutput, hookimpl
 from tok.errors import ConfigError
 
-__all__ = ["VQ", "kmeans"]
+__all__ = ["VQ", "cluster_sums", "kmeans", "nearest"]
 
 # Rows of the (n, k) distance matrix computed at a time: keeps the block in cache.
-_CHUNK = 1024
+_CHUNK = 512
 # k-means uses at most this many vectors (a random subset) from the first batch.
 _KMEANS_MAX_SAMPLES = 1 << 16
 
@@ -71,7 +71,9 @@ def nearest(x: Tensor, codebook: Tensor) -> Tensor:
     """Index of the nearest code (Euclidean) for each row of ``x (n, c)``: int64 ``(n,)``.
 
     ``argmin_k |c_k|^2 - 2 x·c_k`` (``|x|^2`` does not change the argmin),
-    computed with one ``addmm`` per block of rows; no one-hot, no ``cdist``.
+    one ``addmm`` per block of rows, whose ``(rows, k)`` distances stay in
+    cache; no one-hot, no ``cdist``. ``torch.min`` rather than ``argmin``:
+    the same first-minimum index, several times faster on the CPU.
     """
     n = x.shape[0]
     out = torch.empty(n, dtype=torch.long, device=x.device)
@@ -79,19 +81,26 @@ def nearest(x: Tensor, codebook: Tensor) -> Tensor:
         return out
     c_sq = codebook.pow(2).sum(-1)
     codebook_t = codebook.t()
-    block = torch.empty(min(n, _CHUNK), codebook.shape[0], dtype=x.dtype, device=x.device)
-    for start in range(0, n, _CHUNK):
-        rows = x[start : start + _CHUNK]
-        dist = torch.addmm(c_sq, rows, codebook_t, alpha=-2, out=block[: rows.shape[0]])
-        torch.argmin(dist, dim=1, out=out[start : start + rows.shape[0]])
+    rows = min(n, _CHUNK)
+    block = x.new_empty(rows, codebook.shape[0])
+    values = x.new_empty(rows)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        dist = torch.addmm(c_sq, x[start:stop], codebook_t, alpha=-2, out=block[: stop - start])
+        torch.min(dist, dim=1, out=(values[: stop - start], out[start:stop]))
     return out
 
 
-def _cluster_sums(x: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Per-code counts ``(k,)`` (float) and sums ``(k, c)`` of the rows of ``x`` assigned to each."""
-    counts = torch.bincount(idx, minlength=k).to(x.dtype)
-    sums = x.new_zeros(k, x.shape[1]).index_add_(0, idx, x)
-    return counts, sums
+def cluster_sums(x: Tensor, idx: Tensor, counts: Tensor) -> Tensor:
+    """Sum of the rows of ``x (n, c)`` assigned to each code: ``(k, c)``; ``counts = bincount(idx)``.
+
+    On the CPU the rows are sorted by code and summed per segment (deterministic
+    and ~10x faster than ``index_add_``); elsewhere ``index_add_``.
+    """
+    if x.device.type != "cpu":
+        return x.new_zeros(counts.shape[0], x.shape[1]).index_add_(0, idx, x)
+    order = torch.argsort(idx)
+    return torch.segment_reduce(x[order], "sum", lengths=counts)
 
 
 def kmeans(x: Tensor, k: int, *, iters: int = 10) -> Tensor:
@@ -111,7 +120,9 @@ def kmeans(x: Tensor, k: int, *, iters: int = 10) -> Tensor:
         centers[i] = x[j]
         torch.minimum(d2, (x - x[j]).pow(2).sum(-1), out=d2)
     for _ in range(iters):
-        counts, sums = _cluster_sums(x, nearest(x, centers), k)
+        idx = nearest(x, centers)
+        counts = torch.bincount(idx, minlength=k)
+        sums = cluster_sums(x, idx, counts)
         filled = counts > 0
         centers[filled] = sums[filled] / counts[filled, None]
     return centers
@@ -273,7 +284,7 @@ class VQ(Quantizer):
         """One training step of the codebook: EMA statistics, then dead-code restart."""
         k = self.codebook_size
         if self.ema:
-            sums = x.new_zeros(k, self.codebook_dim).index_add_(0, idx, x)
+            sums = cluster_sums(x, idx, counts)
             stats = _all_reduce(torch.cat([counts.float()[:, None], sums], 1))
             counts, sums = stats[:, 0], stats[:, 1:]
             self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)

@@ -7,7 +7,7 @@ import torch
 
 from tok.errors import ConfigError, IndexRangeError
 from tok.metrics import batch_code_metrics
-from tok.plugins.vq import VQ, kmeans, nearest
+from tok.plugins.vq import VQ, cluster_sums, kmeans, nearest
 from tok.testing import check_quantizer
 
 
@@ -45,6 +45,24 @@ def test_nearest_matches_brute_force() -> None:
     brute = torch.cdist(x.double(), codebook.double()).argmin(-1)
     assert torch.equal(nearest(x, codebook), brute)
     assert nearest(x[:0], codebook).shape == (0,)
+
+
+def test_nearest_picks_the_first_of_tied_codes() -> None:
+    codebook = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    x = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    assert nearest(x, codebook).tolist() == [0, 1, 0]
+
+
+def test_cluster_sums_match_index_add() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1000, 5)
+    idx = torch.randint(0, 40, (1000,)) * 2  # odd codes are never used
+    counts = torch.bincount(idx, minlength=81)
+    expected = torch.zeros(81, 5, dtype=torch.float64).index_add_(0, idx, x.double())
+    sums = cluster_sums(x, idx, counts)
+    assert sums.shape == (81, 5) and sums.dtype == torch.float32
+    torch.testing.assert_close(sums.double(), expected, rtol=1e-5, atol=1e-5)
+    assert bool((sums[1::2] == 0).all())
 
 
 def test_quantized_is_the_nearest_code_and_round_trips() -> None:
