@@ -100,7 +100,7 @@ def cluster_sums(x: Tensor, idx: Tensor, counts: Tensor) -> Tensor:
     if x.device.type != "cpu":
         return x.new_zeros(counts.shape[0], x.shape[1]).index_add_(0, idx, x)
     order = torch.argsort(idx)
-    return torch.segment_reduce(x[order], "sum", lengths=counts)
+    return torch.segment_reduce(x.index_select(0, order), "sum", lengths=counts)
 
 
 def kmeans(x: Tensor, k: int, *, iters: int = 10) -> Tensor:
@@ -251,7 +251,7 @@ class VQ(Quantizer):
 
     def _codes(self, idx: Tensor) -> Tensor:
         """``(n,)`` indices → float32 codes ``(n, c)`` (no gradient to the codebook)."""
-        return self.codebook.detach().float()[idx]
+        return self.codebook.detach().float().index_select(0, idx)
 
     @torch.no_grad()
     def _init_kmeans(self, x: Tensor) -> None:
@@ -327,7 +327,9 @@ class VQ(Quantizer):
             return x.new_zeros(())
         aux = self.commitment_weight * F.mse_loss(x, q)
         if not self.ema:
-            q_learn = self.codebook.float()[idx]  # the gradient reaches the codebook
+            q_learn = self.codebook.float().index_select(
+                0, idx
+            )  # the gradient reaches the codebook
             aux = aux + self.codebook_weight * F.mse_loss(q_learn, x.detach())
         return aux
 
