@@ -182,6 +182,8 @@ class Registry:
     def _unknown_message(self, name: str) -> str:
         known = sorted([*self._entries, *self._aliases])
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        # a transposition ('fqs' → 'fsq') is the likeliest typo: rank anagrams first
+        close.sort(key=lambda c: sorted(c) != sorted(name))
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         listing = ", ".join(self.names()) or "none"
         command = KINDS.get(self.kind, ("", "", "tok plugins"))[2]
