@@ -12,7 +12,8 @@ codebook, a linear projection (with bias, both sides, the same weights) when
 
 - 2^10 codes, ``dim = 10``: no projection;
 - 2^10 codes, ``dim = 64``: projection 64 → 10 → 64;
-- 2^12 codes, ``dim = 64``: projection 64 → 12 → 64.
+- 2^12 codes, ``dim = 64``: projection 64 → 12 → 64;
+- with ``--device cuda`` also 2^14 codes, ``z (64, 1024, 64)``: projection 64 → 14 → 64.
 
 For each, a training step (zero_grad, forward, MSE against a fixed target plus
 the auxiliary loss, backward into ``z`` and the projection, SGD step when there
@@ -46,6 +47,9 @@ CASES = [  # (label, codebook size, input shape)
     ("2^10, (64, 256, 10), no projection", 2**10, (64, 256, 10)),
     ("2^10, (64, 256, 64), projection 64→10", 2**10, (64, 256, 64)),
     ("2^12, (64, 256, 64), projection 64→12", 2**12, (64, 256, 64)),
+]
+CUDA_CASES = [  # larger, on a GPU only: theirs hold (positions, 2^bits) tables
+    ("2^14, (64, 1024, 64), projection 64→14", 2**14, (64, 1024, 64)),
 ]
 
 
@@ -175,7 +179,7 @@ def main() -> None:
         vqp_version = getattr(vector_quantize_pytorch, "__version__", "?")
 
     rows = []
-    for label, size, shape in CASES:
+    for label, size, shape in CASES + (CUDA_CASES if device.type == "cuda" else []):
         dim, bits = shape[-1], int(math.log2(size))
         z = torch.randn(shape, device=device, requires_grad=True)
         target = torch.randn(shape, device=device)

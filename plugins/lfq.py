@@ -303,10 +303,17 @@ class LFQ(Quantizer):
         if c * size > _DENSE_METRICS:
             return batch_code_metrics(indices, self.codebook_sizes)
         flat = indices.detach().reshape(-1, c)
+        positions = flat.shape[0]
         if c > 1:
             flat = flat + self._stream_offsets
-        counts = torch.bincount(flat.flatten(), minlength=c * size).view(c, size).float()
-        p = counts / max(flat.shape[0], 1)
+        flat = flat.flatten()
+        if flat.is_cuda:  # CUDA's bincount waits for the device to learn the range
+            ones = torch.ones((), device=flat.device).expand(flat.shape)
+            counts = torch.zeros(c * size, device=flat.device).scatter_add_(0, flat, ones)
+        else:
+            counts = torch.bincount(flat, minlength=c * size).float()
+        counts = counts.view(c, size)
+        p = counts / max(positions, 1)
         return {
             "usage": (counts > 0).float().mean(),
             "perplexity": torch.special.entr(p).sum(-1).exp().mean(),
