@@ -63,8 +63,9 @@ _EXACT_FLOAT32_BITS = 24
 # Batch metrics use a dense histogram up to this many codes (all streams together).
 _DENSE_METRICS = 1 << 20
 # Bit logits and the log-probabilities of half-codebook codes are clamped to
-# [-30, 30] (e^-30 ≈ 9.4e-14): what is cut off changes an entropy by less than
-# 1e-10 nats. Without it the sharp default temperature fills the forward and
+# [-30, 30] (e^-30 ≈ 9.4e-14): what is cut off changes an entropy by no more than
+# float32 rounding does (measured against float64 at 2^14 codes: < 4e-7 nats).
+# Without it the sharp default temperature fills the forward and
 # backward tensors with subnormal float32 numbers, which make exp, products and
 # matrix products over ten times slower on CPUs.
 _MAX_LOGIT = 30.0

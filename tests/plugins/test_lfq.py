@@ -334,3 +334,19 @@ def test_equals_vector_quantize_pytorch(dim: int) -> None:
         )
         # Theirs clamp probabilities at 1e-5 inside the log; ours is the exact entropy.
         torch.testing.assert_close(out.aux_loss, their_loss, rtol=2e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 400.0], ids=["soft", "sharp"])
+def test_exact_batch_entropy_at_the_largest_exact_size(scale: float) -> None:
+    """2^14 codes (the largest exact size), against the full table in float64."""
+    torch.manual_seed(0)
+    raw = torch.randn(48, 1, 14, dtype=torch.float64) * scale
+    q = LFQ(bits=14, inv_temperature=scale / 4, commitment_weight=0.0, diversity_gamma=1.0)
+    bits = ((torch.arange(2**14).unsqueeze(-1) >> torch.arange(14)) & 1).bool()  # K k
+    log_q = torch.nn.functional.logsigmoid(raw[:, 0]).unsqueeze(1)  # n 1 k
+    log_r = torch.nn.functional.logsigmoid(-raw[:, 0]).unsqueeze(1)
+    mean = torch.where(bits, log_q, log_r).sum(-1).exp().mean(0)  # K
+    expected = -(torch.special.xlogy(mean, mean)).sum()
+    z = (raw[:, 0] / scale).float().view(2, 24, 14)  # logits = 4 * (scale / 4) * z = raw
+    out = q.train()(z)
+    torch.testing.assert_close(out.metrics["batch_entropy"].double(), expected, rtol=0, atol=2e-6)
