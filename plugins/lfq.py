@@ -31,6 +31,10 @@ for every code, ``p(c | z)`` factorises into independent bits,
   not see correlations between bits).
 
 Entropies are in nats, averaged over streams, as in vector-quantize-pytorch.
+Under ``torch.distributed`` the batch term is taken over every rank's batch
+(a differentiable all-reduce, so with DDP's gradient averaging the loss and
+its gradient are those of one process holding all the batches); the
+per-sample and commitment terms are per rank.
 
 Axis legend: ``b`` batch, ``...`` grid axes, ``n`` positions (batch and grid
 flattened), ``d`` latent channels, ``c`` codebooks (streams), ``k`` bits per
@@ -115,6 +119,31 @@ def _code_probs(logits: Tensor) -> Tensor:
     return log_p.clamp_min(-_MAX_LOGIT).exp()
 
 
+def _is_distributed() -> bool:
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
+def _batch_mean(total: Tensor, n: int) -> Tensor:
+    """``total / n``; under ``torch.distributed`` both are summed over ranks first.
+
+    The sum is differentiable (its backward all-reduces the gradients), so under
+    DDP, which averages gradients over ranks, the batch entropy and its gradient
+    are those of one process holding every rank's batch.
+    """
+    if _is_distributed():
+        from torch.distributed.nn.functional import all_reduce
+
+        total = all_reduce(total)
+        count = torch.tensor([float(n)], device=total.device, dtype=torch.float64)
+        torch.distributed.all_reduce(count)
+        n = int(count.item())
+    return total / max(n, 1)
+
+
 def exact_batch_entropy(logits: Tensor) -> Tensor:
     """Entropy of the batch-mean code distribution, per codebook: ``(n, c, k)`` → ``(c,)``.
 
@@ -126,7 +155,7 @@ def exact_batch_entropy(logits: Tensor) -> Tensor:
     lo = k // 2
     p_lo = rearrange(_code_probs(logits[..., :lo]), "n c l -> c n l")
     p_hi = rearrange(_code_probs(logits[..., lo:]), "n c h -> c h n")
-    mean = torch.bmm(p_hi, p_lo) / max(n, 1)  # c h l
+    mean = _batch_mean(torch.bmm(p_hi, p_lo), n)  # c h l
     return _entropy(mean.flatten(1))
 
 
@@ -136,7 +165,7 @@ def factorised_batch_entropy(logits: Tensor) -> Tensor:
     An upper bound on :func:`exact_batch_entropy`, equal to it when the bits
     are independent over the batch.
     """
-    q = torch.sigmoid(logits).mean(0)  # c k
+    q = _batch_mean(torch.sigmoid(logits).sum(0), logits.shape[0])  # c k
     return _entropy(torch.stack([q, 1 - q], -1)).sum(-1)
 
 
