@@ -158,7 +158,9 @@ class VQ(Quantizer):
 
     Distances are computed in float32, also under bf16 autocast, so bf16
     gives the same indices as float32. The codebook changes only in train
-    mode with gradients enabled.
+    mode with gradients enabled. Under ``torch.distributed`` every rank must
+    run the same number of training forwards (each one is a collective), as
+    with DDP itself.
     """
 
     paper = "https://arxiv.org/abs/1711.00937"
@@ -333,9 +335,8 @@ class VQ(Quantizer):
             return x.new_zeros(())
         aux = self.commitment_weight * F.mse_loss(x, q)
         if not self.ema:
-            q_learn = self.codebook.float().index_select(
-                0, idx
-            )  # the gradient reaches the codebook
+            # the same codes, but the gradient of this term reaches the codebook
+            q_learn = self.codebook.float().index_select(0, idx)
             aux = aux + self.codebook_weight * F.mse_loss(q_learn, x.detach())
         return aux
 
