@@ -1,7 +1,7 @@
 """Multi-group vector quantization (MGVQ).
 
-Jia, Zhang, et al.: "MGVQ: Could VQ-VAE Beat VAE? A Generalizable Tokenizer
-with Multi-group Quantization", 2025. https://arxiv.org/abs/2507.07997
+"MGVQ: Could VQ-VAE Beat VAE? A Generalizable Tokenizer with Multi-group
+Quantization", 2025. https://arxiv.org/abs/2507.07997
 
 The ``d`` latent channels are split into ``groups`` contiguous groups of
 ``d / groups`` channels; each group is quantized by its own VQ
