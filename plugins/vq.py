@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from tok import Quantizer, QuantizerOutput, hookimpl
 from tok.errors import ConfigError
 
-__all__ = ["VQ", "cluster_sums", "kmeans", "nearest"]
+__all__ = ["VQ", "cluster_sums", "kmeans", "kmeans_plus_plus", "nearest"]
 
 # Distances computed per block (rows x codes): 8 MiB on the CPU, so the block
 # stays in cache; 1 GiB on a GPU.
@@ -109,22 +109,49 @@ def cluster_sums(x: Tensor, idx: Tensor, counts: Tensor) -> Tensor:
     return torch.segment_reduce(x.index_select(0, order), "sum", lengths=counts)
 
 
+def _sample_proportional(weights: Tensor) -> int:
+    """A random index drawn with probability ``weights / weights.sum()`` (uniform if all zero).
+
+    ``cumsum`` + ``searchsorted``: one draw costs ~15x less than ``torch.multinomial``.
+    """
+    cum = weights.cumsum(0)
+    total = float(cum[-1])
+    if not total > 0:
+        return int(torch.randint(weights.shape[0], ()))
+    u = torch.rand((), dtype=cum.dtype, device=cum.device) * total
+    return min(int(torch.searchsorted(cum, u, right=True)), weights.shape[0] - 1)
+
+
+def kmeans_plus_plus(x: Tensor, k: int) -> Tensor:
+    """``k`` seeds drawn from the rows of ``x (n, c)`` by k-means++ (global torch RNG).
+
+    Each seed is drawn with probability proportional to the squared distance
+    to the nearest seed so far (uniformly once every row is a seed).
+    """
+    n = x.shape[0]
+    x_sq = x.pow(2).sum(-1)
+    seeds = x.new_empty(k, x.shape[1])
+    d2 = torch.full_like(x_sq, float("inf"))
+    j = int(torch.randint(n, ()))
+    for i in range(k):
+        seeds[i] = x[j]
+        # |x - s|^2 = |x|^2 + |s|^2 - 2 x·s, one matrix-vector product
+        dist = torch.addmv(x_sq + x_sq[j], x, x[j], alpha=-2).clamp_min_(0)
+        torch.minimum(d2, dist, out=d2)
+        if i + 1 < k:
+            j = _sample_proportional(d2)
+    return seeds
+
+
 def kmeans(x: Tensor, k: int, *, iters: int = 10) -> Tensor:
     """``k`` centroids of ``x (n, c)``: k-means++ seeding, then ``iters`` Lloyd iterations.
 
+    Seeds come from a random subset of at most ``16 k`` rows; Lloyd uses all.
     Uses the global torch RNG. With fewer than ``k`` distinct vectors some
     centroids repeat. An empty cluster keeps its centroid.
     """
-    n = x.shape[0]
-    centers = x.new_empty(k, x.shape[1])
-    first = int(torch.randint(n, ()))
-    centers[0] = x[first]
-    d2 = (x - x[first]).pow(2).sum(-1)
-    for i in range(1, k):
-        total = d2.sum()
-        j = int(torch.multinomial(d2, 1)) if total > 0 else int(torch.randint(n, ()))
-        centers[i] = x[j]
-        torch.minimum(d2, (x - x[j]).pow(2).sum(-1), out=d2)
+    subset = x[torch.randperm(x.shape[0], device=x.device)[: 16 * k]]
+    centers = kmeans_plus_plus(subset, k)
     for _ in range(iters):
         idx = nearest(x, centers)
         counts = torch.bincount(idx, minlength=k)

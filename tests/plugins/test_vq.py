@@ -7,7 +7,7 @@ import torch
 
 from tok.errors import ConfigError, IndexRangeError
 from tok.metrics import batch_code_metrics
-from tok.plugins.vq import VQ, cluster_sums, kmeans, nearest
+from tok.plugins.vq import VQ, _sample_proportional, cluster_sums, kmeans, kmeans_plus_plus, nearest
 from tok.testing import check_quantizer
 
 
@@ -256,6 +256,24 @@ def test_kmeans_init_finds_the_clusters() -> None:
     # every centre has a code next to it
     gap = torch.cdist(centres, q.codebook).min(-1).values
     assert bool((gap < 0.1).all()), gap
+
+
+def test_kmeans_plus_plus_seeds_every_separated_cluster() -> None:
+    torch.manual_seed(0)
+    centres = torch.randn(10, 4) * 1000
+    x = clustered(500, centres, noise=0.01)
+    seeds = kmeans_plus_plus(x, 10)
+    assert torch.cdist(seeds, x).min(-1).values.max() == 0  # seeds are data points
+    assert sorted(torch.cdist(seeds, centres).argmin(-1).tolist()) == list(range(10))
+
+
+def test_sampling_proportional_to_weights() -> None:
+    torch.manual_seed(0)
+    weights = torch.tensor([0.0, 1.0, 0.0, 3.0, 0.0])
+    draws = torch.tensor([_sample_proportional(weights) for _ in range(2000)])
+    assert set(draws.tolist()) == {1, 3}
+    assert 0.7 < (draws == 3).float().mean() < 0.8
+    assert 0 <= _sample_proportional(torch.zeros(4)) < 4
 
 
 def test_kmeans_with_fewer_vectors_than_codes() -> None:
