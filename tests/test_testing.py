@@ -186,6 +186,19 @@ class MutatesInput(TinyVQ):
         return out
 
 
+class LowPrecisionUnderAutocast(TinyVQ):
+    """Looks codes up at low precision under autocast (like a cast to the autocast dtype,
+    exaggerated to 8-bit floats so that indices flip for sure)."""
+
+    def lookup(self, z: Tensor) -> Tensor:
+        flat = z.detach().reshape(-1, self.dim)
+        codebook = self.codebook.detach()
+        if torch.is_autocast_enabled(flat.device.type):
+            flat = flat.to(torch.float8_e4m3fn).float()
+            codebook = codebook.to(torch.float8_e4m3fn).float()
+        return torch.cdist(flat, codebook).argmin(-1).reshape(*z.shape[:-1], 1)
+
+
 BROKEN = [
     (WrapsIndices, "never wrap"),
     (WrongErrorForBadIndices, "IndexRangeError"),
@@ -205,6 +218,7 @@ BROKEN = [
     (RandomInEval, "deterministic"),
     (NoInputCheck, "wrong last dimension raises a tok.TokError"),
     (MutatesInput, "leaves z unchanged"),
+    (LowPrecisionUnderAutocast, "autocast (bf16) gives the same indices as float32"),
 ]
 
 

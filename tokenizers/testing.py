@@ -225,7 +225,8 @@ def check_quantizer(
     - eval mode (under ``torch.no_grad``): forward leaves every buffer and
       parameter unchanged (EMA/statistics update only in train mode); two
       calls give identical outputs; ``indices_to_codes(indices)`` equals
-      ``quantized`` exactly (``torch.equal``);
+      ``quantized`` exactly (``torch.equal``); under ``torch.autocast``
+      (bf16) the indices equal the float32 ones;
     - ``config()`` is JSON-serialisable and ``cls(**config())`` — built from
       the JSON round trip, with another random seed — loads the state dict
       and gives identical outputs and the same ``config()``;
@@ -334,6 +335,18 @@ def _check_all(
                 _diff(codes, out.quantized) + f" ({where})",
             )
             reference.append(out)
+            autocast_dtype = (
+                torch.bfloat16
+                if device.type == "cpu" or torch.cuda.is_bf16_supported()
+                else torch.float16
+            )
+            with torch.autocast(device_type=device.type, dtype=autocast_dtype):
+                low = q(z)
+            check.expect(
+                torch.equal(low.indices, out.indices),
+                "autocast (bf16) gives the same indices as float32",
+                f"{int((low.indices != out.indices).sum())} of {out.indices.numel()} indices differ ({where})",
+            )
     after = _buffers(q)
     for key, value in before.items():
         check.expect(
