@@ -21,12 +21,10 @@ load hits both sides alike. Prints a markdown table; ratio = theirs / ours
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from _common import cpu_model, measure
 from torch import nn
 
 from tok.plugins.fsq import FSQ
@@ -36,17 +34,6 @@ CASES = [  # (label, input shape)
     ("(64, 256, 4), no projection", (64, 256, 4)),
     ("(64, 256, 64), projection 64→4", (64, 256, 64)),
 ]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ours_fn(dim: int, device: torch.device) -> tuple[nn.Module, Callable]:
@@ -83,31 +70,6 @@ def infer_step(module: nn.Module, fn: Callable, z: torch.Tensor):
             fn(z)
 
     return step
-
-
-def measure(
-    steps: dict[str, Callable], device: torch.device, *, warmup: int, samples: int, inner: int
-) -> dict[str, float]:
-    """Median milliseconds per call of each step, sampled in interleaved order."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    sync()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(samples):
-        for key, step in steps.items():
-            sync()
-            start = time.perf_counter()
-            for _ in range(inner):
-                step()
-            sync()
-            times[key].append((time.perf_counter() - start) / inner * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:

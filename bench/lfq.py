@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from _common import cpu_model, measure
 from torch import nn
 
 from tok.plugins.lfq import LFQ
@@ -51,17 +49,6 @@ CASES = [  # (label, codebook size, input shape)
 CUDA_CASES = [  # larger, on a GPU only: theirs hold (positions, 2^bits) tables
     ("2^14, (64, 1024, 64), projection 64→14", 2**14, (64, 1024, 64)),
 ]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ours_fn(size: int, dim: int, device: torch.device) -> tuple[nn.Module, Callable]:
@@ -127,31 +114,6 @@ def infer_step(module: nn.Module, fn: Callable, z: torch.Tensor):
             fn(z)
 
     return step
-
-
-def measure(
-    steps: dict[str, Callable], device: torch.device, *, warmup: int, samples: int, inner: int
-) -> dict[str, float]:
-    """Median milliseconds per call of each step, sampled in interleaved order."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    sync()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(samples):
-        for key, step in steps.items():
-            sync()
-            start = time.perf_counter()
-            for _ in range(inner):
-                step()
-            sync()
-            times[key].append((time.perf_counter() - start) / inner * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:

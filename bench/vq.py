@@ -26,30 +26,17 @@ side alike. Ratio = theirs / ours (above 1: ours is faster).
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import cpu_model, measure
 from torch import nn
 
 from tok.plugins.vq import VQ
 
 DIM, CODEBOOK_SIZE, DECAY, COMMITMENT = 64, 1024, 0.99, 0.25
 SHAPE = (64, 256, 64)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class PlainVQ(nn.Module):
@@ -137,30 +124,6 @@ def infer_step(fn: Callable, z: torch.Tensor):
             fn(z)
 
     return step
-
-
-def measure(
-    steps: dict[str, Callable], device: torch.device, *, warmup: int, samples: int
-) -> dict[str, float]:
-    """Median milliseconds per call of each step, sampled in interleaved order."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    sync()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(samples):
-        for key, step in steps.items():
-            sync()
-            start = time.perf_counter()
-            step()
-            sync()
-            times[key].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
