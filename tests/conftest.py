@@ -8,9 +8,13 @@ Both need the real MNIST files: ``$TOK_DATA_DIR`` (torchvision layout,
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "fsq_mnist.toml"
@@ -80,3 +84,24 @@ def mnist_pngs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             folder.mkdir(exist_ok=True)
             write_png(ds.data[i].unsqueeze(0), str(folder / f"{i:05d}.png"))
     return root
+
+
+@pytest.fixture
+def torchrun() -> Callable[[Path], subprocess.CompletedProcess[str]]:
+    """Run a worker script in 2 real processes with ``torchrun`` (gloo, CPU); return the result."""
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is missing")
+
+    def run(worker: Path) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            str(worker),
+        ]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    return run
