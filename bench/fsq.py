@@ -20,11 +20,10 @@ load hits both sides alike. Prints a markdown table; ratio = theirs / ours
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import torch
-from _common import cpu_model, measure
+from _common import bench_parser, cpu_model, infer_step, measure, setup, vqp_version
 from torch import nn
 
 from tok.plugins.fsq import FSQ
@@ -64,37 +63,10 @@ def train_step(module: nn.Module, fn: Callable, z: torch.Tensor, target: torch.T
     return step
 
 
-def infer_step(module: nn.Module, fn: Callable, z: torch.Tensor):
-    def step() -> None:
-        with torch.no_grad():
-            fn(z)
-
-    return step
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
-    )
-    parser.add_argument("--samples", type=int, default=15, help="timed samples per case and side")
-    parser.add_argument("--inner", type=int, default=5, help="calls per timed sample")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed calls per case and side")
+    parser = bench_parser(__doc__.splitlines()[0], samples=15, inner=5, warmup=5)
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-
-    import vector_quantize_pytorch
-
-    try:
-        from importlib.metadata import version
-
-        vqp_version = version("vector-quantize-pytorch")
-    except Exception:  # noqa: BLE001
-        vqp_version = getattr(vector_quantize_pytorch, "__version__", "?")
+    device = setup(args)
 
     rows = []
     for label, shape in CASES:
@@ -115,8 +87,8 @@ def main() -> None:
             else:
                 ours.eval(), theirs.eval()
                 steps = {
-                    "ours": infer_step(ours, ours_q, z),
-                    "theirs": infer_step(theirs, theirs_q, z),
+                    "ours": infer_step(ours_q, z),
+                    "theirs": infer_step(theirs_q, z),
                 }
             ms = measure(steps, device, warmup=args.warmup, samples=args.samples, inner=args.inner)
             rows.append((f"{mode}: {label}", ms["ours"], ms["theirs"], ms["theirs"] / ms["ours"]))
@@ -124,7 +96,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     print(
         f"device: {device} ({where}); torch {torch.__version__}; threads {torch.get_num_threads()}; "
-        f"vector-quantize-pytorch {vqp_version}; levels {LEVELS}; "
+        f"vector-quantize-pytorch {vqp_version()}; levels {LEVELS}; "
         f"median of {args.samples} samples x {args.inner} calls after {args.warmup} warm-up"
     )
     print()

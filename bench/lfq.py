@@ -29,12 +29,11 @@ markdown table; ratio = theirs / ours (above 1: ours is faster).
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable
 
 import torch
-from _common import cpu_model, measure
+from _common import bench_parser, cpu_model, infer_step, measure, setup, vqp_version
 from torch import nn
 
 from tok.plugins.lfq import LFQ
@@ -108,37 +107,10 @@ def train_step(module: nn.Module, fn: Callable, z: torch.Tensor, target: torch.T
     return step
 
 
-def infer_step(module: nn.Module, fn: Callable, z: torch.Tensor):
-    def step() -> None:
-        with torch.no_grad():
-            fn(z)
-
-    return step
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
-    )
-    parser.add_argument("--samples", type=int, default=7, help="timed samples per case and side")
-    parser.add_argument("--inner", type=int, default=1, help="calls per timed sample")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per case and side")
+    parser = bench_parser(__doc__.splitlines()[0], samples=7, inner=1, warmup=1)
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-
-    import vector_quantize_pytorch
-
-    try:
-        from importlib.metadata import version
-
-        vqp_version = version("vector-quantize-pytorch")
-    except Exception:  # noqa: BLE001
-        vqp_version = getattr(vector_quantize_pytorch, "__version__", "?")
+    device = setup(args)
 
     rows = []
     for label, size, shape in CASES + (CUDA_CASES if device.type == "cuda" else []):
@@ -162,8 +134,8 @@ def main() -> None:
             else:
                 ours.eval(), theirs.eval()
                 steps = {
-                    "ours": infer_step(ours, ours_q, z),
-                    "theirs": infer_step(theirs, theirs_q, z),
+                    "ours": infer_step(ours_q, z),
+                    "theirs": infer_step(theirs_q, z),
                 }
             ms = measure(steps, device, warmup=args.warmup, samples=args.samples, inner=args.inner)
             rows.append((f"{mode}: {label}", ms["ours"], ms["theirs"], ms["theirs"] / ms["ours"]))
@@ -171,7 +143,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     print(
         f"device: {device} ({where}); torch {torch.__version__}; threads {torch.get_num_threads()}; "
-        f"vector-quantize-pytorch {vqp_version}; {SETTINGS}, inv_temperature {INV_TEMPERATURE}; "
+        f"vector-quantize-pytorch {vqp_version()}; {SETTINGS}, inv_temperature {INV_TEMPERATURE}; "
         f"median of {args.samples} samples x {args.inner} calls after {args.warmup} warm-up"
     )
     print()

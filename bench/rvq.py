@@ -41,12 +41,11 @@ theirs / ours (above 1: ours is faster).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 
 import torch
-from _common import cpu_model, measure
+from _common import bench_parser, cpu_model, infer_step, measure, setup, vqp_version
 from torch import nn
 
 from tok.plugins.mgvq import MultiGroupVQ
@@ -55,14 +54,6 @@ from tok.plugins.rvq import ResidualVQ
 SHAPE = (64, 256, 64)
 DIM, CODES, LEVELS, GROUPS = 64, 1024, 4, 4
 COMMON = {"codebook_size": CODES, "decay": 0.99, "commitment_weight": 0.25}
-
-
-def infer_step(module: nn.Module, z: torch.Tensor) -> Callable:
-    def step() -> None:
-        with torch.no_grad():
-            module(z)
-
-    return step
 
 
 def _load_codebook(their_codebook: nn.Module, codebook: torch.Tensor) -> None:
@@ -135,26 +126,15 @@ def train_step(ours_or_theirs: str, module: nn.Module, z: torch.Tensor, target: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--samples", type=int, default=9, help="timed samples per case and side")
-    parser.add_argument("--inner", type=int, default=2, help="calls per timed sample")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per case and side")
+    parser = bench_parser(__doc__.splitlines()[0], samples=9, inner=2, warmup=2)
     parser.add_argument(
         "--straight-through",
         action="store_true",
         help="build theirs with rotation_trick=False (our estimator)",
     )
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    device = setup(args)
 
-    from importlib.metadata import version
-
-    vqp_version = version("vector-quantize-pytorch")
     z = torch.randn(SHAPE, device=device, requires_grad=True)
     target = torch.randn(SHAPE, device=device)
 
@@ -188,7 +168,7 @@ def main() -> None:
     )
     print(
         f"device: {device} ({where}); torch {torch.__version__}; threads {torch.get_num_threads()}; "
-        f"vector-quantize-pytorch {vqp_version} ({estimator}); z {SHAPE}, codebook_size {CODES}; "
+        f"vector-quantize-pytorch {vqp_version()} ({estimator}); z {SHAPE}, codebook_size {CODES}; "
         f"median of {args.samples} samples x {args.inner} calls after {args.warmup} warm-up"
     )
     print()

@@ -25,12 +25,11 @@ side alike. Ratio = theirs / ours (above 1: ours is faster).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _common import cpu_model, measure
+from _common import bench_parser, cpu_model, infer_step, measure, setup, vqp_version
 from torch import nn
 
 from tok.plugins.vq import VQ
@@ -118,29 +117,10 @@ def train_step(module: nn.Module, fn: Callable, z: torch.Tensor, target: torch.T
     return step
 
 
-def infer_step(fn: Callable, z: torch.Tensor):
-    def step() -> None:
-        with torch.no_grad():
-            fn(z)
-
-    return step
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
-    )
-    parser.add_argument("--samples", type=int, default=11, help="timed samples per mode and side")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per mode and side")
+    parser = bench_parser(__doc__.splitlines()[0], samples=11, inner=None, warmup=2)
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-
-    from importlib.metadata import version
+    device = setup(args)
 
     sides = build(device)
     z = torch.randn(SHAPE, device=device)
@@ -163,7 +143,7 @@ def main() -> None:
     tokens = SHAPE[0] * SHAPE[1]
     print(
         f"device: {device} ({where}); torch {torch.__version__}; threads {torch.get_num_threads()}; "
-        f"vector-quantize-pytorch {version('vector-quantize-pytorch')}; "
+        f"vector-quantize-pytorch {vqp_version()}; "
         f"dim {DIM}, codebook {CODEBOOK_SIZE}, z {SHAPE}; indices equal on the same input: yes; "
         f"median of {args.samples} interleaved samples after {args.warmup} warm-up"
     )
