@@ -38,12 +38,13 @@ from tqdm.auto import tqdm
 
 from . import plots
 from ._io import atomic_path, write_json, write_text
-from .config import build
+from .config import build, parameters
 from .data import Dataset, Samples
 from .errors import CheckpointError, OutputDirError, TokError
 from .metrics import batch_stream_stats, code_counts, codebook_stats, psnr
 from .models import Tokenizer
 from .recipe import Recipe, apply_overrides, dumps_toml, parse_recipe
+from .registry import registry
 
 __all__ = [
     "train",
@@ -114,9 +115,19 @@ def build_dataset(recipe: Recipe) -> Dataset:
 
 
 def build_tokenizer(recipe: Recipe, input_shape: tuple[int, ...]) -> Tokenizer:
-    """An untrained tokenizer for ``recipe`` and images of ``input_shape`` ``(c, h, w)``."""
+    """An untrained tokenizer for ``recipe`` and inputs of ``input_shape``.
+
+    ``input_shape`` is ``(c, h, w)`` for images, ``(c, t, h, w)`` for videos.
+    Options the recipe leaves out that the architecture's constructor takes
+    are filled in from the data: ``in_channels`` (``c``) and ``image_size``
+    (``[h, w]``, for architectures that size positional embeddings, like ``seq1d``).
+    """
     arch_options = dict(recipe.model.options)
-    arch_options.setdefault("in_channels", input_shape[0])
+    accepted = parameters(registry("architectures").get(recipe.model.name))
+    from_data = {"in_channels": input_shape[0], "image_size": list(input_shape[-2:])}
+    for key, value in from_data.items():
+        if key in accepted:
+            arch_options.setdefault(key, value)
     return Tokenizer.from_config(
         {
             "architecture": {"name": recipe.model.name, "config": arch_options},
