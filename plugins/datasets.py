@@ -1,12 +1,14 @@
-"""The built-in datasets: ``mnist`` and ``imagefolder``."""
+"""The built-in datasets: ``mnist``, ``imagefolder``, ``videofolder`` and ``videoshards``."""
 
 from __future__ import annotations
 
 from tok import hookimpl
-from tok.data import MNIST, ImageFolder
+from tok.data import MNIST, ImageFolder, VideoFolder, VideoShards
 
 
 @hookimpl
 def register_datasets(register):
     register(MNIST, name="mnist")
     register(ImageFolder, name="imagefolder", aliases=("folder",))
+    register(VideoFolder, name="videofolder", aliases=("videos",))
+    register(VideoShards, name="videoshards", aliases=("webdataset",))
