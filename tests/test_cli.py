@@ -27,9 +27,18 @@ SUBCOMMAND_OPTIONS = {
         "--shard-size",
         "--batch-size",
         "--resize",
+        "--fps",
         "--no-progress",
     ],
-    "decode": ["--out", "--run", "--force", "--batch-size", "--no-progress"],
+    "decode": [
+        "--out",
+        "--run",
+        "--force",
+        "--batch-size",
+        "--video-format",
+        "--fps",
+        "--no-progress",
+    ],
     "eval": ["--split", "--samples", "--json"],
     "inspect": ["--split", "--samples", "--threshold", "--out", "--json"],
     "plugins": ["--json"],
@@ -144,7 +153,8 @@ def test_plugins_json(capsys):
         assert item["version"] == tok.__version__
         assert kind in item["provides"]
     assert by_name["fsq"]["provides"]["quantizers"] == ["fsq"]
-    assert sorted(by_name["datasets"]["provides"]["datasets"]) == ["imagefolder", "mnist"]
+    provided = set(by_name["datasets"]["provides"]["datasets"])
+    assert {"imagefolder", "mnist", "videofolder", "videoshards"} <= provided
 
 
 def test_quantizers_lists_fsq(capsys):

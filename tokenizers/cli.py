@@ -66,6 +66,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         batch_size=args.batch_size,
         resize=args.resize,
+        fps=args.fps,
         progress=not args.no_progress,
     )
     print(
@@ -77,17 +78,23 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from .encode import decode
+    from .encode import decode_files
 
-    n = decode(
+    result = decode_files(
         args.tokens,
         out=args.out,
         run=args.run,
         force=args.force,
         batch_size=args.batch_size,
+        video_format=args.video_format,
+        fps=args.fps,
         progress=not args.no_progress,
     )
-    print(f"wrote {n} images to {args.out}")
+    if result["kind"] == "videos":
+        preview = f" and the preview {result['preview']}" if result["preview"] else ""
+        print(f"wrote {result['items']} {result['format']} videos to {args.out}{preview}")
+    else:
+        print(f"wrote {result['items']} images to {args.out}")
     return 0
 
 
@@ -247,10 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "encode",
-        help="encode images into token files",
-        description="Encode a folder of images (or a dataset split such as mnist:test) into sharded token files plus a manifest. Resumes when run again with the same --out.",
+        help="encode images or videos into token files",
+        description="Encode a folder of images or videos, webdataset .tar shards of videos, or a dataset split such as mnist:test, into sharded token files plus a manifest. Resumes when run again with the same --out.",
     )
-    p.add_argument("src", help="a folder of PNG/JPEG images, or DATASET:SPLIT (e.g. mnist:test)")
+    p.add_argument(
+        "src",
+        help="a folder of PNG/JPEG images; for a video tokenizer a folder of videos "
+        "(mp4, avi, gif, webm, mkv, mov) or .tar shards; or DATASET:SPLIT (e.g. mnist:test)",
+    )
     p.add_argument(
         "--out",
         required=True,
@@ -276,16 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
         default="error",
         help="images whose size differs from the tokenizer's: fail (default), resize, or resize+center-crop",
     )
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="videos: resample to this frame rate by nearest timestamp before taking the "
+        "tokenizer's clip length (default: the source's frames as they are)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser(
         "decode",
-        help="decode token files back into images",
-        description="Decode a token file or token folder into PNG images, one per row, named by its source key.",
+        help="decode token files back into images or videos",
+        description="Decode a token file or token folder into PNG images (or, for a video tokenizer, mp4 or GIF videos plus preview.gif), one per row, named by its source key.",
     )
     p.add_argument("tokens", help="a token folder (from tok encode) or one token file")
-    p.add_argument("--out", required=True, help="output folder for the PNGs (must be new or empty)")
+    p.add_argument(
+        "--out", required=True, help="output folder for the files (must be new or empty)"
+    )
     p.add_argument(
         "--run", help="the tokenizer run folder (default: the one recorded in the tokens)"
     )
@@ -296,6 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch-size", type=int, default=256, help="rows per forward pass (default: 256)"
+    )
+    p.add_argument(
+        "--video-format",
+        choices=["mp4", "gif"],
+        default="mp4",
+        help="videos: write KEY.mp4 (H.264, default) or KEY.gif; preview.gif is written either way",
+    )
+    p.add_argument(
+        "--fps", type=float, default=8.0, help="videos: frames per second to write (default: 8)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_decode)
