@@ -90,7 +90,10 @@ def open_source(
     name, sep, ds_split = src.partition(":")
     if sep and name in registry("datasets"):
         cls = registry("datasets").get(name)
-        options = {"channels": channels} if "channels" in parameters(cls) else {}
+        accepted = parameters(cls)
+        options = {"channels": channels} if "channels" in accepted else {}
+        if len(shape) == 4 and "frames" in accepted:  # a video dataset: the tokenizer's clip length
+            options["frames"] = shape[1]
         try:
             return build("datasets", name, options), ds_split or split
         except ConfigError as exc:
@@ -112,6 +115,14 @@ def open_source(
         f"no folder {src!r}; give a folder of PNG/JPEG images or DATASET:SPLIT "
         f"(datasets: {', '.join(registry('datasets').names())})"
     )
+
+
+def _check_shape(src: str, run: Any, shape: tuple[int, ...], tokenizer: Tokenizer) -> None:
+    if shape != tokenizer.input_shape:
+        raise DatasetError(
+            f"{src} yields inputs of shape {shape} but the tokenizer in {run} takes "
+            f"{tokenizer.input_shape}"
+        )
 
 
 def encode(
@@ -138,6 +149,11 @@ def encode(
     tokenizer = Tokenizer.load(run, map_location=device)
     dataset, split = open_source(src, tokenizer, split=split, resize=resize, fps=fps)
     keys = dataset.readable_keys(split)
+    try:
+        shape = tuple(dataset.input_shape())
+    except NotImplementedError:  # a plugin dataset that does not say: checked per shard below
+        shape = tokenizer.input_shape
+    _check_shape(src, run, shape, tokenizer)
     header = TokenHeader(
         quantizer=tokenizer.quantizer_name,
         quantizer_config=tokenizer.quantizer.config(),
@@ -157,11 +173,7 @@ def encode(
             raise DatasetError(
                 f"files in {src} changed while encoding (shard {index}); run the command again"
             )
-        if tuple(samples.images.shape[1:]) != tokenizer.input_shape:
-            raise DatasetError(
-                f"{src} yields inputs of shape {tuple(samples.images.shape[1:])} but the tokenizer "
-                f"in {run} takes {tokenizer.input_shape}"
-            )
+        _check_shape(src, run, tuple(samples.images.shape[1:]), tokenizer)
         rows = [
             tokenizer.encode(samples.floats(slice(i, i + batch_size)).to(device)).cpu()
             for i in range(0, len(samples), batch_size)
