@@ -16,7 +16,7 @@ import torch
 
 from tok.data import VideoFolder, VideoShards, VideoSkippedWarning
 from tok.data.folder import ImageSkippedWarning
-from tok.data.video import read_video, side_by_side, write_video
+from tok.data.video import VideoReadError, read_video, side_by_side, write_video
 from tok.errors import DatasetError
 from tok.registry import registry
 
@@ -90,6 +90,16 @@ def test_write_video_is_atomic_and_checks_its_input(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
     write_video(tmp_path / "a.gif", moving_square(2))
     assert [p.name for p in tmp_path.iterdir()] == ["a.gif"]
+
+
+def test_read_video_errors_name_the_file(tmp_path):
+    (tmp_path / "text.mp4").write_text("not a video")
+    with pytest.raises(VideoReadError) as info:
+        read_video(tmp_path / "text.mp4")
+    assert isinstance(info.value, DatasetError)  # a TokError: the CLI prints one line
+    assert str(tmp_path / "text.mp4") in str(info.value) and "cannot decode" in info.value.reason
+    with pytest.raises(VideoReadError, match="video data: cannot decode"):
+        read_video(b"\x00\x00\x00\x18ftypisom")
 
 
 def test_side_by_side():

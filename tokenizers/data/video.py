@@ -63,6 +63,7 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "VideoFolder",
     "VideoShards",
+    "VideoReadError",
     "VideoSkippedWarning",
     "read_video",
     "side_by_side",
@@ -77,8 +78,13 @@ class VideoSkippedWarning(ImageSkippedWarning):
     """Videos were skipped because they cannot be decoded or are too short."""
 
 
-class _Unreadable(Exception):
-    """A video cannot be used; the message says why in a few words."""
+class VideoReadError(DatasetError):
+    """A video file cannot be decoded; ``reason`` says why in a few words."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
 
 
 def _reason(exc: BaseException) -> str:
@@ -109,20 +115,20 @@ def read_video(
 
     ``fps`` resamples by nearest timestamp (``None``: the frames as stored);
     ``frames`` stops after that many output frames (fewer are returned when
-    the video is shorter). Raises ``_Unreadable`` with a short reason when the
-    data is not a decodable video.
+    the video is shorter). Raises :class:`VideoReadError` (naming the file and
+    the reason) when the data is not a decodable video.
     """
     import av  # imported here: only videos need PyAV
 
+    name = "video data" if isinstance(source, bytes) else str(source)
     raw = io.BytesIO(source) if isinstance(source, bytes) else str(source)
     arrays: list[np.ndarray] = []
     times: list[float] = []
-    end = None  # the source time after which no more frames are needed
     last_duration = 0.0
     try:
         with av.open(raw, metadata_errors="ignore") as container:
             if not container.streams.video:
-                raise _Unreadable("no video stream")
+                raise VideoReadError(name, "no video stream")
             stream = container.streams.video[0]
             rate = float(stream.average_rate or stream.guessed_rate or 0) or None
             for frame in container.decode(stream):
@@ -135,19 +141,17 @@ def read_video(
                 times.append(t)
                 if frame.duration and frame.time_base:
                     last_duration = float(frame.duration * frame.time_base)
-                if frames is not None:
-                    if fps is None and len(arrays) >= frames:
-                        break
-                    if fps is not None:
-                        end = times[0] + frames / fps
-                        if t > end:
-                            break
-    except _Unreadable:
+                # enough frames: the clip's, or (resampling) one past its last output time
+                if frames is not None and (
+                    len(arrays) >= frames if fps is None else t - times[0] > frames / fps
+                ):
+                    break
+    except VideoReadError:
         raise
     except (av.error.FFmpegError, OSError, ValueError, RuntimeError, EOFError) as exc:
-        raise _Unreadable(f"cannot decode: {_reason(exc)}") from None
+        raise VideoReadError(name, f"cannot decode: {_reason(exc)}") from None
     if not arrays:
-        raise _Unreadable("no frames")
+        raise VideoReadError(name, "no frames")
     video = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     if fps is None:
         return video if frames is None else video[:frames]
@@ -268,7 +272,9 @@ class _Item:
             f.seek(self.offset)
             data = f.read(self.size)
         if len(data) != self.size:
-            raise _Unreadable(f"cut short ({len(data)} of {self.size} bytes in the shard)")
+            raise VideoReadError(
+                self.name, f"cut short ({len(data)} of {self.size} bytes in the shard)"
+            )
         return data
 
 
@@ -359,8 +365,11 @@ class _VideoDataset(Dataset):
         """
         try:
             video = read_video(item.data(), fps=self.fps, frames=self.frames)
-        except (_Unreadable, OSError) as exc:
-            skipped.append(f"{item.name} ({_reason(exc)})")
+        except VideoReadError as exc:
+            skipped.append(f"{item.name} ({exc.reason})")
+            return None
+        except OSError as exc:  # the file itself cannot be read
+            skipped.append(f"{item.name} (cannot read: {_reason(exc)})")
             return None
         if self.frames is not None and len(video) < self.frames:
             rate = f" at {self.fps:g} fps" if self.fps else ""
