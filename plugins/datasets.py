@@ -1,14 +1,15 @@
-"""The built-in datasets: ``mnist``, ``imagefolder``, ``videofolder`` and ``videoshards``."""
+"""The built-in datasets: ``mnist``, ``movingmnist``, ``imagefolder``, ``videofolder`` and ``videoshards``."""
 
 from __future__ import annotations
 
 from tok import hookimpl
-from tok.data import MNIST, ImageFolder, VideoFolder, VideoShards
+from tok.data import MNIST, ImageFolder, MovingMNIST, VideoFolder, VideoShards
 
 
 @hookimpl
 def register_datasets(register):
     register(MNIST, name="mnist")
+    register(MovingMNIST, name="movingmnist", aliases=("moving-mnist",))
     register(ImageFolder, name="imagefolder", aliases=("folder",))
     register(VideoFolder, name="videofolder", aliases=("videos",))
     register(VideoShards, name="videoshards", aliases=("webdataset",))

@@ -8,6 +8,7 @@ that tensor, so data loading is never the bottleneck on small datasets.
 from .base import Dataset, Samples, data_root
 from .folder import IMAGE_EXTENSIONS, ImageFolder, ImageSkippedWarning
 from .mnist import MNIST
+from .moving_mnist import MovingMNIST
 from .video import VIDEO_EXTENSIONS, VideoFolder, VideoShards, VideoSkippedWarning
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ImageSkippedWarning",
     "IMAGE_EXTENSIONS",
     "MNIST",
+    "MovingMNIST",
     "VideoFolder",
     "VideoShards",
     "VideoSkippedWarning",
