@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -162,3 +163,7 @@ def test_recipe_trains_encodes_and_decodes_through_the_cli(tmp_path, mnist_pngs)
     dec = tok("decode", str(first), "--out", "images", cwd=tmp_path)
     assert dec.returncode == 0, dec.stderr
     assert len(list((tmp_path / "images").rglob("*.png"))) == len(tf.keys) > 0
+    ev = tok("eval", str(run), "--json", "--samples", "64", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    assert result["bits_per_pixel"] == pytest.approx(32 * math.log2(1000) / 784)
