@@ -241,3 +241,69 @@ def test_image_strip(tmp_path):
     assert torch.equal(px[y0 : y0 + 6 * scale, x0 : x0 + 5 * scale], _u8(up))
     gray = _open(plots.save_image_strip(tmp_path / "g.png", torch.zeros(1, 1, 4, 4)))
     assert gray.size == (4 + 2 * p, 4 + 2 * p)
+
+
+# --------------------------------------------------------------------------- video
+
+
+def _gif_frames(path) -> list[torch.Tensor]:
+    with Image.open(path) as im:
+        assert im.format == "GIF" and im.is_animated
+        assert im.info.get("loop") == 0
+        frames = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            frames.append(_pixels(im.convert("RGB")))
+    return frames
+
+
+def test_video_grid_gif_frames_hold_the_video_frames(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    n, t, h, w, scale = 3, 5, 6, 7, 2
+    # gray levels that survive a uint8 round trip exactly
+    orig = torch.randint(0, 256, (n, 1, t, h, w), generator=gen).float() / 255
+    rec = torch.randint(0, 256, (n, 1, t, h, w), generator=gen).float() / 255
+    path = plots.save_video_grid_gif(tmp_path / "v.gif", orig, rec, scale=scale)
+    frames = _gif_frames(path)
+    assert len(frames) == t
+    for k in (0, t - 1):
+        for i in range(n):
+            for video, lower in ((orig, False), (rec, True)):
+                x, y = plots.video_tile_origin(
+                    i, reconstruction=lower, height=h, width=w, scale=scale
+                )
+                tile = frames[k][y : y + h * scale, x : x + w * scale]
+                want = video[i, :, k].expand(3, -1, -1)
+                want = want.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+                assert torch.equal(tile, _u8(want)), (k, i, lower)
+    # colour videos are written too (palette per frame), same size
+    colour = plots.save_video_grid_gif(
+        tmp_path / "c.gif", torch.rand(2, 3, 4, h, w), torch.rand(2, 3, 4, h, w), scale=1
+    )
+    assert len(_gif_frames(colour)) == 4
+
+
+def test_frame_strip_rows_are_original_and_reconstruction(tmp_path):
+    t, h, w, scale = 4, 5, 6, 3
+    orig = torch.rand(1, t, h, w)
+    rec = torch.rand(1, t, h, w)
+    im = _open(plots.save_frame_strip(tmp_path / "f.png", orig, rec, scale=scale))
+    px = _pixels(im)
+    for k in range(t):
+        for video, lower in ((orig, False), (rec, True)):
+            x, y = plots.video_tile_origin(k, reconstruction=lower, height=h, width=w, scale=scale)
+            want = video[:, k].expand(3, -1, -1).repeat_interleave(scale, 1)
+            assert torch.equal(
+                px[y : y + h * scale, x : x + w * scale], _u8(want.repeat_interleave(scale, 2))
+            )
+
+
+def test_video_plots_reject_bad_shapes(tmp_path):
+    v = torch.rand(2, 1, 3, 4, 4)
+    with pytest.raises(ValueError, match="differ"):
+        plots.save_video_grid_gif(tmp_path / "x.gif", v, torch.rand(2, 1, 4, 4, 4))
+    with pytest.raises(ValueError, match=r"\(N, C, T, H, W\)"):
+        plots.save_video_grid_gif(tmp_path / "x.gif", v[:, :, 0], v[:, :, 0])
+    with pytest.raises(ValueError, match=r"\(N, C, T, H, W\)"):
+        plots.save_frame_strip(tmp_path / "x.png", v[0, :, 0], v[0, :, 0])
+    assert not (tmp_path / "x.gif").exists() and not (tmp_path / "x.png").exists()

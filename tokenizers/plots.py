@@ -4,10 +4,13 @@
 - :func:`save_usage_histogram`: rank-frequency bars of codebook usage, one panel per stream.
 - :func:`save_line_plot`: several ``(x, y)`` series on one chart (losses, usage over time).
 - :func:`save_image_strip`: a row of frames.
+- :func:`save_video_grid_gif`: videos above their reconstructions, animated (GIF).
+- :func:`save_frame_strip`: one video's frames above its reconstruction's frames.
 - :func:`usage_caption`: the ``"used X/K (Y%), perplexity P"`` text of one histogram.
 
 Every function writes its PNG atomically (see :mod:`tok._io`) and returns the path written.
-Images are float tensors in ``[0, 1]`` shaped ``(N, C, H, W)`` with ``C`` 1 or 3.
+Images are float tensors in ``[0, 1]`` shaped ``(N, C, H, W)`` with ``C`` 1 or 3;
+videos ``(N, C, T, H, W)``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ __all__ = [
     "save_usage_histogram",
     "save_line_plot",
     "save_image_strip",
+    "save_video_grid_gif",
+    "save_frame_strip",
+    "video_tile_origin",
     "usage_caption",
 ]
 
@@ -572,3 +578,110 @@ def save_image_strip(path: PathLike, frames: Tensor, *, scale: int = 1) -> Path:
     for i in range(n):
         canvas[:, p : p + h, p + i * (w + p) : p + i * (w + p) + w] = x[i]
     return _save(_to_pil(canvas, scale), path)
+
+
+# ----------------------------------------------------------------------------- video
+
+
+def _check_videos(x: Tensor, name: str) -> Tensor:
+    """``(N, C, T, H, W)`` floats → ``(N, 3, T, H, W)`` clamped to ``[0, 1]`` on the CPU."""
+    if not isinstance(x, Tensor) or x.dim() != 5 or x.shape[1] not in (1, 3):
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a (N, C, T, H, W) tensor with C 1 or 3, got {shape}")
+    if x.shape[0] == 0 or x.shape[2] == 0:
+        raise ValueError(f"{name} is empty")
+    x = x.detach().cpu().float().clamp(0, 1)
+    return x.expand(-1, 3, -1, -1, -1) if x.shape[1] == 1 else x
+
+
+def _check_pair(originals: Tensor, reconstructions: Tensor) -> tuple[Tensor, Tensor]:
+    orig = _check_videos(originals, "originals")
+    rec = _check_videos(reconstructions, "reconstructions")
+    if orig.shape != rec.shape:
+        raise ValueError(
+            f"originals {tuple(originals.shape)} and reconstructions "
+            f"{tuple(reconstructions.shape)} differ"
+        )
+    return orig, rec
+
+
+def video_tile_origin(
+    index: int, *, reconstruction: bool = False, height: int, width: int, scale: int = 2
+) -> tuple[int, int]:
+    """``(x, y)`` of the top-left output pixel of video (or frame) ``index`` in
+    :func:`save_video_grid_gif` (video ``index``) and :func:`save_frame_strip`
+    (frame ``index``); ``reconstruction`` selects the lower row."""
+    row = 1 if reconstruction else 0
+    x = (RECON_PADDING + index * (width + RECON_PADDING)) * scale
+    y = RECON_LABEL_HEIGHT + (RECON_PADDING + row * (height + RECON_PADDING)) * scale
+    return x, y
+
+
+def _pair_canvas(top: Tensor, bottom: Tensor, scale: int, label: str) -> Image.Image:
+    """``top`` and ``bottom`` ``(N, 3, H, W)`` as two rows under a label strip."""
+    grid = make_grid(
+        torch.cat([top, bottom]), nrow=top.shape[0], padding=RECON_PADDING, pad_value=1.0
+    )
+    body = _to_pil(grid, scale)
+    font = _font(11)
+    image = Image.new(
+        "RGB", (max(body.width, _text_w(font, label) + 8), RECON_LABEL_HEIGHT + body.height), _WHITE
+    )
+    ImageDraw.Draw(image).text(
+        (4, (RECON_LABEL_HEIGHT - _text_h(font)) // 2), label, font=font, fill=_MUTED
+    )
+    image.paste(body, (0, RECON_LABEL_HEIGHT))
+    return image
+
+
+def save_video_grid_gif(
+    path: PathLike,
+    originals: Tensor,
+    reconstructions: Tensor,
+    *,
+    scale: int = 2,
+    fps: float = 8.0,
+) -> Path:
+    """Write an animated GIF comparing videos with their reconstructions; return its path.
+
+    ``originals`` and ``reconstructions`` are ``(N, C, T, H, W)`` floats in ``[0, 1]``
+    (``C`` 1 or 3). GIF frame ``t`` shows frame ``t`` of the ``N`` originals side by side
+    in the top row and of their reconstructions in the bottom row (layout of
+    :func:`save_frame_strip`, tiles located by :func:`video_tile_origin`), below a label
+    strip; it loops forever at ``fps``. Gray videos are stored losslessly (an ``L``-mode
+    GIF); colour ones with one adaptive 256-colour palette per frame.
+    """
+    orig, rec = _check_pair(originals, reconstructions)
+    gray = bool((orig[:, 0] == orig[:, 1]).all() and (orig[:, 1] == orig[:, 2]).all())
+    gray = gray and bool((rec[:, 0] == rec[:, 1]).all() and (rec[:, 1] == rec[:, 2]).all())
+    frames = []
+    for t in range(orig.shape[2]):
+        image = _pair_canvas(orig[:, :, t], rec[:, :, t], scale, RECON_LABEL)
+        frames.append(image.convert("L") if gray else image.convert("P", palette=Image.ADAPTIVE))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        frames[0].save(
+            tmp,
+            format="GIF",
+            save_all=True,
+            append_images=frames[1:],
+            duration=max(1, round(1000 / fps)),
+            loop=0,
+            optimize=False,
+        )
+    return path
+
+
+def save_frame_strip(
+    path: PathLike, original: Tensor, reconstruction: Tensor, *, scale: int = 2
+) -> Path:
+    """Write one video's frames as a PNG: original frames in the top row, the
+    reconstruction's frames beneath; return its path.
+
+    ``original`` and ``reconstruction`` are ``(C, T, H, W)`` floats in ``[0, 1]``; frame
+    ``t`` of each row is at :func:`video_tile_origin` ``(t, …)``.
+    """
+    orig, rec = _check_pair(original.unsqueeze(0), reconstruction.unsqueeze(0))
+    label = "frames left to right \u00b7 top: original \u00b7 bottom: reconstruction"
+    image = _pair_canvas(orig[0].transpose(0, 1), rec[0].transpose(0, 1), scale, label)
+    return _save(image, path)

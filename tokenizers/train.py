@@ -464,6 +464,9 @@ def _evaluate_and_plot(
     tokenizer.train()
     if x.ndim == 4:
         plots.save_recon_grid(run_dir / "recon.png", x.cpu(), recon)
+    elif x.ndim == 5:  # videos (n, c, t, h, w): an animation and one video's frames
+        plots.save_video_grid_gif(run_dir / "recon.gif", x[:4].cpu(), recon[:4])
+        plots.save_frame_strip(run_dir / "recon_frames.png", x[0].cpu(), recon[0])
     plots.save_usage_histogram(
         run_dir / "usage.png", result["counts"], title=f"codebook usage at step {step}"
     )
