@@ -168,6 +168,9 @@ class Causal3D(Architecture):
         output) by ``patch_size × patch_size`` pixels, part of ``spatial_factor``;
         the stages then run at ``1 / patch_size`` of the resolution (Cosmos patches
         its input the same way, with a wavelet).
+    :param time_patch: the same in time, part of ``temporal_factor``: frame 0 alone
+        (with ``time_patch - 1`` copies of itself), then groups of ``time_patch``
+        frames become one, stacked in channels.
     :param factorized: split each 3D convolution into a spatial and a temporal one
         ((2+1)D, as Cosmos-Tokenizer); off by default because on CPUs with bf16
         matrix units the full causal Conv3d is faster (``docs/design.md``, "Video").
@@ -187,6 +190,7 @@ class Causal3D(Architecture):
         spatial_factor: int = 4,
         time_kernel: int = 3,
         patch_size: int = 1,
+        time_patch: int = 1,
         factorized: bool = False,
         norm: str = "group",
     ) -> None:
@@ -202,18 +206,21 @@ class Causal3D(Architecture):
                 f"causal3d: blocks must be a number ≥ 0 or one per entry of channels "
                 f"({len(channels)}), got {blocks!r}"
             )
-        log_t = _log2(temporal_factor, "temporal_factor")
-        log_p = _log2(patch_size, "patch_size")
-        log_s = _log2(spatial_factor, "spatial_factor") - log_p
+        log_t = _log2(temporal_factor, "temporal_factor") - _log2(time_patch, "time_patch")
+        log_s = _log2(spatial_factor, "spatial_factor") - _log2(patch_size, "patch_size")
         if log_s < 0:
             raise ConfigError(
                 f"causal3d: patch_size {patch_size} is larger than spatial_factor {spatial_factor}"
+            )
+        if log_t < 0:
+            raise ConfigError(
+                f"causal3d: time_patch {time_patch} is larger than temporal_factor {temporal_factor}"
             )
         if len(channels) - 1 != max(log_t, log_s):
             raise ConfigError(
                 f"causal3d: {len(channels)} channels entries give {len(channels) - 1} stages, "
                 f"but temporal_factor {temporal_factor} and spatial_factor {spatial_factor} "
-                f"(patch_size {patch_size}) need {max(log_t, log_s)} (one halving per stage); "
+                f"(patch_size {patch_size}, time_patch {time_patch}) need {max(log_t, log_s)} (one halving per stage); "
                 f"use {max(log_t, log_s) + 1} entries"
             )
         if latent_dim < 1 or in_channels < 1:
@@ -227,9 +234,9 @@ class Causal3D(Architecture):
         self.in_channels, self.channels, self.blocks = in_channels, channels, blocks
         self.latent_dim, self.norm, self.time_kernel = latent_dim, norm, time_kernel
         self.temporal_factor, self.spatial_factor = temporal_factor, spatial_factor
-        self.patch_size, self.factorized = patch_size, factorized
+        self.patch_size, self.time_patch, self.factorized = patch_size, time_patch, factorized
         tk, conv = time_kernel, {"time_kernel": time_kernel, "factorized": factorized}
-        pixels = in_channels * patch_size**2  # channels after space-to-depth
+        pixels = in_channels * time_patch * patch_size**2  # channels after patching
 
         def block(ch: int) -> nn.Module:
             return ResBlock3D(ch, norm=norm, **conv)
@@ -282,6 +289,7 @@ class Causal3D(Architecture):
             "spatial_factor": self.spatial_factor,
             "time_kernel": self.time_kernel,
             "patch_size": self.patch_size,
+            "time_patch": self.time_patch,
             "factorized": self.factorized,
             "norm": self.norm,
         }
@@ -317,8 +325,10 @@ class Causal3D(Architecture):
                 f"causal3d: encode takes videos (b, c, t, h, w), got shape {tuple(x.shape)}"
             )
         self.grid(tuple(x.shape[1:]))
-        p = self.patch_size
-        x = rearrange(x, "b c t (h p) (w q) -> b (c p q) t h w", p=p, q=p)
+        p, r = self.patch_size, self.time_patch
+        if r > 1:  # r - 1 copies of frame 0 in front: groups (x0…x0), (x1…xr), …
+            x = torch.cat([x[:, :, :1].expand(-1, -1, r - 1, -1, -1), x], dim=2)
+        x = rearrange(x, "b c (t r) (h p) (w q) -> b (c r p q) t h w", p=p, q=p, r=r)
         x = x.contiguous(memory_format=torch.channels_last_3d)  # fastest for Conv3d on CPU
         return rearrange(self.encoder(x), "b d t h w -> b t h w d")
 
@@ -328,10 +338,11 @@ class Causal3D(Architecture):
             raise ConfigError(
                 f"causal3d: decode takes latents (b, t', h', w', d), got shape {tuple(z.shape)}"
             )
-        p = self.patch_size
+        p, r = self.patch_size, self.time_patch
         # (b, t, h, w, d) permuted is already channels-last-3d in memory
         x = self.decoder(rearrange(z, "b t h w d -> b d t h w"))
-        return rearrange(x, "b (c p q) t h w -> b c t (h p) (w q)", p=p, q=p)
+        x = rearrange(x, "b (c r p q) t h w -> b c (t r) (h p) (w q)", p=p, q=p, r=r)
+        return x[:, :, r - 1 :]  # drop the copies of frame 0
 
 
 @hookimpl

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
+from PIL import Image
 
 from tok.config import build
 from tok.data import MovingMNIST
@@ -13,6 +17,7 @@ from tok.plugins.causal3d import Causal3D
 from tok.registry import registry
 from tok.tokens import TokenHeader, read_tokens, write_tokens
 
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "video_fsq_movingmnist.toml"
 SMALL = {"channels": [8, 16, 16], "blocks": [0, 1, 1], "patch_size": 2, "latent_dim": 4}
 FRAMES = 13  # 1 + 4·3: latent frames 0 (frame 0), 1 (1-4), 2 (5-8), 3 (9-12)
 SIZE = 32
@@ -55,13 +60,22 @@ def test_registered_with_paper():
     assert Causal3D.paper == "https://arxiv.org/abs/2501.03575"
 
 
-@pytest.mark.parametrize("factorized", [False, True])
-def test_causal_with_random_weights(videos, factorized):
-    check_causal(small_tokenizer(factorized=factorized), videos[:2])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"factorized": True},
+        {"time_patch": 2, "channels": [8, 16], "blocks": 1},
+        {"time_patch": 4, "patch_size": 4, "channels": [16], "blocks": 1},
+    ],
+)
+def test_causal_with_random_weights(videos, options):
+    check_causal(small_tokenizer(**options), videos[:2])
 
 
-def test_causal_after_training(videos):
-    tokenizer = small_tokenizer().train()
+@pytest.mark.parametrize("options", [{}, {"time_patch": 2, "channels": [8, 16], "blocks": 1}])
+def test_causal_after_training(videos, options):
+    tokenizer = small_tokenizer(**options).train()
     opt = torch.optim.AdamW(tokenizer.parameters(), lr=3e-3)
     before = tokenizer.encode(videos[:2])
     tokenizer.train()
@@ -161,6 +175,8 @@ def test_encode_rejects_images_and_bad_frame_counts():
         ({"spatial_factor": 6}, ["spatial_factor", "6"]),
         ({"channels": [8, 16], "blocks": 1}, ["2 channels entries", "need 2", "3 entries"]),
         ({"patch_size": 8}, ["patch_size 8", "spatial_factor 4"]),
+        ({"time_patch": 8}, ["time_patch 8", "temporal_factor 4"]),
+        ({"time_patch": 2}, ["3 channels entries", "time_patch 2", "need 1"]),
         ({"blocks": [1, 1]}, ["blocks", "[1, 1]"]),
         ({"channels": [8, 0, 16]}, ["channels", "[8, 0, 16]"]),
         ({"norm": "batch"}, ["norm", "'batch'"]),
@@ -178,3 +194,35 @@ def test_config_round_trip():
     again = Causal3D(**arch.config())
     assert again.config() == arch.config()
     assert [p.shape for p in again.parameters()] == [p.shape for p in arch.parameters()]
+
+
+def test_recipe_trains_and_writes_video_samples(tmp_path):
+    """The real recipe, shrunk to seconds: run folder with recon.gif and recon_frames.png."""
+    from tok.recipe import load_recipe
+    from tok.train import CollapseWarning, train
+
+    recipe = load_recipe(
+        RECIPE,
+        [
+            "data.train_videos=8",
+            "data.test_videos=4",
+            "model.channels=[8, 16, 16]",
+            "train.steps=2",
+            "train.batch_size=2",
+            "train.eval_every=2",
+            "train.eval_samples=4",
+            "train.log_every=1",
+            f"output.dir='{tmp_path / 'run'}'",
+        ],
+    )
+    with warnings.catch_warnings():  # two steps are far too few for a healthy codebook
+        warnings.simplefilter("ignore", CollapseWarning)
+        result = train(recipe, progress=False)
+    run = result.run_dir
+    assert result.eval["psnr"] > 0
+    for name in ("recon.gif", "recon_frames.png", "usage.png", "model.safetensors"):
+        assert (run / name).is_file(), name
+    tokenizer = Tokenizer.load(run)
+    assert tokenizer.grid == (5, 16, 16) and tokenizer.input_shape == (1, 17, 64, 64)
+    with Image.open(run / "recon.gif") as gif:
+        assert gif.n_frames == 17
