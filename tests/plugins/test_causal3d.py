@@ -206,7 +206,7 @@ def test_recipe_trains_and_writes_video_samples(tmp_path):
         [
             "data.train_videos=8",
             "data.test_videos=4",
-            "model.channels=[8, 16, 16]",
+            "model.channels=[8, 16]",
             "train.steps=2",
             "train.batch_size=2",
             "train.eval_every=2",
