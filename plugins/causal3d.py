@@ -1,25 +1,26 @@
 """Causal video encoder/decoder (the ``causal3d`` architecture).
 
 After the causal video tokenizers of Cosmos-Tokenizer (NVIDIA, 2025,
-https://arxiv.org/abs/2501.03575): every 3D convolution is *factorised* into a
-spatial ``k×k`` convolution applied to each frame and a *causal* temporal
-convolution (padding on the past side only, by repeating the first frame), so
-the latents of frames ``0..t`` never depend on a later frame. Time is
-compressed like Cosmos does it: the first frame alone, then groups of
-``temporal_factor`` frames, so ``T = 1 + temporal_factor · k`` frames give
-``1 + k`` latent frames and a single image is a one-frame video.
+https://arxiv.org/abs/2501.03575): every 3D convolution is *causal* in time
+(padded on the past side only, by repeating the first frame), so the latents
+of frames ``0..t`` never depend on a later frame. Time is compressed like
+Cosmos does it: the first frame alone, then groups of ``temporal_factor``
+frames, so ``T = 1 + temporal_factor · k`` frames give ``1 + k`` latent
+frames and a single image is a one-frame video.
 
-Layout: ``len(channels) - 1`` stages; stage ``i`` halves height and width
-while ``i < log2(spatial_factor)`` and halves time (``1 + 2m → 1 + m``)
-while ``i < log2(temporal_factor)``. Normalisation is GroupNorm *per frame*
-(it never mixes time steps, which would break causality). The decoder mirrors
-the encoder with causal temporal upsampling (``1 + m → 1 + 2m``: latent frame
-0 gives frame 0, latent frame ``j`` the frames ``2j - 1`` and ``2j``), so it is
-causal too.
+Layout: optional patching (``patch_size`` pixels and ``time_patch`` frames
+stacked into channels, frame 0 again alone), then ``len(channels) - 1``
+stages; stage ``i`` halves height and width while space remains to be
+compressed and halves time (``1 + 2m → 1 + m``) while time does.
+Normalisation is GroupNorm *per frame* (it never mixes time steps, which
+would break causality). The decoder mirrors the encoder with causal temporal
+upsampling (``1 + m → 1 + 2m``: latent frame 0 gives frame 0, latent frame
+``j`` the frames ``2j - 1`` and ``2j``), so it is causal too.
 
-Why factorised: on a CPU a ``(1, 3, 3)`` plus a ``(3, 1, 1)`` convolution
-costs about a third of a full ``3×3×3`` Conv3d and trains to the same quality
-on Moving MNIST (see ``docs/design.md``, "Video").
+Cosmos *factorises* each 3D convolution into a spatial ``(1, k, k)`` and a
+temporal ``(k, 1, 1)`` one; ``factorized = true`` does that. The default is
+one full causal ``Conv3d`` on channels-last-3d tensors, which was faster to
+train on a CPU with bf16 matrix units (``docs/design.md``, "Video").
 
 Axis legend: ``b`` batch, ``c`` channels, ``t`` frames, ``h w`` spatial,
 ``d`` latent dim.
@@ -153,11 +154,11 @@ def _log2(value: int, name: str) -> int:
 
 
 class Causal3D(Architecture):
-    """Causal (2+1)D convolutional video tokenizer body.
+    """Causal 3D convolutional video tokenizer body (encoder and decoder).
 
     :param in_channels: video channels (1 grayscale, 3 RGB); filled from the data.
     :param channels: width at each stage, finest first; ``len(channels) - 1`` must
-        equal ``max(log2(spatial_factor), log2(temporal_factor))``.
+        equal ``max(log2(spatial_factor / patch_size), log2(temporal_factor / time_patch))``.
     :param blocks: residual blocks per stage: one number for all, or one per stage.
     :param latent_dim: channels of the latent grid handed to the quantizer.
     :param temporal_factor: time compression (1 or a power of 2): ``T`` frames give
