@@ -178,7 +178,11 @@ def test_builtin_plugins_come_from_entry_points():
     for name, provides in {
         "fsq": {"quantizers": ["fsq"]},
         "conv": {"architectures": ["conv"]},
-        "datasets": {"datasets": ["imagefolder", "mnist"]},
+        "seq1d": {"architectures": ["seq1d"]},
+        "causal3d": {"architectures": ["causal3d"]},
+        "datasets": {
+            "datasets": ["imagefolder", "mnist", "movingmnist", "videofolder", "videoshards"]
+        },
     }.items():
         p = infos[name]
         assert p.source == "builtin"
