@@ -13,7 +13,9 @@ A run folder holds:
   ``psnr``, ``mse``, ``usage``, ``perplexity`` and per-stream ``streams``
   with the fields of :func:`tok.metrics.codebook_stats`);
 - ``recon.png``, ``usage.png``, ``loss.png`` — reconstructions of test
-  images, the codebook-usage histogram, the loss and PSNR curves.
+  images, the codebook-usage histogram, the loss and PSNR curves; for video
+  data ``recon.gif`` (originals above reconstructions, animated) and
+  ``recon_frames.png`` (a frame strip) take the place of ``recon.png``.
 
 Every file is written atomically; ``state.safetensors`` alone decides where a
 resumed run (``tok train --resume RUN``) continues, so a run killed at any
