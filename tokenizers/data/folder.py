@@ -25,7 +25,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torchvision.io import ImageReadMode, decode_image
@@ -35,6 +35,7 @@ from ..errors import DatasetError, ImageError
 from .base import Dataset, Samples
 
 __all__ = [
+    "FileDataset",
     "ImageFolder",
     "ImageSkippedWarning",
     "IMAGE_EXTENSIONS",
@@ -81,7 +82,203 @@ def list_files(folder: Path) -> list[Path]:
     )
 
 
-class ImageFolder(Dataset):
+def check_resize(resize: str, size: list[int] | None) -> None:
+    """The ``resize``/``size`` rules image folders and video datasets share."""
+    if resize not in ("error", "resize", "center-crop"):
+        raise DatasetError(f"resize must be 'error', 'resize' or 'center-crop', got {resize!r}")
+    if resize != "error" and size is None:
+        raise DatasetError(f"resize = {resize!r} needs size = [height, width]")
+
+
+def no_files_error(message: str, skipped: list[str]) -> DatasetError:
+    """``message`` (nothing usable found), with how many other files were skipped."""
+    return DatasetError(message + (f" ({len(skipped)} other files skipped)" if skipped else ""))
+
+
+def scan_folder(
+    folder: Path, extensions: tuple[str, ...], not_what: str
+) -> tuple[dict[str, Path], list[str]]:
+    """The files of ``folder`` with one of ``extensions`` by key (the relative path without
+    its extension), and the others as skipped (``"<name> (not <not_what>)"``).
+
+    Two files with one key are an error.
+    """
+    files: dict[str, Path] = {}
+    skipped = []
+    for p in list_files(folder):
+        rel = p.relative_to(folder)
+        if p.suffix.lower() not in extensions:
+            skipped.append(f"{rel.as_posix()} (not {not_what})")
+            continue
+        key = rel.with_suffix("").as_posix()
+        if key in files:
+            raise DatasetError(
+                f"{files[key].relative_to(folder).as_posix()} and {rel.as_posix()} in {folder} "
+                f"would both have the key {key!r}; rename or remove one of them"
+            )
+        files[key] = p
+    return files, skipped
+
+
+class FileDataset(Dataset):
+    """What :class:`ImageFolder` and the video datasets share: picking a split's folder,
+    reporting skipped files, the size policy and reading items by key.
+
+    Subclasses set the class attributes below and provide :meth:`_scan`,
+    :meth:`_where` and :meth:`_load`.
+    """
+
+    #: how messages name one item (``"image"``, ``"video"``) and the dataset (``kind``).
+    noun: ClassVar[str] = "image"
+    kind: ClassVar[str] = "image folder"
+    #: an item that is kept is a ``"readable image"`` / ``"usable video"``.
+    usable: ClassVar[str] = "readable image"
+    #: ``strict = true``: skipped files raise this, saying ``"unreadable files in <path>"``.
+    strict_error: ClassVar[type[DatasetError]] = ImageError
+    strict_what: ClassVar[str] = "unreadable files"
+    #: the error a size mismatch raises.
+    size_error: ClassVar[type[DatasetError]] = ImageError
+    #: the warning for skipped files.
+    skipped_warning: ClassVar[type[Warning]] = ImageSkippedWarning
+
+    path: Path
+    size: tuple[int, ...] | None
+    resize: Resize
+    strict: bool
+
+    # what subclasses provide
+    def _scan(self, split: str) -> tuple[dict, list[str]]:  # pragma: no cover
+        """The items of ``split`` by key, and what was skipped while listing them."""
+        raise NotImplementedError
+
+    def _where(self, split: str) -> Path:  # pragma: no cover
+        """The folder (or file) messages about ``split`` name."""
+        raise NotImplementedError
+
+    def _load(self, item, where: Path, skipped: list[str], first: list) -> torch.Tensor | None:
+        """``item`` decoded and fitted to the policy, or ``None`` (reason added to ``skipped``).
+
+        ``first`` holds the name and shape of the first item read (the reference
+        when no ``size`` is set).
+        """
+        raise NotImplementedError  # pragma: no cover
+
+    def split_folder(self, split: str) -> Path:
+        """``split``'s subfolder of the folder when present, else the whole folder.
+
+        A folder split into ``train``/``test`` subfolders that lacks ``split`` is
+        an error (the whole folder would mix the other splits in).
+        """
+        sub = self.path / split
+        if sub.is_dir():
+            return sub
+        present = [s for s in ("train", "test") if (self.path / s).is_dir()]
+        if present:
+            raise DatasetError(
+                f"{self.kind} {self.path} has no {split}/ subfolder (it is split into "
+                f"{', '.join(p + '/' for p in present)}); choose one of those splits"
+            )
+        return self.path
+
+    def _report(self, skipped: list[str]) -> None:
+        if not skipped:
+            return
+        shown = ", ".join(skipped[:5]) + (
+            f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        )
+        if self.strict:
+            raise self.strict_error(f"{self.strict_what} in {self.path}: {shown}")
+        warnings.warn(
+            f"tok: skipped {len(skipped)} file(s) in {self.path} that are not "
+            f"{self.usable}s: {shown}",
+            self.skipped_warning,
+            stacklevel=3,
+        )
+
+    def _fit(
+        self, x: torch.Tensor, name: str, ref_name: str, ref_hw: tuple[int, ...]
+    ) -> torch.Tensor:
+        """``x`` (``(..., h, w)``) brought to ``size`` (or the reference ``ref_hw`` of the
+        item ``ref_name``) under the resize policy; a mismatch with ``"error"`` raises."""
+        hw = tuple(x.shape[-2:])
+        target = self.size or ref_hw
+        if self.resize == "error":
+            if hw != tuple(target):
+                ref = (
+                    f"size = {list(target)}"
+                    if self.size
+                    else f"{ref_name} is {target[0]}x{target[1]}"
+                )
+                raise self.size_error(
+                    f"{self.noun} {name} is {hw[0]}x{hw[1]} but {ref}; {self.noun}s must all "
+                    f'have one size (or resize them: resize = "resize" or "center-crop" in a '
+                    f"recipe, --resize resize or --resize center-crop for tok encode)"
+                )
+            return x
+        if self.resize == "resize":
+            return TF.resize(x, list(target), antialias=True)
+        scale = max(target[0] / hw[0], target[1] / hw[1])
+        scaled = [max(target[0], round(hw[0] * scale)), max(target[1], round(hw[1] * scale))]
+        return TF.center_crop(TF.resize(x, scaled, antialias=True), list(target))
+
+    def _none_readable(self, where: Path, n: int) -> DatasetError:
+        return DatasetError(f"none of the {n} {self.noun} files in {where} is a {self.usable}")
+
+    # the Dataset interface
+    def keys(self, split: str) -> list[str]:
+        """Keys of the files (sorted); files that fail to decode are only found by :meth:`read`."""
+        items, skipped = self._scan(split)
+        self._report(skipped)
+        return list(items)
+
+    def readable_keys(self, split: str) -> list[str]:
+        """Decode every file once (memory-light) and return the keys of the readable ones.
+
+        Unreadable files (and files of other kinds) are skipped with one
+        warning; size (and length) problems raise here, before anything is written.
+        """
+        items, skipped = self._scan(split)
+        where = self._where(split)
+        first: list = []
+        kept = [
+            k for k, item in items.items() if self._load(item, where, skipped, first) is not None
+        ]
+        self._report(skipped)
+        if not kept:
+            raise self._none_readable(where, len(items))
+        return kept
+
+    def read(self, split: str, keys: list[str]) -> Samples:
+        """The items with these keys; unreadable ones are skipped (with a warning) and left
+        out of the returned keys."""
+        items, _ = self._scan(split)
+        return self._read(split, keys, items, [])
+
+    def load(self, split: str) -> Samples:
+        """The whole split; unreadable files and files of other kinds are skipped with one warning."""
+        items, skipped = self._scan(split)
+        return self._read(split, list(items), items, skipped)
+
+    def _read(self, split: str, keys: list[str], items: dict, skipped: list[str]) -> Samples:
+        where = self._where(split)
+        loaded, kept = [], []
+        first: list = []
+        for key in keys:
+            if key not in items:
+                raise DatasetError(f"no {self.noun} with key {key!r} in {where}")
+            x = self._load(items[key], where, skipped, first)
+            if x is not None:
+                loaded.append(x)
+                kept.append(key)
+        self._report(skipped)
+        if not loaded:
+            raise self._none_readable(where, len(keys))
+        batch = torch.stack(loaded)
+        self._shape = tuple(batch.shape[1:])
+        return Samples(images=batch, keys=kept)
+
+
+class ImageFolder(FileDataset):
     """Images in a folder (recursively). A ``train``/``test`` subfolder is used for that
     split when present, else (when there are no such subfolders) the whole folder serves
     every split.
@@ -105,10 +302,7 @@ class ImageFolder(Dataset):
         self.path = Path(path).expanduser()
         if channels not in (1, 3):
             raise DatasetError(f"image folder channels must be 1 or 3, got {channels}")
-        if resize not in ("error", "resize", "center-crop"):
-            raise DatasetError(f"resize must be 'error', 'resize' or 'center-crop', got {resize!r}")
-        if resize != "error" and size is None:
-            raise DatasetError(f"resize = {resize!r} needs size = [height, width]")
+        check_resize(resize, size)
         self.channels = channels
         self.size = tuple(size) if size is not None else None
         self.resize = resize
@@ -123,61 +317,18 @@ class ImageFolder(Dataset):
         """
         if not self.path.is_dir():
             raise DatasetError(f"image folder {self.path} does not exist or is not a folder")
-        sub = self.path / split
-        if sub.is_dir():
-            return sub
-        present = [s for s in ("train", "test") if (self.path / s).is_dir()]
-        if present:
-            raise DatasetError(
-                f"image folder {self.path} has no {split}/ subfolder (it is split into "
-                f"{', '.join(p + '/' for p in present)}); choose one of those splits"
-            )
-        return self.path
+        return self.split_folder(split)
+
+    _where = folder
 
     def _scan(self, split: str) -> tuple[dict[str, Path], list[str]]:
         """The image files of ``split`` by key, and the other files (to be reported as skipped)."""
         folder = self.folder(split)
-        files: dict[str, Path] = {}
-        skipped = []
-        for p in list_files(folder):
-            rel = p.relative_to(folder)
-            if p.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append(f"{rel.as_posix()} (not a PNG/JPEG file)")
-                continue
-            key = rel.with_suffix("").as_posix()
-            if key in files:
-                raise DatasetError(
-                    f"{files[key].relative_to(folder).as_posix()} and {rel.as_posix()} in {folder} "
-                    f"would both have the key {key!r}; rename or remove one of them"
-                )
-            files[key] = p
+        files, skipped = scan_folder(folder, IMAGE_EXTENSIONS, "a PNG/JPEG file")
         if not files:
             self._report(skipped)
-            raise DatasetError(
-                f"no PNG/JPEG images in {folder}"
-                + (f" ({len(skipped)} other files skipped)" if skipped else "")
-            )
+            raise no_files_error(f"no PNG/JPEG images in {folder}", skipped)
         return files, skipped
-
-    def _report(self, skipped: list[str]) -> None:
-        if not skipped:
-            return
-        shown = ", ".join(skipped[:5]) + (
-            f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        )
-        if self.strict:
-            raise ImageError(f"unreadable files in {self.path}: {shown}")
-        warnings.warn(
-            f"tok: skipped {len(skipped)} file(s) in {self.path} that are not readable images: {shown}",
-            ImageSkippedWarning,
-            stacklevel=3,
-        )
-
-    def keys(self, split: str) -> list[str]:
-        """Keys of the image files; files that fail to decode are only found by :meth:`read`."""
-        files, skipped = self._scan(split)
-        self._report(skipped)
-        return list(files)
 
     def _decode(self, path: Path) -> torch.Tensor:
         mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
@@ -185,98 +336,17 @@ class ImageFolder(Dataset):
         with quiet_torchvision_io():
             return decode_image(data, mode=mode)
 
-    def _fit(
-        self, image: torch.Tensor, path: Path, first: tuple[Path, tuple[int, int]]
-    ) -> torch.Tensor:
-        hw = tuple(image.shape[-2:])
-        target = self.size or first[1]
-        if self.resize == "error":
-            if hw != tuple(target):
-                ref = (
-                    f"size = {list(target)}"
-                    if self.size
-                    else f"{first[0].name} is {target[0]}x{target[1]}"
-                )
-                raise ImageError(
-                    f"image {path} is {hw[0]}x{hw[1]} but {ref}; images must all have one size "
-                    f'(or resize them: resize = "resize" or "center-crop" in a recipe, '
-                    f"--resize resize or --resize center-crop for tok encode)"
-                )
-            return image
-        if self.resize == "resize":
-            return TF.resize(image, list(target), antialias=True)
-        scale = max(target[0] / hw[0], target[1] / hw[1])
-        scaled = [max(target[0], round(hw[0] * scale)), max(target[1], round(hw[1] * scale))]
-        return TF.center_crop(TF.resize(image, scaled, antialias=True), list(target))
-
-    def _try_decode(self, path: Path, folder: Path, skipped: list[str]) -> torch.Tensor | None:
+    def _load(
+        self, path: Path, where: Path, skipped: list[str], first: list
+    ) -> torch.Tensor | None:
         try:
-            return self._decode(path)
+            image = self._decode(path)
         except (RuntimeError, ValueError, OSError) as exc:
-            skipped.append(f"{path.relative_to(folder).as_posix()} (cannot decode: {_reason(exc)})")
+            skipped.append(f"{path.relative_to(where).as_posix()} (cannot decode: {_reason(exc)})")
             return None
-
-    def readable_keys(self, split: str) -> list[str]:
-        """Decode every file once (memory-light) and return the keys of the readable ones.
-
-        Unreadable files (and files that are not images) are skipped with one
-        warning; size problems raise here, before anything is written.
-        """
-        files, skipped = self._scan(split)
-        folder = self.folder(split)
-        kept = []
-        first: tuple[Path, tuple[int, int]] | None = None
-        for key, path in files.items():
-            image = self._try_decode(path, folder, skipped)
-            if image is None:
-                continue
-            if first is None:
-                first = (path, tuple(image.shape[-2:]))
-            self._fit(image, path, first)
-            kept.append(key)
-        self._report(skipped)
-        if not kept:
-            raise DatasetError(
-                f"none of the {len(files)} image files in {folder} is a readable image"
-            )
-        return kept
-
-    def read(self, split: str, keys: list[str]) -> Samples:
-        """Decode the images with these keys; unreadable ones are skipped (with a warning)
-        and left out of the returned keys."""
-        files, _ = self._scan(split)
-        return self._read(split, keys, files, [])
-
-    def load(self, split: str) -> Samples:
-        """The whole split; unreadable files and files that are not images are skipped with one warning."""
-        files, skipped = self._scan(split)
-        return self._read(split, list(files), files, skipped)
-
-    def _read(
-        self, split: str, keys: list[str], files: dict[str, Path], skipped: list[str]
-    ) -> Samples:
-        folder = self.folder(split)
-        images, kept = [], []
-        first: tuple[Path, tuple[int, int]] | None = None
-        for key in keys:
-            if key not in files:
-                raise DatasetError(f"no image with key {key!r} in {folder}")
-            path = files[key]
-            image = self._try_decode(path, folder, skipped)
-            if image is None:
-                continue
-            if first is None:
-                first = (path, tuple(image.shape[-2:]))
-            images.append(self._fit(image, path, first))
-            kept.append(key)
-        self._report(skipped)
-        if not images:
-            raise DatasetError(
-                f"none of the {len(keys)} image files in {folder} is a readable image"
-            )
-        batch = torch.stack(images)
-        self._shape = tuple(batch.shape[1:])
-        return Samples(images=batch, keys=kept)
+        if not first:
+            first.append((path.name, tuple(image.shape[-2:])))
+        return self._fit(image, str(path), *first[0])
 
     def input_shape(self) -> tuple[int, int, int]:
         if self.size is not None:

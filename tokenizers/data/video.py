@@ -44,7 +44,6 @@ from __future__ import annotations
 import io
 import re
 import tarfile
-import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -52,12 +51,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
 
 from .._io import atomic_path
 from ..errors import DatasetError
-from .base import Dataset, Samples, to_channels
-from .folder import ImageSkippedWarning, Resize, list_files
+from .base import to_channels
+from .folder import (
+    FileDataset,
+    ImageSkippedWarning,
+    Resize,
+    check_resize,
+    list_files,
+    no_files_error,
+    scan_folder,
+)
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -278,10 +284,17 @@ class _Item:
         return data
 
 
-class _VideoDataset(Dataset):
-    """What :class:`VideoFolder` and :class:`VideoShards` share: the frame and size policy."""
+class _VideoDataset(FileDataset):
+    """What :class:`VideoFolder` and :class:`VideoShards` share: the frame policy (the size
+    policy, skipping and reading by key come from :class:`~tok.data.folder.FileDataset`)."""
 
+    noun = "video"
     kind = "video"
+    usable = "usable video"
+    strict_error = DatasetError
+    strict_what = "unreadable videos"
+    size_error = DatasetError
+    skipped_warning = VideoSkippedWarning
 
     def __init__(
         self,
@@ -304,10 +317,7 @@ class _VideoDataset(Dataset):
             raise DatasetError(f"{name} fps must be positive, got {fps!r}")
         if size is not None and (len(size) != 2 or min(size) < 1):
             raise DatasetError(f"{name} size must be [height, width], got {size!r}")
-        if resize not in ("error", "resize", "center-crop"):
-            raise DatasetError(f"resize must be 'error', 'resize' or 'center-crop', got {resize!r}")
-        if resize != "error" and size is None:
-            raise DatasetError(f"resize = {resize!r} needs size = [height, width]")
+        check_resize(resize, size)
         self.channels = channels
         self.frames = frames
         self.fps = float(fps) if fps is not None else None
@@ -316,47 +326,19 @@ class _VideoDataset(Dataset):
         self.strict = strict
         self._shape: tuple[int, int, int, int] | None = None
 
-    # what subclasses provide
-    def _scan(self, split: str) -> tuple[dict[str, _Item], list[str]]:  # pragma: no cover
-        """The videos of ``split`` by key, and what was skipped while listing them."""
-        raise NotImplementedError
-
-    def _where(self, split: str) -> Path:  # pragma: no cover
-        raise NotImplementedError
-
     def split_root(self, split: str) -> Path:
         """The folder or file that holds ``split`` (its ``train``/``test`` subfolder when present)."""
         if not self.path.exists():
             raise DatasetError(f"{self.kind} path {self.path} does not exist")
         if self.path.is_file():
             return self.path
-        sub = self.path / split
-        if sub.is_dir():
-            return sub
-        present = [s for s in ("train", "test") if (self.path / s).is_dir()]
-        if present:
-            raise DatasetError(
-                f"{self.kind} folder {self.path} has no {split}/ subfolder (it is split into "
-                f"{', '.join(p + '/' for p in present)}); choose one of those splits"
-            )
-        return self.path
+        return self.split_folder(split)
 
-    def _report(self, skipped: list[str]) -> None:
-        if not skipped:
-            return
-        shown = ", ".join(skipped[:5]) + (
-            f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        )
-        if self.strict:
-            raise DatasetError(f"unreadable videos in {self.path}: {shown}")
-        warnings.warn(
-            f"tok: skipped {len(skipped)} file(s) in {self.path} that are not usable videos: {shown}",
-            VideoSkippedWarning,
-            stacklevel=3,
-        )
+    def _where(self, split: str) -> Path:
+        return self.split_root(split)
 
-    def _decode(
-        self, item: _Item, skipped: list[str], first: list[tuple[str, tuple[int, ...]]]
+    def _load(
+        self, item: _Item, where: Path, skipped: list[str], first: list[tuple[str, tuple[int, ...]]]
     ) -> Tensor | None:
         """The video of ``item`` as uint8 ``(c, t, h, w)`` under the policy, or ``None`` if skipped.
 
@@ -387,84 +369,6 @@ class _VideoDataset(Dataset):
         video = self._fit(to_channels(video, self.channels), item.name, ref_name, ref[1:])
         return video.permute(1, 0, 2, 3).contiguous()
 
-    def _fit(self, video: Tensor, name: str, ref_name: str, ref_hw: tuple[int, ...]) -> Tensor:
-        hw = tuple(video.shape[-2:])
-        target = self.size or ref_hw
-        if self.resize == "error":
-            if hw != tuple(target):
-                ref = (
-                    f"size = {list(target)}"
-                    if self.size
-                    else f"{ref_name} is {target[0]}x{target[1]}"
-                )
-                raise DatasetError(
-                    f"video {name} is {hw[0]}x{hw[1]} but {ref}; videos must all have one size "
-                    f'(or resize them: resize = "resize" or "center-crop" in a recipe, '
-                    f"--resize resize or --resize center-crop for tok encode)"
-                )
-            return video
-        if self.resize == "resize":
-            return TF.resize(video, list(target), antialias=True)
-        scale = max(target[0] / hw[0], target[1] / hw[1])
-        scaled = [max(target[0], round(hw[0] * scale)), max(target[1], round(hw[1] * scale))]
-        return TF.center_crop(TF.resize(video, scaled, antialias=True), list(target))
-
-    def _none_readable(self, split: str, n: int) -> DatasetError:
-        return DatasetError(
-            f"none of the {n} video files in {self._where(split)} is a usable video"
-        )
-
-    # the Dataset interface
-    def keys(self, split: str) -> list[str]:
-        """Keys of the video files (sorted); files that fail to decode are only found by :meth:`read`."""
-        items, skipped = self._scan(split)
-        self._report(skipped)
-        return list(items)
-
-    def readable_keys(self, split: str) -> list[str]:
-        """Decode every video once and return the keys of the usable ones.
-
-        Unreadable and too-short videos are skipped with one warning; length
-        and size problems raise here, before anything is written.
-        """
-        items, skipped = self._scan(split)
-        first: list = []
-        kept = [k for k, item in items.items() if self._decode(item, skipped, first) is not None]
-        self._report(skipped)
-        if not kept:
-            raise self._none_readable(split, len(items))
-        return kept
-
-    def read(self, split: str, keys: list[str]) -> Samples:
-        """The videos with these keys, ``images`` uint8 ``(n, c, t, h, w)``; unusable ones are
-        skipped (with a warning) and left out of the returned keys."""
-        items, _ = self._scan(split)
-        return self._read(split, keys, items, [])
-
-    def load(self, split: str) -> Samples:
-        """The whole split; unusable videos and other files are skipped with one warning."""
-        items, skipped = self._scan(split)
-        return self._read(split, list(items), items, skipped)
-
-    def _read(
-        self, split: str, keys: list[str], items: dict[str, _Item], skipped: list[str]
-    ) -> Samples:
-        videos, kept = [], []
-        first: list = []
-        for key in keys:
-            if key not in items:
-                raise DatasetError(f"no video with key {key!r} in {self._where(split)}")
-            video = self._decode(items[key], skipped, first)
-            if video is not None:
-                videos.append(video)
-                kept.append(key)
-        self._report(skipped)
-        if not videos:
-            raise self._none_readable(split, len(keys))
-        batch = torch.stack(videos)
-        self._shape = tuple(batch.shape[1:])
-        return Samples(images=batch, keys=kept)
-
     def input_shape(self) -> tuple[int, int, int, int]:
         """``(c, t, h, w)`` of the videos this dataset yields."""
         if self.size is not None and self.frames is not None:
@@ -490,33 +394,19 @@ class VideoFolder(_VideoDataset):
 
     kind = "video folder"
 
-    def _where(self, split: str) -> Path:
-        return self.split_root(split)
-
     def _scan(self, split: str) -> tuple[dict[str, _Item], list[str]]:
         folder = self.split_root(split)
         if not folder.is_dir():
             raise DatasetError(f"video folder {folder} is not a folder")
-        items: dict[str, _Item] = {}
-        skipped = []
-        for p in list_files(folder):
-            rel = p.relative_to(folder).as_posix()
-            if p.suffix.lower() not in VIDEO_EXTENSIONS:
-                skipped.append(f"{rel} (not a video file)")
-                continue
-            key = p.relative_to(folder).with_suffix("").as_posix()
-            if key in items:
-                raise DatasetError(
-                    f"{items[key].name} and {rel} in {folder} would both have the key {key!r}; "
-                    f"rename or remove one of them"
-                )
-            items[key] = _Item(path=p, name=rel)
-        if not items:
+        files, skipped = scan_folder(folder, VIDEO_EXTENSIONS, "a video file")
+        if not files:
             self._report(skipped)
-            raise DatasetError(
-                f"no video files ({' '.join(VIDEO_EXTENSIONS)}) in {folder}"
-                + (f" ({len(skipped)} other files skipped)" if skipped else "")
+            raise no_files_error(
+                f"no video files ({' '.join(VIDEO_EXTENSIONS)}) in {folder}", skipped
             )
+        items = {
+            key: _Item(path=p, name=p.relative_to(folder).as_posix()) for key, p in files.items()
+        }
         return items, skipped
 
 
@@ -553,9 +443,6 @@ class VideoShards(_VideoDataset):
     """
 
     kind = "video shards"
-
-    def _where(self, split: str) -> Path:
-        return self.split_root(split)
 
     def shards(self, split: str) -> tuple[list[Path], list[str]]:
         """The ``.tar`` shards of ``split`` (sorted), and the other files found beside them."""
@@ -599,8 +486,5 @@ class VideoShards(_VideoDataset):
         ]
         if not items:
             self._report(skipped)
-            raise DatasetError(
-                f"no videos in the .tar shards of {root}"
-                + (f" ({len(skipped)} other files skipped)" if skipped else "")
-            )
+            raise no_files_error(f"no videos in the .tar shards of {root}", skipped)
         return items, skipped
