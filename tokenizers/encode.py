@@ -195,33 +195,14 @@ def _row_path(out: Path, key: str, suffix: str) -> Path:
     return out.joinpath(*parts).with_name(parts[-1] + suffix)
 
 
-def decode(
-    tokens: str | os.PathLike[str],
-    *,
-    out: str | os.PathLike[str],
-    run: str | os.PathLike[str] | None = None,
-    force: bool = False,
-    batch_size: int = 256,
-    video_format: str = "mp4",
-    fps: float = 8.0,
-    progress: bool = True,
-    device: str = "cpu",
-) -> int:
+def decode(tokens: str | os.PathLike[str], **options: Any) -> int:
     """Decode a token file or folder into files under ``out``; returns how many rows were written.
 
-    See :func:`decode_files`, which also says what was written.
+    Takes the arguments of :func:`decode_files` (``out`` is required; ``run``,
+    ``force``, ``batch_size``, ``video_format``, ``fps``, ``progress``,
+    ``device``), which also says what was written.
     """
-    return decode_files(
-        tokens,
-        out=out,
-        run=run,
-        force=force,
-        batch_size=batch_size,
-        video_format=video_format,
-        fps=fps,
-        progress=progress,
-        device=device,
-    )["items"]
+    return decode_files(tokens, **options)["items"]
 
 
 def decode_files(
