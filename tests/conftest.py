@@ -36,6 +36,53 @@ TINY = [
 ]
 
 
+# helpers the CLI tests share (``from conftest import tok_cli, ...``) -----------
+
+
+def tok_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """Run ``tok ARGS`` in this process; return (exit code, stdout, stderr)."""
+    from tok import cli
+
+    capsys.readouterr()
+    try:
+        code = cli.main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's --help / --version / usage errors
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tok_subprocess(*args: object, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m tok ARGS`` in a real subprocess (one thread)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tok", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+        **kwargs,
+    )
+
+
+def one_error(err: str, *needles: str) -> str:
+    """``err`` is exactly one line ``tok: error: …`` holding every needle; return it."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("tok: error: "), lines[0]
+    for needle in needles:
+        assert str(needle) in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder`` with its bytes and mtime."""
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
 def mnist_dir() -> Path:
     """The folder that holds ``MNIST/raw`` (fails the test clearly if there is none)."""
     root = os.environ.get("TOK_DATA_DIR")

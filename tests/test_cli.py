@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import one_error, snapshot, tok_cli, tok_subprocess
 
 import tok
 from tok import cli
@@ -44,36 +42,6 @@ SUBCOMMAND_OPTIONS = {
     "plugins": ["--json"],
     "quantizers": ["pattern", "--json"],
 }
-
-
-def tok_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run ``tok ARGS`` in this process; return (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        code = cli.main([str(a) for a in args])
-    except SystemExit as exc:  # argparse's --help / --version / usage errors
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def tok_subprocess(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tok", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
-
-
-def one_error(err: str, *needles: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith("tok: error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def write_recipe(path: Path, *, quantizer: str = "fsq", train_extra: str = "") -> Path:
@@ -337,26 +305,18 @@ def test_eval_of_a_folder_that_is_not_a_run(capsys, tmp_path):
 # train refusals ---------------------------------------------------------------
 
 
-def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {
-        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 def test_train_refuses_an_existing_non_empty_output_folder(capsys, tmp_path):
     out_dir = tmp_path / "run"
     out_dir.mkdir()
     (out_dir / "notes.txt").write_text("mine\n")
     (out_dir / "model.safetensors").write_bytes(b"not yours")
-    before = _snapshot(out_dir)
+    before = snapshot(out_dir)
     code, _, err = tok_cli(
         capsys, "train", RECIPE, "--set", f"output.dir='{out_dir}'", "--no-progress"
     )
     assert code != 0
     one_error(err, str(out_dir), "--resume")
-    assert _snapshot(out_dir) == before
+    assert snapshot(out_dir) == before
 
 
 @pytest.mark.parametrize("what", ["empty", "other files", "missing"])
@@ -366,12 +326,12 @@ def test_resume_of_a_folder_that_is_not_a_run(capsys, tmp_path, what):
         folder.mkdir()
     if what == "other files":
         (folder / "notes.txt").write_text("mine\n")
-    before = _snapshot(folder) if folder.exists() else None
+    before = snapshot(folder) if folder.exists() else None
     code, _, err = tok_cli(capsys, "train", "--resume", folder, "--no-progress")
     assert code != 0
     one_error(err, str(folder), "not a run folder")
     if before is not None:
-        assert _snapshot(folder) == before
+        assert snapshot(folder) == before
     else:
         assert not folder.exists()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_error, snapshot, tok_cli, tok_subprocess
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torchvision.io import decode_image, write_png
@@ -35,34 +36,6 @@ DECODE_BATCH = 256  # tok decode's default --batch-size
 # helpers ---------------------------------------------------------------------
 
 
-def tok_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run ``tok ARGS`` in this process; return (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def tok_subprocess(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m tok ARGS`` in a real subprocess."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "tok", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        **kwargs,
-    )
-
-
-def one_error(err: str, *needles: str) -> str:
-    """``err`` is exactly one line ``tok: error: …`` holding every needle; return it."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one error line, got:\n{err}"
-    return last_error(err, *needles)
-
-
 def last_error(err: str, *needles: str) -> str:
     """The single ``tok: error:`` line of ``err`` (warnings may precede it), holding every needle."""
     assert "Traceback" not in err, err
@@ -71,15 +44,6 @@ def last_error(err: str, *needles: str) -> str:
     for needle in needles:
         assert str(needle) in errors[0], f"{needle!r} not in {errors[0]!r}"
     return errors[0]
-
-
-def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file under ``folder`` with its bytes and mtime."""
-    return {
-        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def png_keys(folder: Path) -> list[str]:

@@ -9,18 +9,15 @@ tested: the files, keys, grids and errors are).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_error, snapshot, tok_cli, tok_subprocess
 from safetensors import safe_open
 
-from tok import cli
 from tok.data import MNIST, VideoFolder
 from tok.data.base import to_uint8
 from tok.data.video import read_video, side_by_side, write_video
@@ -38,41 +35,6 @@ ENCODE_SHARD = 4  # rows per token file in the main encode (shards of 4 and 2)
 # helpers -----------------------------------------------------------------------
 
 
-def tok_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    """Run ``tok ARGS`` in this process; return (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def tok_subprocess(*args: object) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m tok ARGS`` in a real subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "tok", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
-
-
-def one_error(err: str, *needles: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tok: error: "), err
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {
-        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 def sliding_digit(digit: torch.Tensor, frames: int = SOURCE_FRAMES) -> torch.Tensor:
     """uint8 ``(t, 1, 32, 32)``: a 28x28 digit moving one pixel right and down per frame."""
     video = torch.zeros(frames, 1, SIZE, SIZE, dtype=torch.uint8)
@@ -80,6 +42,21 @@ def sliding_digit(digit: torch.Tensor, frames: int = SOURCE_FRAMES) -> torch.Ten
         x, y = f % 5, (2 * f) % 5
         video[f, 0, y : y + 28, x : x + 28] = digit
     return video
+
+
+def main_encode(videos: Path, tokens: Path, video_run: Path) -> list[object]:
+    """The command line of the module's main encode (``encoded``), also run again by a test."""
+    return [
+        "encode",
+        videos,
+        "--out",
+        tokens,
+        "--run",
+        video_run,
+        "--shard-size",
+        ENCODE_SHARD,
+        "--no-progress",
+    ]
 
 
 def clips(folder: Path, keys: list[str], **options) -> torch.Tensor:
@@ -133,17 +110,7 @@ def encoded(video_run: Path, videos: Path, tmp_path_factory: pytest.TempPathFact
     """``python -m tok encode videos/`` then ``python -m tok decode tokens/``, real subprocesses."""
     work = tmp_path_factory.mktemp("encoded")
     tokens, decoded = work / "tokens", work / "decoded"
-    proc = tok_subprocess(
-        "encode",
-        videos,
-        "--out",
-        tokens,
-        "--run",
-        video_run,
-        "--shard-size",
-        ENCODE_SHARD,
-        "--no-progress",
-    )
+    proc = tok_subprocess(*main_encode(videos, tokens, video_run))
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert proc.stdout.strip() == f"wrote 6 rows of tokens 3x16x16x1 in 2 shard(s) to {tokens}"
@@ -219,18 +186,7 @@ def test_decode_as_gif_gives_the_decoded_frames_exactly(encoded, video_run, tmp_
 def test_encoding_again_redoes_nothing(encoded, video_run, videos, capsys):
     tokens, _ = encoded
     before = snapshot(tokens)
-    code, stdout, err = tok_cli(
-        capsys,
-        "encode",
-        videos,
-        "--out",
-        tokens,
-        "--run",
-        video_run,
-        "--shard-size",
-        ENCODE_SHARD,
-        "--no-progress",
-    )
+    code, stdout, err = tok_cli(capsys, *main_encode(videos, tokens, video_run))
     assert code == 0, err
     assert "(2 shard(s) were already done)" in stdout
     assert snapshot(tokens) == before
