@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from tok import hookimpl
 from tok.errors import ConfigError
 from tok.models import Architecture
+from tok.models.blocks import stages
 
 __all__ = ["Causal3D"]
 
@@ -196,17 +197,7 @@ class Causal3D(Architecture):
         norm: str = "group",
     ) -> None:
         super().__init__()
-        channels = list(channels) if channels is not None else [32, 64, 128]
-        if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
-            raise ConfigError(
-                f"causal3d: channels must be a non-empty list of positive integers, got {channels!r}"
-            )
-        per_stage = [blocks] * len(channels) if isinstance(blocks, int) else list(blocks)
-        if len(per_stage) != len(channels) or any(b < 0 for b in per_stage):
-            raise ConfigError(
-                f"causal3d: blocks must be a number ≥ 0 or one per entry of channels "
-                f"({len(channels)}), got {blocks!r}"
-            )
+        channels, per_stage = stages("causal3d", channels, blocks)
         log_t = _log2(temporal_factor, "temporal_factor") - _log2(time_patch, "time_patch")
         log_s = _log2(spatial_factor, "spatial_factor") - _log2(patch_size, "patch_size")
         if log_s < 0:

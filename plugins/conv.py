@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from tok import hookimpl
 from tok.errors import ConfigError
 from tok.models import Architecture
-from tok.models.blocks import Norm, ResBlock, make_norm
+from tok.models.blocks import Norm, ResBlock, make_norm, stages
 
 __all__ = ["ConvImage"]
 
@@ -44,16 +44,7 @@ class ConvImage(Architecture):
         norm: Norm = "group",
     ) -> None:
         super().__init__()
-        channels = list(channels) if channels is not None else [32, 64, 128]
-        if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
-            raise ConfigError(
-                f"conv: channels must be a non-empty list of positive integers, got {channels!r}"
-            )
-        per_level = [blocks] * len(channels) if isinstance(blocks, int) else list(blocks)
-        if len(per_level) != len(channels) or any(b < 0 for b in per_level):
-            raise ConfigError(
-                f"conv: blocks must be a number ≥ 0 or one per entry of channels, got {blocks!r}"
-            )
+        channels, per_level = stages("conv", channels, blocks)
         if latent_dim < 1 or in_channels < 1:
             raise ConfigError("conv: latent_dim and in_channels must be ≥ 1")
         self.in_channels, self.channels, self.blocks = in_channels, channels, blocks

@@ -8,9 +8,29 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-__all__ = ["Norm", "make_norm", "ResBlock"]
+__all__ = ["Norm", "make_norm", "ResBlock", "stages"]
 
 Norm = Literal["group", "batch", "none"]
+
+
+def stages(
+    arch: str, channels: list[int] | None, blocks: int | list[int]
+) -> tuple[list[int], list[int]]:
+    """An architecture's ``channels`` (default ``[32, 64, 128]``) and ``blocks`` checked:
+    the widths per stage, and the residual blocks per stage (one number repeated, or a
+    list with one entry per stage). Errors start with ``arch``."""
+    channels = list(channels) if channels is not None else [32, 64, 128]
+    if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
+        raise ConfigError(
+            f"{arch}: channels must be a non-empty list of positive integers, got {channels!r}"
+        )
+    per_stage = [blocks] * len(channels) if isinstance(blocks, int) else list(blocks)
+    if len(per_stage) != len(channels) or any(b < 0 for b in per_stage):
+        raise ConfigError(
+            f"{arch}: blocks must be a number ≥ 0 or one per entry of channels "
+            f"({len(channels)}), got {blocks!r}"
+        )
+    return channels, per_stage
 
 
 def make_norm(kind: Norm, channels: int) -> nn.Module:
