@@ -67,6 +67,31 @@ def test_gif_round_trip_is_exact_for_gray_and_few_colours(tmp_path):
     assert torch.equal(read_video(tmp_path / "c.gif"), rgb)
 
 
+def write_avi(path: Path, video: torch.Tensor, fps: int) -> Path:
+    """An AVI (MJPEG) file written with PyAV directly: tok writes only mp4 and gif."""
+    import av
+
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("mjpeg", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = video.shape[-1], video.shape[-2], "yuvj444p"
+        for frame in video.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy():
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_avi_files_are_read(tmp_path):
+    video = moving_square(9, 32, 32)
+    (tmp_path / "clips").mkdir()
+    write_avi(tmp_path / "clips" / "a.avi", video, fps=9)
+    back = read_video(tmp_path / "clips" / "a.avi")
+    assert back.shape == (9, 3, 32, 32)
+    assert (back[:, :1].int() - video.int()).abs().float().mean() < 4  # MJPEG is lossy
+    ds = VideoFolder(path=str(tmp_path / "clips"), channels=1, frames=5)
+    samples = ds.load("test")
+    assert samples.keys == ["a"] and samples.images.shape == (1, 1, 5, 32, 32)
+
+
 def test_mp4_round_trip_is_close(tmp_path):
     video = moving_square(12)
     path = write_video(tmp_path / "m.mp4", video, fps=12)
