@@ -440,3 +440,24 @@ def test_load_dir_with_shards_from_different_tokenizers(tmp_path):
     # on resume the intruding shard is not counted as finished
     td2 = TokenDir.open(out, header=header, keys=KEYS, shard_size=3)
     assert [i for i, _ in td2.pending()] == [2]
+
+
+def test_header_for_tokenizer_needs_saved_weights(tmp_path):
+    from tok.errors import TokError
+    from tok.models import Tokenizer
+
+    tokenizer = Tokenizer.from_config(
+        {
+            "architecture": {"name": "conv", "config": {"in_channels": 1, "channels": [8, 16]}},
+            "quantizer": {"name": "fsq", "config": {"levels": [8, 5, 5, 5]}},
+            "input_shape": [1, 28, 28],
+        }
+    )
+    with pytest.raises(TokError, match=r"save\(\) or load\(\) it"):
+        TokenHeader.for_tokenizer(tokenizer)
+    tokenizer.save(tmp_path / "run")
+    header = TokenHeader.for_tokenizer(tokenizer, path="runs/x", source="mnist:test")
+    assert header.tokenizer_sha256 == tokenizer.weights_sha256
+    assert (header.quantizer, header.grid, header.codebook_sizes) == ("fsq", (14, 14), (1000,))
+    assert (header.tokenizer_path, header.source) == ("runs/x", "mnist:test")
+    assert header.tokenizer_config == tokenizer.config()

@@ -154,16 +154,7 @@ def encode(
     except NotImplementedError:  # a plugin dataset that does not say: checked per shard below
         shape = tokenizer.input_shape
     _check_shape(src, run, shape, tokenizer)
-    header = TokenHeader(
-        quantizer=tokenizer.quantizer_name,
-        quantizer_config=tokenizer.quantizer.config(),
-        codebook_sizes=tokenizer.quantizer.codebook_sizes,
-        grid=tokenizer.grid,
-        tokenizer_sha256=tokenizer.weights_sha256 or "",
-        tokenizer_config=tokenizer.config(),
-        tokenizer_path=str(Path(run).resolve()),
-        source=src,
-    )
+    header = TokenHeader.for_tokenizer(tokenizer, path=str(Path(run).resolve()), source=src)
     tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
     pending = tdir.pending()
     resumed = tdir.num_shards - len(pending)

@@ -61,6 +61,7 @@ from .errors import (
     OutputDirError,
     TokenFileError,
     TokenizerMismatchError,
+    TokError,
 )
 
 __all__ = [
@@ -182,6 +183,33 @@ class TokenHeader:
     def num_streams(self) -> int:
         """The number of token streams ``S`` (one per codebook)."""
         return len(self.codebook_sizes)
+
+    @classmethod
+    def for_tokenizer(
+        cls, tokenizer: Any, *, path: str | None = None, source: str | None = None
+    ) -> TokenHeader:
+        """The header of tokens made by ``tokenizer`` (a :class:`tok.models.Tokenizer`).
+
+        Its quantizer, codebook sizes, grid, config and weights sha256; ``path``
+        and ``source`` are recorded as given. Token files name the weights they
+        were made with, so a tokenizer that was never saved or loaded (no
+        ``weights_sha256`` yet) raises :class:`TokError`.
+        """
+        if not tokenizer.weights_sha256:
+            raise TokError(
+                "this tokenizer has no weights sha256 yet: save() or load() it before "
+                "writing tokens it made"
+            )
+        return cls(
+            quantizer=tokenizer.quantizer_name,
+            quantizer_config=tokenizer.quantizer.config(),
+            codebook_sizes=tokenizer.quantizer.codebook_sizes,
+            grid=tokenizer.grid,
+            tokenizer_sha256=tokenizer.weights_sha256,
+            tokenizer_config=tokenizer.config(),
+            tokenizer_path=path,
+            source=source,
+        )
 
     def same_tokenizer(self, other: TokenHeader | str) -> bool:
         """Return whether ``other`` (a header or a sha256) names the same tokenizer weights."""

@@ -96,14 +96,8 @@ def test_image_as_one_frame_video_round_trips(videos, tmp_path):
     assert tokenizer.grid == (1, 8, 8)
     tokens = tokenizer.encode(clip)
     assert tokens.shape == (6, 1, 8, 8, 1) and tokens.dtype == torch.int64
-    header = TokenHeader(
-        quantizer="fsq",
-        quantizer_config=tokenizer.quantizer.config(),
-        codebook_sizes=tokenizer.quantizer.codebook_sizes,
-        grid=tokenizer.grid,
-        tokenizer_sha256="0" * 64,
-        tokenizer_config=tokenizer.config(),
-    )
+    tokenizer.save(tmp_path / "run")  # token files name the weights that made them
+    header = TokenHeader.for_tokenizer(tokenizer)
     keys = [f"image/{i}" for i in range(6)]
     back = read_tokens(write_tokens(tmp_path / "t.safetensors", tokens, keys=keys, header=header))
     assert back.header.grid == (1, 8, 8) and back.keys == keys

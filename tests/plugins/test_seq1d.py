@@ -77,17 +77,11 @@ def test_tokens_round_trip_through_a_token_file_with_every_quantizer(quantizer, 
     assert tokenizer.grid == (8,)
     tokens = tokenizer.encode(digits)
     assert tokens.shape == (16, 8, s) and tokens.dtype == torch.int64
-    header = TokenHeader(
-        quantizer=quantizer,
-        quantizer_config=tokenizer.quantizer.config(),
-        codebook_sizes=tokenizer.quantizer.codebook_sizes,
-        grid=tokenizer.grid,
-        tokenizer_sha256="0" * 64,
-        tokenizer_config=tokenizer.config(),
-    )
+    tokenizer.save(tmp_path / "run")  # token files name the weights that made them
+    header = TokenHeader.for_tokenizer(tokenizer)
     keys = [f"digit/{i}" for i in range(16)]
     back = read_tokens(write_tokens(tmp_path / "t.safetensors", tokens, keys=keys, header=header))
-    assert back.header.grid == (8,)
+    assert back.header.grid == (8,) and back.header.quantizer == quantizer
     assert back.keys == keys
     assert torch.equal(back.tokens.long(), tokens)
     images = tokenizer.decode(back.tokens)
