@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -299,12 +299,7 @@ def save_recon_grid(
     """
     if nrow < 1:
         raise ValueError(f"nrow must be >= 1, got {nrow}")
-    orig = _check_images(originals, "originals")
-    rec = _check_images(reconstructions, "reconstructions")
-    if orig.shape != rec.shape:
-        raise ValueError(
-            f"originals {tuple(originals.shape)} and reconstructions {tuple(reconstructions.shape)} differ"
-        )
+    orig, rec = _check_pair(originals, reconstructions, _check_images)
     n, _, h, w = orig.shape
     cols = min(nrow, n)
     pairs = []
@@ -315,19 +310,24 @@ def save_recon_grid(
             o, r = torch.cat([o, fill]), torch.cat([r, fill])
         grid = make_grid(torch.cat([o, r]), nrow=cols, padding=RECON_PADDING, pad_value=1.0)
         pairs.append(_to_pil(grid, scale))
+    return _save(_labelled(pairs, RECON_LABEL, gap=RECON_PAIR_GAP), path)
 
+
+def _labelled(parts: list[Image.Image], label: str, *, gap: int = 0) -> Image.Image:
+    """``parts`` stacked top to bottom (``gap`` px apart) under a
+    :data:`RECON_LABEL_HEIGHT` px strip holding ``label``, on white."""
     font = _font(11)
-    grid_w = pairs[0].width
-    width = max(grid_w, _text_w(font, RECON_LABEL) + 8)
-    height = RECON_LABEL_HEIGHT + sum(p.height for p in pairs) + RECON_PAIR_GAP * (len(pairs) - 1)
+    width = max(max(p.width for p in parts), _text_w(font, label) + 8)
+    height = RECON_LABEL_HEIGHT + sum(p.height for p in parts) + gap * (len(parts) - 1)
     image = Image.new("RGB", (width, height), _WHITE)
-    draw = ImageDraw.Draw(image)
-    draw.text((4, (RECON_LABEL_HEIGHT - _text_h(font)) // 2), RECON_LABEL, font=font, fill=_MUTED)
+    ImageDraw.Draw(image).text(
+        (4, (RECON_LABEL_HEIGHT - _text_h(font)) // 2), label, font=font, fill=_MUTED
+    )
     y = RECON_LABEL_HEIGHT
-    for p in pairs:
+    for p in parts:
         image.paste(p, (0, y))
-        y += p.height + RECON_PAIR_GAP
-    return _save(image, path)
+        y += p.height + gap
+    return image
 
 
 # ----------------------------------------------------------------------------- usage histogram
@@ -594,9 +594,12 @@ def _check_videos(x: Tensor, name: str) -> Tensor:
     return x.expand(-1, 3, -1, -1, -1) if x.shape[1] == 1 else x
 
 
-def _check_pair(originals: Tensor, reconstructions: Tensor) -> tuple[Tensor, Tensor]:
-    orig = _check_videos(originals, "originals")
-    rec = _check_videos(reconstructions, "reconstructions")
+def _check_pair(
+    originals: Tensor, reconstructions: Tensor, check: Callable[[Tensor, str], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Both checked with ``check`` (:func:`_check_images` or :func:`_check_videos`); same shape."""
+    orig = check(originals, "originals")
+    rec = check(reconstructions, "reconstructions")
     if orig.shape != rec.shape:
         raise ValueError(
             f"originals {tuple(originals.shape)} and reconstructions "
@@ -622,16 +625,7 @@ def _pair_canvas(top: Tensor, bottom: Tensor, scale: int, label: str) -> Image.I
     grid = make_grid(
         torch.cat([top, bottom]), nrow=top.shape[0], padding=RECON_PADDING, pad_value=1.0
     )
-    body = _to_pil(grid, scale)
-    font = _font(11)
-    image = Image.new(
-        "RGB", (max(body.width, _text_w(font, label) + 8), RECON_LABEL_HEIGHT + body.height), _WHITE
-    )
-    ImageDraw.Draw(image).text(
-        (4, (RECON_LABEL_HEIGHT - _text_h(font)) // 2), label, font=font, fill=_MUTED
-    )
-    image.paste(body, (0, RECON_LABEL_HEIGHT))
-    return image
+    return _labelled([_to_pil(grid, scale)], label)
 
 
 def save_video_grid_gif(
@@ -651,7 +645,7 @@ def save_video_grid_gif(
     strip; it loops forever at ``fps``. Gray videos are stored losslessly (an ``L``-mode
     GIF); colour ones with one adaptive 256-colour palette per frame.
     """
-    orig, rec = _check_pair(originals, reconstructions)
+    orig, rec = _check_pair(originals, reconstructions, _check_videos)
     gray = bool((orig[:, 0] == orig[:, 1]).all() and (orig[:, 1] == orig[:, 2]).all())
     gray = gray and bool((rec[:, 0] == rec[:, 1]).all() and (rec[:, 1] == rec[:, 2]).all())
     frames = []
@@ -681,7 +675,7 @@ def save_frame_strip(
     ``original`` and ``reconstruction`` are ``(C, T, H, W)`` floats in ``[0, 1]``; frame
     ``t`` of each row is at :func:`video_tile_origin` ``(t, …)``.
     """
-    orig, rec = _check_pair(original.unsqueeze(0), reconstruction.unsqueeze(0))
+    orig, rec = _check_pair(original.unsqueeze(0), reconstruction.unsqueeze(0), _check_videos)
     label = "frames left to right \u00b7 top: original \u00b7 bottom: reconstruction"
     image = _pair_canvas(orig[0].transpose(0, 1), rec[0].transpose(0, 1), scale, label)
     return _save(image, path)
