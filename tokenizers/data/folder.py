@@ -62,10 +62,13 @@ def quiet_torchvision_io() -> Iterator[None]:
         yield
 
 
-def _reason(exc: BaseException) -> str:
-    """A decoder error in a few words, without torchvision's C++ source location."""
+def reason(exc: BaseException) -> str:
+    """A decoder error in a few words: without torchvision's C++ source location,
+    FFmpeg's errno or the file name (the warnings name the file themselves)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     text = re.sub(r"^\S+, \S+:\d+, ", "", text)
+    text = re.sub(r"^\[Errno -?\d+\] ", "", text)
+    text = re.sub(r": '[^']*'$", "", text)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -342,7 +345,7 @@ class ImageFolder(FileDataset):
         try:
             image = self._decode(path)
         except (RuntimeError, ValueError, OSError) as exc:
-            skipped.append(f"{path.relative_to(where).as_posix()} (cannot decode: {_reason(exc)})")
+            skipped.append(f"{path.relative_to(where).as_posix()} (cannot decode: {reason(exc)})")
             return None
         if not first:
             first.append((path.name, tuple(image.shape[-2:])))

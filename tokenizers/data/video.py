@@ -62,6 +62,7 @@ from .folder import (
     check_resize,
     list_files,
     no_files_error,
+    reason,
     scan_folder,
 )
 
@@ -91,14 +92,6 @@ class VideoReadError(DatasetError):
         super().__init__(f"{name}: {reason}")
         self.name = name
         self.reason = reason
-
-
-def _reason(exc: BaseException) -> str:
-    """A decoder error in a few words (FFmpeg's errno and file name left out)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"^\[Errno -?\d+\] ", "", text)
-    text = re.sub(r": '[^']*'$", "", text)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # reading ------------------------------------------------------------------------
@@ -155,7 +148,7 @@ def read_video(
     except VideoReadError:
         raise
     except (av.error.FFmpegError, OSError, ValueError, RuntimeError, EOFError) as exc:
-        raise VideoReadError(name, f"cannot decode: {_reason(exc)}") from None
+        raise VideoReadError(name, f"cannot decode: {reason(exc)}") from None
     if not arrays:
         raise VideoReadError(name, "no frames")
     video = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -351,7 +344,7 @@ class _VideoDataset(FileDataset):
             skipped.append(f"{item.name} ({exc.reason})")
             return None
         except OSError as exc:  # the file itself cannot be read
-            skipped.append(f"{item.name} (cannot read: {_reason(exc)})")
+            skipped.append(f"{item.name} (cannot read: {reason(exc)})")
             return None
         if self.frames is not None and len(video) < self.frames:
             rate = f" at {self.fps:g} fps" if self.fps else ""
@@ -423,14 +416,14 @@ def _tar_members(shard: Path, name: str, skipped: list[str]) -> list[tarfile.Tar
                 try:
                     member = tar.next()
                 except (tarfile.TarError, OSError, EOFError) as exc:
-                    skipped.append(f"{name} (damaged after {len(members)} files: {_reason(exc)})")
+                    skipped.append(f"{name} (damaged after {len(members)} files: {reason(exc)})")
                     break
                 if member is None:
                     break
                 if member.isfile():
                     members.append(member)
     except (tarfile.TarError, OSError) as exc:
-        skipped.append(f"{name} (not a readable tar file: {_reason(exc)})")
+        skipped.append(f"{name} (not a readable tar file: {reason(exc)})")
     return members
 
 
