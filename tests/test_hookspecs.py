@@ -22,7 +22,12 @@ HOOKS = hookspec_functions()
 
 
 def test_there_are_hooks_for_each_kind_of_component():
-    assert set(HOOKS) == {"register_quantizers", "register_architectures", "register_datasets"}
+    assert set(HOOKS) == {
+        "register_quantizers",
+        "register_architectures",
+        "register_datasets",
+        "register_losses",
+    }
 
 
 def test_every_hookspec_has_a_docstring():

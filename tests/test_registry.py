@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 import tok
 from tok import Quantizer, QuantizerOutput, hookimpl
-from tok.config import build
+from tok.components import build
 from tok.data import Dataset, Samples
 from tok.errors import DuplicateNameError, PluginError, RecipeError, UnknownNameError
 from tok.models import Architecture, Tokenizer
@@ -183,10 +183,11 @@ def test_builtin_plugins_come_from_entry_points():
         "datasets": {
             "datasets": ["imagefolder", "mnist", "movingmnist", "videofolder", "videoshards"]
         },
+        "losses": {"losses": ["l1", "mse"]},
     }.items():
         p = infos[name]
         assert p.source == "builtin"
-        assert p.distribution == "tok"
+        assert p.distribution == "tok-vision"
         assert p.version == tok.__version__
         assert p.status == "ok" and p.error is None
         assert p.provides == provides
@@ -530,3 +531,111 @@ def test_unregister_plugin_removes_its_names(add_plugin):
     unregister_plugin("test-quantizers")
     assert "test-sign" not in tok.list_quantizers()
     assert "test-quantizers" not in {p.name for p in tok.list_plugins()}
+
+
+# hooks are checked when a plugin loads; implementations get only what they name ------------
+
+
+def test_a_misspelled_hook_fails_its_plugin_with_a_message(tmp_path, monkeypatch):
+    write_dist(
+        tmp_path,
+        "tok-typo",
+        "typo",
+        "tok_typo_mod",
+        """
+        from tok import hookimpl
+        from tok.plugins.fsq import FSQ
+
+        @hookimpl
+        def register_quantizer(register):  # the hook is register_quantizers
+            register(FSQ, name="typo-fsq")
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reload_plugins()
+    with pytest.warns(PluginWarning) as record:
+        infos = {p.name: p for p in tok.list_plugins()}
+    (message,) = [str(w.message) for w in record if issubclass(w.category, PluginWarning)]
+    assert "'typo' (tok-typo 0.3.1)" in message
+    assert "'register_quantizer' (did you mean 'register_quantizers'?) is not a tok hook" in message
+    assert infos["typo"].status == "failed" and infos["typo"].provides == {}
+    assert "register_quantizer" in infos["typo"].error
+    assert "typo-fsq" not in tok.list_quantizers() and infos["fsq"].status == "ok"
+
+
+def test_a_hook_asking_for_an_argument_tok_does_not_offer_fails_its_plugin(add_plugin):
+    class Greedy:
+        @hookimpl
+        def register_quantizers(register, settings):
+            register(Sign, name="greedy-sign")
+
+    add_plugin(Greedy, "greedy")
+    with pytest.warns(PluginWarning, match="'greedy'.*settings"):
+        infos = {p.name: p for p in tok.list_plugins()}
+    assert infos["greedy"].status == "failed"
+    assert "greedy-sign" not in tok.list_quantizers()
+
+
+def test_an_installed_plugin_keeps_working_when_a_hook_spec_gains_an_argument(
+    tmp_path, monkeypatch
+):
+    """tok calls each implementation with only the arguments it names (pluggy's rule): the
+    built-in plugins and an installed one, all taking just ``register``, keep working when
+    every hook spec gains an argument; a newer plugin that names it receives it."""
+    import types
+
+    import pluggy
+
+    write_dist(
+        tmp_path,
+        "tok-old",
+        "old",
+        "tok_old_mod",
+        """
+        from tok import hookimpl
+        from tok.plugins.fsq import FSQ
+
+        @hookimpl
+        def register_quantizers(register):
+            register(FSQ, name="old-fsq")
+        """,
+    )
+    write_dist(
+        tmp_path,
+        "tok-new",
+        "new",
+        "tok_new_mod",
+        """
+        from tok import hookimpl
+        from tok.plugins.fsq import FSQ
+
+        SEEN = []
+
+        @hookimpl
+        def register_quantizers(register, tok_version):
+            SEEN.append(tok_version)
+            register(FSQ, name="new-fsq")
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    grown = types.ModuleType("grown_hookspecs")
+    grown.PROJECT_NAME = "tok"
+    marker = pluggy.HookspecMarker("tok")
+    for hook in tok.registry.KINDS.values():
+        exec(f"def {hook[0]}(register, tok_version):\n    pass", vars(grown))
+        marker(vars(grown)[hook[0]])
+    offered = tok.registry._hook_arguments
+    monkeypatch.setattr(tok.registry, "hookspecs", grown)
+    monkeypatch.setattr(
+        tok.registry,
+        "_hook_arguments",
+        lambda hook, register: {**offered(hook, register), "tok_version": "9.9"},
+    )
+    reload_plugins()
+    infos = {p.name: p for p in load_quietly()}
+    assert all(info.status == "ok" for info in infos.values()), infos
+    assert {"old-fsq", "new-fsq", "fsq", "vq"} <= set(tok.list_quantizers())
+    assert "conv" in tok.list_architectures() and "mse" in tok.list_losses()
+    import tok_new_mod
+
+    assert tok_new_mod.SEEN == ["9.9"]

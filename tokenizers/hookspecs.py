@@ -1,4 +1,4 @@
-"""The hooks through which plugins add quantizers, architectures and datasets.
+"""The hooks through which plugins add quantizers, architectures, datasets and training losses.
 
 Every hook is ``register_<things>(register)``: tok hands the plugin a
 callback, so the core decides how a registration is recorded (which plugin
@@ -12,6 +12,12 @@ owns it, aliases, duplicates) and a plugin stays a few lines long::
 
 The built-in plugins (``tok.plugins.*``) use these hooks exactly like a
 third-party package does. Set ``TOK_TRACE_HOOKS=1`` to print every hook call.
+
+tok calls each implementation with only the arguments it names (as pluggy
+does), so a hook may gain arguments in a later version of tok without
+breaking a plugin written against this one; and a plugin whose module holds
+a ``@hookimpl`` function that matches no hook here (``register_quantizer``)
+fails to load with a message saying so.
 """
 
 from __future__ import annotations
@@ -68,4 +74,19 @@ def register_datasets(register: Register) -> None:
         ``[data]`` table.
 
     The return value is ignored.
+    """
+
+
+@hookspec
+def register_losses(register: Register) -> None:
+    """Register training losses (reconstruction, perceptual, adversarial …).
+
+    :param register: call ``register(cls, name=None, aliases=())`` once per
+        loss. ``cls`` is a subclass of :class:`tok.losses.Loss`; its
+        keyword-only constructor arguments are the keys of the recipe's
+        ``[losses.NAME]`` table (``train.loss`` names the reconstruction loss).
+
+    The training loop asks the registry for every loss a recipe names and
+    never imports one by name; whatever a loss keeps (a discriminator, its
+    optimizer) is saved in the run's checkpoint. The return value is ignored.
     """

@@ -8,6 +8,13 @@ the distribution, its version and the cause, is listed as ``failed`` by
 re-raises instead. ``TOK_PLUGINS=a,b`` loads only the named entry points
 (an allow-list; ``TOK_PLUGINS=`` with nothing loads none).
 ``TOK_TRACE_HOOKS=1`` prints each hook call to stderr.
+
+As pluggy's manual describes: each plugin's hook implementations are checked
+against tok's hook specifications when it loads (a misspelled hook such as
+``register_quantizer`` marks that plugin failed instead of loading "ok" and
+providing nothing), and each implementation is called with only the
+arguments it names, so a hook specification can gain arguments without
+breaking installed plugins.
 """
 
 from __future__ import annotations
@@ -41,19 +48,27 @@ __all__ = [
     "reload_plugins",
     "get_quantizer",
     "list_quantizers",
-    "create_quantizer",
     "get_architecture",
     "list_architectures",
     "get_dataset",
     "list_datasets",
+    "get_loss",
+    "list_losses",
+    "provenance",
+    "missing_plugin",
+    "DISTRIBUTION",
 ]
 
 ENTRY_POINT_GROUP = "tok"
+#: tok's own distribution on PyPI (the import name, the command and the entry-point
+#: group are ``tok``; the distribution name ``tok`` belongs to an unrelated project)
+DISTRIBUTION = "tok-vision"
 # registry kind -> (hook name, singular noun used in messages, CLI command that lists it)
 KINDS: dict[str, tuple[str, str, str]] = {
     "quantizers": ("register_quantizers", "quantizer", "tok quantizers"),
     "architectures": ("register_architectures", "architecture", "tok plugins"),
     "datasets": ("register_datasets", "dataset", "tok plugins"),
+    "losses": ("register_losses", "loss", "tok plugins"),
 }
 
 
@@ -210,7 +225,7 @@ def _env_flag(name: str) -> bool:
 def _fail(state: _State, info: PluginInfo, exc: BaseException, what: str) -> None:
     dist = f"{info.distribution} {info.version}" if info.distribution else "no distribution"
     info.status = "failed"
-    info.error = f"{type(exc).__name__}: {exc}"
+    info.error = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, always
     if _env_flag("TOK_STRICT_PLUGINS"):
         raise PluginError(f"plugin {info.name!r} ({dist}) failed to {what}: {info.error}") from exc
     warnings.warn(
@@ -218,6 +233,48 @@ def _fail(state: _State, info: PluginInfo, exc: BaseException, what: str) -> Non
         PluginWarning,
         stacklevel=3,
     )
+
+
+def _is_builtin(dist_name: str | None) -> bool:
+    return dist_name is not None and _normalise(dist_name) == _normalise(DISTRIBUTION)
+
+
+def _normalise(name: str) -> str:
+    """A distribution name as PEP 503 compares them (``Tok_Vision`` == ``tok-vision``)."""
+    return "-".join(name.replace("_", "-").replace(".", "-").lower().split("-"))
+
+
+def _unknown_hooks(state: _State, plugin: object) -> list[str]:
+    """Names of the hook implementations of ``plugin`` that match no tok hook."""
+    unknown = []
+    for caller in state.pm.get_hookcallers(plugin) or []:
+        if caller.spec is not None:
+            continue
+        impls = [i for i in caller.get_hookimpls() if i.plugin is plugin]
+        if any(not i.optionalhook for i in impls):
+            unknown.append(caller.name)
+    return unknown
+
+
+def _register(state: _State, plugin: object, info: PluginInfo) -> None:
+    """Register ``plugin`` with pluggy and check its hooks against tok's specs.
+
+    pluggy itself refuses an implementation that asks for an argument its
+    spec does not have; a hook name tok has no spec for is refused here.
+    """
+    state.pm.register(plugin, name=info.name)
+    unknown = _unknown_hooks(state, plugin)
+    if unknown:
+        state.pm.unregister(plugin)
+        hooks = sorted(spec for spec, _, _ in KINDS.values())
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, hooks, n=1, cutoff=0.6)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise PluginError(
+            f"{', '.join(hints)} {'is not a tok hook' if len(unknown) == 1 else 'are not tok hooks'}"
+            f"; tok's hooks are {', '.join(hooks)}"
+        )
 
 
 def _load_entry_points(state: _State) -> None:
@@ -234,14 +291,18 @@ def _load_entry_points(state: _State) -> None:
             name=ep.name,
             version=dist.version if dist is not None else None,
             distribution=dist_name,
-            source="builtin" if dist_name == "tok" else "entry point",
+            source="builtin" if _is_builtin(dist_name) else "entry point",
         )
         state.infos[ep.name] = info
         try:
-            module = ep.load()
-            state.pm.register(module, name=ep.name)
+            _register(state, ep.load(), info)
         except Exception as exc:  # noqa: BLE001 - any plugin failure is isolated
             _fail(state, info, exc, "load")
+
+
+def _hook_arguments(hook_name: str, register: Any) -> dict[str, Any]:
+    """Everything tok offers a ``hook_name`` implementation; each takes what it names."""
+    return {"register": register}
 
 
 def _collect(state: _State) -> None:
@@ -268,8 +329,10 @@ def _collect(state: _State) -> None:
 
             if trace:
                 print(f"tok: hook {hook_name}() -> plugin {owner!r}", file=sys.stderr)
+            offered = _hook_arguments(hook_name, register)
             try:
-                impl.function(register=register)
+                # only the arguments the implementation names (pluggy's own calling rule)
+                impl.function(**{arg: offered[arg] for arg in impl.argnames})
             except Exception as exc:  # noqa: BLE001
                 registry.drop_owner(owner)
                 _fail(state, info, exc, f"run {hook_name}")
@@ -291,8 +354,11 @@ def _get_state() -> _State:
             state = _State()
             _load_entry_points(state)
             for obj, name in _extra_plugins:
-                state.pm.register(obj, name=name)
-                state.infos.setdefault(name, PluginInfo(name=name, source="registered"))
+                info = state.infos.setdefault(name, PluginInfo(name=name, source="registered"))
+                try:
+                    _register(state, obj, info)
+                except Exception as exc:  # noqa: BLE001 - isolated like an entry point
+                    _fail(state, info, exc, "load")
             _collect(state)
             _state = state
         return _state
@@ -339,13 +405,6 @@ def list_quantizers(pattern: str = "*") -> list[str]:
     return registry("quantizers").names(pattern)
 
 
-def create_quantizer(name: str, **kwargs: Any):
-    """Build the quantizer registered as ``name`` with keyword arguments."""
-    from .config import build
-
-    return build("quantizers", name, kwargs)
-
-
 def get_architecture(name: str) -> type:
     """The architecture class registered as ``name``."""
     return registry("architectures").get(name)
@@ -364,3 +423,70 @@ def get_dataset(name: str) -> type:
 def list_datasets(pattern: str = "*") -> list[str]:
     """Names of the registered datasets matching the glob ``pattern``."""
     return registry("datasets").names(pattern)
+
+
+def get_loss(name: str) -> type:
+    """The training-loss class registered as ``name``."""
+    return registry("losses").get(name)
+
+
+def list_losses(pattern: str = "*") -> list[str]:
+    """Names of the registered training losses matching the glob ``pattern``."""
+    return registry("losses").names(pattern)
+
+
+def provenance(kind: str, name: str) -> dict[str, str | None]:
+    """Which plugin registered ``name`` (a ``kind`` component) and from which distribution.
+
+    Returns ``{"plugin", "distribution", "version"}`` (``None`` where unknown);
+    ``tokenizer.json`` and token headers record it, so that a run whose plugin
+    is gone can say what to install.
+    """
+    entry = registry(kind).entry(name)
+    info = _get_state().infos.get(entry.owner)
+    return {
+        "plugin": entry.owner,
+        "distribution": info.distribution if info else None,
+        "version": info.version if info else None,
+    }
+
+
+def missing_plugin(kind: str, name: str, recorded: Any) -> str | None:
+    """Why ``name`` (a ``kind`` component) cannot be found, if it cannot and
+    ``recorded`` (what :func:`provenance` said when it was saved) names a
+    distribution that is not installed, failed to load, or is installed in
+    another version: e.g. ``quantizer 'bsq' comes from tok-bsq 0.1.0, which is
+    not installed; pip install 'tok-bsq==0.1.0' brings it back``. ``None`` when
+    the name is registered, nothing was recorded, or the recorded release is
+    installed (then the usual unknown-name message applies).
+    """
+    if name in registry(kind) or not isinstance(recorded, dict):
+        return None
+    dist, version = recorded.get("distribution"), recorded.get("version")
+    if not isinstance(dist, str) or not dist:
+        return None
+    noun = KINDS[kind][1]
+    release = f"{dist} {version}" if version else dist
+    pin = f"=={version}" if version else ""
+    try:
+        installed = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return f"{noun} {name!r} comes from {release}, which is not installed; pip install '{dist}{pin}' brings it back"
+    failed = [
+        i
+        for i in _get_state().infos.values()
+        if i.status == "failed"
+        and i.distribution
+        and _normalise(i.distribution) == _normalise(dist)
+    ]
+    if failed:
+        return (
+            f"{noun} {name!r} comes from {release}, whose plugin {failed[0].name!r} failed to "
+            f"load ({failed[0].error}); `tok plugins` shows it"
+        )
+    if version and installed != version:
+        return (
+            f"{noun} {name!r} comes from {release}, but {dist} {installed} is installed and does "
+            f"not provide it; pip install '{dist}{pin}' brings it back"
+        )
+    return None

@@ -1,0 +1,95 @@
+"""The interface a training-loss plugin implements: :class:`Loss`.
+
+The training loop (:mod:`tok.train`) adds up, at every step, the recipe's
+reconstruction loss (``train.loss``), every loss of its ``[losses.NAME]``
+tables and the quantizer's ``aux_loss``. It finds each loss through the
+registry (hook ``register_losses``), never by importing it. A loss is an
+``nn.Module``: its parameters and buffers (a discriminator, running
+statistics) and the optimizers it returns from :meth:`Loss.optimizers` are
+saved in the run's checkpoint and restored by ``tok train --resume``.
+
+A step, for each loss ``f`` the recipe names::
+
+    out = f(batch)                # LossOutput: a scalar, already weighted
+    total = sum(out.loss) + quantizer aux_loss
+    total.backward(); tokenizer optimizer step
+    f.update(batch)               # train what the loss owns (after the step)
+
+Shapes: ``inputs`` and ``reconstruction`` are float32 ``(b, c, h, w)`` for
+images, ``(b, c, t, h, w)`` for videos, ``inputs`` in ``[0, 1]``,
+``reconstruction`` the tokenizer's raw (unclamped) output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+__all__ = ["Loss", "LossInputs", "LossOutput"]
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """What a loss sees at one training step.
+
+    ``tokenizer`` is the :class:`tok.models.Tokenizer` being trained (for losses
+    that look at its layers, e.g. VQGAN's adaptive weight); ``step`` counts
+    optimizer steps from 0.
+    """
+
+    inputs: Tensor
+    reconstruction: Tensor
+    tokenizer: Any
+    step: int
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """What :meth:`Loss.forward` returns.
+
+    ``loss`` is a scalar tensor, already multiplied by the loss's weight (zero
+    when the loss is not active yet); ``metrics`` are detached numbers logged
+    to ``metrics.jsonl`` under the loss's name.
+    """
+
+    loss: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Loss(nn.Module):
+    """Base class of the losses registered through ``register_losses``.
+
+    :param weight: multiplies the loss (``[losses.NAME] weight``; default 1).
+
+    Subclasses take further keyword-only, typed arguments (the recipe keys),
+    implement :meth:`forward`, and override :meth:`update` and
+    :meth:`optimizers` when they train something of their own.
+    """
+
+    #: constructor arguments tok fills in from the data (see :mod:`tok.components`)
+    supplied_args: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, *, weight: float = 1.0) -> None:
+        super().__init__()
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"{type(self).__name__}: weight must be a number ≥ 0, got {weight!r}")
+        self.weight = float(weight)
+
+    def forward(self, batch: LossInputs) -> LossOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def update(self, batch: LossInputs) -> dict[str, float]:
+        """Train what the loss owns, after the tokenizer's optimizer step; return metrics.
+
+        ``batch.reconstruction`` is detached here. The default does nothing.
+        """
+        return {}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The loss's own optimizers by name, saved in and restored from checkpoints."""
+        return {}
