@@ -34,6 +34,16 @@ class ConvImage(Architecture):
     :param norm: ``"group"``, ``"batch"`` or ``"none"``.
     """
 
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        """Two halvings, residual blocks at the coarse levels only, GroupNorm: small and fast."""
+        return {"in_channels": 3, "channels": [8, 16, 16], "blocks": [0, 1, 1], "latent_dim": 4}
+
+    @classmethod
+    def example_input_shape(cls) -> tuple[int, ...]:
+        """A 3-channel 32×32 image (an 8×8 grid with the example config)."""
+        return (3, 32, 32)
+
     def __init__(
         self,
         *,
@@ -85,15 +95,28 @@ class ConvImage(Architecture):
         }
 
     def grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``(h / f, w / f)`` for an image ``(c, h, w)``, ``f = 2 ** (len(channels) - 1)``;
+        a ``ConfigError`` for another channel count or sides that ``f`` does not divide."""
+        if len(input_shape) != 3:
+            raise ConfigError(f"conv: takes images (c, h, w), got input shape {tuple(input_shape)}")
         c, h, w = input_shape
-        if h % self.factor or w % self.factor:
+        if c != self.in_channels:
             raise ConfigError(
-                f"conv: image size {h}x{w} is not divisible by the downsampling factor {self.factor}"
+                f"conv: built for {self.in_channels}-channel images (in_channels), "
+                f"got {c} channels (input shape {c}x{h}x{w})"
             )
-        return (h // self.factor, w // self.factor)
+        f = self.factor
+        if h % f or w % f:
+            raise ConfigError(
+                f"conv: image size {h}x{w} is not divisible by the downsampling factor {f}; "
+                f"height and width must be multiples of {f} "
+                f"(e.g. {max(f, h // f * f)}x{max(f, w // f * f)})"
+            )
+        return (h // f, w // f)
 
     def encode(self, x: Tensor) -> Tensor:
-        """``(b, c, h, w)`` → ``(b, h', w', d)``."""
+        """``(b, c, h, w)`` → ``(b, h', w', d)``; a ``ConfigError`` for inputs ``grid`` refuses."""
+        self.grid(tuple(x.shape[1:]))
         return rearrange(self.encoder(x), "b d h w -> b h w d")
 
     def decode(self, z: Tensor) -> Tensor:

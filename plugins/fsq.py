@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from tok import Quantizer, QuantizerOutput, hookimpl
 from tok.errors import ConfigError
+from tok.helpers import exists
 from tok.metrics import batch_code_metrics
 
 __all__ = ["FSQ", "PAPER_LEVELS", "levels_for"]
@@ -50,10 +51,6 @@ def levels_for(codebook_size: int) -> list[int]:
             f"the paper gives levels for {sizes} — or pass levels=[...] yourself"
         )
     return list(PAPER_LEVELS[codebook_size])
-
-
-def exists(x: Any) -> bool:
-    return x is not None
 
 
 class _RoundSTE(torch.autograd.Function):

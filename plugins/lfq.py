@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from tok import Quantizer, QuantizerOutput, hookimpl
 from tok.errors import ConfigError
+from tok.helpers import all_reduce_sum, exists, is_distributed
 from tok.metrics import batch_code_metrics
 
 __all__ = ["LFQ", "binary_entropy", "exact_batch_entropy", "factorised_batch_entropy"]
@@ -73,10 +74,6 @@ _DENSE_METRICS = 1 << 20
 # backward tensors with subnormal float32 numbers, which make exp, products and
 # matrix products over ten times slower on CPUs.
 _MAX_LOGIT = 30.0
-
-
-def exists(x: Any) -> bool:
-    return x is not None
 
 
 def _is_int(x: Any) -> bool:
@@ -119,14 +116,6 @@ def _code_probs(logits: Tensor) -> Tensor:
     return log_p.clamp_min(-_MAX_LOGIT).exp()
 
 
-def _is_distributed() -> bool:
-    return (
-        torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() > 1
-    )
-
-
 def _batch_mean(total: Tensor, n: int) -> Tensor:
     """``total / n``; under ``torch.distributed`` both are summed over ranks first.
 
@@ -134,10 +123,8 @@ def _batch_mean(total: Tensor, n: int) -> Tensor:
     DDP, which averages gradients over ranks, the batch entropy and its gradient
     are those of one process holding every rank's batch.
     """
-    if _is_distributed():
-        from torch.distributed.nn.functional import all_reduce
-
-        total = all_reduce(total)
+    if is_distributed():
+        total = all_reduce_sum(total)
         count = torch.tensor([float(n)], device=total.device, dtype=torch.float64)
         torch.distributed.all_reduce(count)
         n = int(count.item())

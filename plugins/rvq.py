@@ -43,10 +43,6 @@ from tok.plugins.vq import VQ
 __all__ = ["ResidualVQ"]
 
 
-def exists(x: Any) -> bool:
-    return x is not None
-
-
 class ResidualVQ(Quantizer):
     """``depth`` VQ levels, each quantizing the residual of the levels before it.
 

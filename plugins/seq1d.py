@@ -83,6 +83,28 @@ class Seq1D(Architecture):
     :param latent_dim: channels per token handed to the quantizer.
     """
 
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        """16×16 RGB images in 4×4 patches, 8 tokens, one narrow block each way: fast."""
+        return {
+            "in_channels": 3,
+            "image_size": [16, 16],
+            "patch_size": 4,
+            "num_tokens": 8,
+            "width": 32,
+            "depth": 1,
+            "heads": 2,
+            "mlp_ratio": 2.0,
+            "latent_dim": 4,
+        }
+
+    @classmethod
+    def example_input_shape(cls) -> tuple[int, ...]:
+        """A 3-channel 16×16 image (the example config's ``image_size``)."""
+        return (3, 16, 16)
+
+    supplied_args = ("in_channels", "image_size")
+
     def __init__(
         self,
         *,
@@ -167,7 +189,8 @@ class Seq1D(Architecture):
         return (self.num_tokens,)
 
     def encode(self, x: Tensor) -> Tensor:
-        """``(b, c, h, w)`` → ``(b, k, d)``."""
+        """``(b, c, h, w)`` → ``(b, k, d)``; a ``ConfigError`` for inputs ``grid`` refuses."""
+        self.grid(tuple(x.shape[1:]))
         p = self.patch_size
         patches = rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=p, q=p)
         tokens = self.patch_embed(patches) + self.patch_pos

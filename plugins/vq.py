@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from tok import Quantizer, QuantizerOutput, hookimpl
 from tok.errors import ConfigError
+from tok.helpers import all_reduce_, broadcast_, exists, is_distributed, rank
 
 __all__ = ["VQ", "cluster_sums", "kmeans", "kmeans_plus_plus", "nearest"]
 
@@ -41,32 +42,6 @@ _CPU_BLOCK = 1 << 21
 _GPU_BLOCK = 1 << 28
 # k-means uses at most this many vectors (a random subset) from the first batch.
 _KMEANS_MAX_SAMPLES = 1 << 16
-
-
-def exists(x: Any) -> bool:
-    return x is not None
-
-
-def _is_distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if _is_distributed() else 0
-
-
-def _all_reduce(t: Tensor, op: Any = None) -> Tensor:
-    """Sum (or ``op``) ``t`` in place over all ranks; a no-op in a single process."""
-    if _is_distributed():
-        torch.distributed.all_reduce(t, op=op or torch.distributed.ReduceOp.SUM)
-    return t
-
-
-def _broadcast(t: Tensor) -> Tensor:
-    """Overwrite ``t`` in place with rank 0's copy; a no-op in a single process."""
-    if _is_distributed():
-        torch.distributed.broadcast(t, src=0)
-    return t
 
 
 def nearest(x: Tensor, codebook: Tensor) -> Tensor:
@@ -292,9 +267,9 @@ class VQ(Quantizer):
     def _init_kmeans(self, x: Tensor) -> None:
         """k-means on the first batch (all ranks' vectors), computed on rank 0 and broadcast."""
         local = x[torch.randperm(x.shape[0], device=x.device)[:_KMEANS_MAX_SAMPLES]]
-        if _is_distributed():
+        if is_distributed():
             world = torch.distributed.get_world_size()
-            m = _all_reduce(
+            m = all_reduce_(
                 torch.tensor(local.shape[0], device=x.device), torch.distributed.ReduceOp.MIN
             )
             m = int(m) if world * int(m) <= _KMEANS_MAX_SAMPLES else _KMEANS_MAX_SAMPLES // world
@@ -304,11 +279,11 @@ class VQ(Quantizer):
         if local.shape[0] == 0:
             return  # nothing to learn from yet (on some rank): try again next batch
         centers = self.codebook.new_empty(self.codebook.shape)
-        if _rank() == 0:
+        if rank() == 0:
             centers.copy_(kmeans(local, self.codebook_size, iters=self.kmeans_iters))
             if self.cosine:
                 centers = F.normalize(centers, dim=-1)
-        _broadcast(centers)
+        broadcast_(centers)
         self.codebook.data.copy_(centers)
         self.embed_sum.copy_(centers)
         self.cluster_size.fill_(1.0)
@@ -320,7 +295,7 @@ class VQ(Quantizer):
         k = self.codebook_size
         if self.ema:
             sums = cluster_sums(x, idx, counts)
-            stats = _all_reduce(torch.cat([counts.float()[:, None], sums], 1))
+            stats = all_reduce_(torch.cat([counts.float()[:, None], sums], 1))
             counts, sums = stats[:, 0], stats[:, 1:]
             self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
             self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
@@ -331,7 +306,7 @@ class VQ(Quantizer):
                 codebook = F.normalize(codebook, dim=-1)
             self.codebook.copy_(codebook)
         elif self.restart_after:
-            counts = _all_reduce(counts.float())
+            counts = all_reduce_(counts.float())
         if self.restart_after:
             self._restart_dead_codes(x, counts)
 
@@ -344,13 +319,13 @@ class VQ(Quantizer):
         if num_dead == 0:
             return
         fresh = self.codebook.detach()[dead].float()  # rank 0 overwrites these
-        if _rank() == 0 and x.shape[0] > 0:
+        if rank() == 0 and x.shape[0] > 0:
             if x.shape[0] >= num_dead:
                 rows = torch.randperm(x.shape[0], device=x.device)[:num_dead]
             else:
                 rows = torch.randint(x.shape[0], (num_dead,), device=x.device)
             fresh = x[rows]
-        fresh = _broadcast(fresh.contiguous())
+        fresh = broadcast_(fresh.contiguous())
         self.codebook.data[dead] = fresh.to(self.codebook.dtype)
         self.embed_sum[dead] = fresh
         self.cluster_size[dead] = 1.0

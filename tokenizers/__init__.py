@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from .components import create_quantizer
 from .errors import TokError
 from .hookspecs import hookimpl
 from .quantizer import Quantizer, QuantizerOutput
 from .registry import (
-    create_quantizer,
     get_architecture,
     get_dataset,
+    get_loss,
     get_quantizer,
     list_architectures,
     list_datasets,
+    list_losses,
     list_quantizers,
     register_plugin,
 )
@@ -31,9 +33,11 @@ __all__ = [
     "create_quantizer",
     "get_architecture",
     "get_dataset",
+    "get_loss",
     "get_quantizer",
     "list_architectures",
     "list_datasets",
+    "list_losses",
     "list_plugins",
     "list_quantizers",
     "register_plugin",

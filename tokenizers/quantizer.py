@@ -51,6 +51,10 @@ class Quantizer(nn.Module):
     #: A link to the paper the method comes from (shown by ``tok quantizers``).
     paper: ClassVar[str] = ""
 
+    #: constructor arguments tok fills in when a recipe leaves them out: ``dim`` is the
+    #: architecture's ``latent_dim`` (see :mod:`tok.components`).
+    supplied_args: ClassVar[tuple[str, ...]] = ("dim",)
+
     def __init__(self, *, dim: int, codebook_sizes: tuple[int, ...]) -> None:
         super().__init__()
         if not isinstance(dim, int) or dim < 1:

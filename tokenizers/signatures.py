@@ -1,9 +1,10 @@
-"""Checking keyword arguments against a registered class's constructor.
+"""Checking keyword arguments against a class's constructor signature.
 
-Components (quantizers, architectures, datasets) take typed keyword-only
-arguments. :func:`check_kwargs` compares a dict — a recipe table, a
-``config()`` — with the constructor's signature and returns every problem at
-once: unknown keys (with the valid ones), missing required keys, wrong types.
+Components (quantizers, architectures, datasets, losses) take typed
+keyword-only arguments. :func:`check_kwargs` compares a dict — a recipe
+table, a ``config()`` — with the constructor's signature and returns every
+problem at once: unknown keys (with the valid ones), missing required keys,
+wrong types. :func:`describe_type` words an annotation for those messages.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Union
 
-from .errors import ConfigError
-
-__all__ = ["parameters", "check_kwargs", "check_value", "build"]
+__all__ = ["parameters", "check_kwargs", "check_value", "describe_type"]
 
 
 def parameters(cls: type) -> dict[str, inspect.Parameter]:
@@ -36,17 +35,18 @@ def _type_hints(cls: type) -> dict[str, Any]:
         return {}
 
 
-def _describe(tp: Any) -> str:
+def describe_type(tp: Any) -> str:
+    """An annotation in words, for error messages: ``int or None``, ``a list of float``…"""
     if tp is type(None):
         return "None"
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
+        return " or ".join(describe_type(a) for a in typing.get_args(tp))
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (list, tuple, Sequence):
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        inner = _describe(args[0]) if args else "value"
+        inner = describe_type(args[0]) if args else "value"
         return f"a list of {inner}"
     return getattr(tp, "__name__", str(tp))
 
@@ -80,10 +80,17 @@ def check_value(value: Any, tp: Any) -> bool:
     return True
 
 
-def check_kwargs(cls: type, kwargs: Mapping[str, Any], *, where: str) -> list[str]:
-    """Every problem with calling ``cls(**kwargs)``; ``where`` prefixes each message."""
+def check_kwargs(
+    cls: type, kwargs: Mapping[str, Any], *, where: str, supplied: Iterable[str] = ()
+) -> list[str]:
+    """Every problem with calling ``cls(**kwargs)``; ``where`` prefixes each message.
+
+    ``supplied`` names arguments someone else will pass later (tok fills them
+    in from the data, see :mod:`tok.components`): their absence is no problem.
+    """
     params = parameters(cls)
     hints = _type_hints(cls)
+    supplied = set(supplied)
     problems = []
     valid = ", ".join(params) or "none"
     for key, value in kwargs.items():
@@ -93,20 +100,9 @@ def check_kwargs(cls: type, kwargs: Mapping[str, Any], *, where: str) -> list[st
         tp = hints.get(key, inspect.Parameter.empty)
         if not check_value(value, tp):
             problems.append(
-                f"{where}.{key}: expected {_describe(tp)}, got {type(value).__name__} {value!r}"
+                f"{where}.{key}: expected {describe_type(tp)}, got {type(value).__name__} {value!r}"
             )
     for key, p in params.items():
-        if p.default is inspect.Parameter.empty and key not in kwargs:
+        if p.default is inspect.Parameter.empty and key not in kwargs and key not in supplied:
             problems.append(f"{where}: missing required key {key!r}")
     return problems
-
-
-def build(kind: str, name: str, kwargs: Mapping[str, Any]) -> Any:
-    """Instantiate the ``kind`` component registered as ``name`` after checking ``kwargs``."""
-    from .registry import registry
-
-    cls = registry(kind).get(name)
-    problems = check_kwargs(cls, kwargs, where=name)
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return cls(**kwargs)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tok
 from tok.errors import CheckpointError, TokError
 from tok.models import Tokenizer
 from tok.registry import registry
@@ -92,7 +93,14 @@ def test_weights_sha256_is_the_files_sha256(trained_run, tmp_path):
     assert tokenizer.weights_sha256 == sha256(trained_run / "model.safetensors")
     config = json.loads((trained_run / "tokenizer.json").read_text())
     assert config["weights_sha256"] == tokenizer.weights_sha256
-    assert config["format"] == "tok.tokenizer/1"
+    assert config["format"] == "tok.tokenizer/2"
+    # which distribution provided each component, so a missing plugin can be named
+    assert config["plugins"]["quantizer"] == {
+        "plugin": "fsq",
+        "distribution": "tok-vision",
+        "version": tok.__version__,
+    }
+    assert config["plugins"]["architecture"]["plugin"] == "conv"
 
     fresh = Tokenizer.from_config(CONFIG)
     assert fresh.weights_sha256 is None
@@ -158,6 +166,35 @@ def test_unknown_component_in_the_config(run_copy):
     with pytest.raises(TokError) as info:
         Tokenizer.load(run_copy)
     assert "fqs" in str(info.value) and "tokenizer.json" in str(info.value)
+
+
+def test_a_version_1_config_still_loads(run_copy, trained_run):
+    config = json.loads((run_copy / "tokenizer.json").read_text())
+    config["format"] = "tok.tokenizer/1"
+    del config["plugins"]
+    (run_copy / "tokenizer.json").write_text(json.dumps(config))
+    loaded = Tokenizer.load(run_copy)
+    assert loaded.weights_sha256 == Tokenizer.load(trained_run).weights_sha256
+    config["format"] = "tok.tokenizer/9"
+    (run_copy / "tokenizer.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="tok.tokenizer/9"):
+        Tokenizer.load(run_copy)
+
+
+def test_a_component_whose_plugin_is_gone_names_its_distribution(run_copy):
+    config = json.loads((run_copy / "tokenizer.json").read_text())
+    config["quantizer"]["name"] = "bsq"
+    config["plugins"]["quantizer"] = {
+        "plugin": "bsq",
+        "distribution": "tok-bsq",
+        "version": "0.1.0",
+    }
+    (run_copy / "tokenizer.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as info:
+        Tokenizer.load(run_copy)
+    message = str(info.value)
+    assert "quantizer 'bsq' comes from tok-bsq 0.1.0, which is not installed" in message
+    assert "pip install 'tok-bsq==0.1.0'" in message and "damaged" not in message
 
 
 def test_quantizer_dim_mismatch_is_a_tokerror(run_copy):

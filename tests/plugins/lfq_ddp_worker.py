@@ -15,6 +15,7 @@ from unittest import mock
 import torch
 import torch.distributed as dist
 
+import tok.helpers
 import tok.plugins.lfq as lfq_module
 from tok.plugins.lfq import LFQ
 
@@ -45,7 +46,10 @@ def main() -> int:
         grad /= world  # what DDP does
         entropy = out.metrics["batch_entropy"].clone()
         if rank == 0:
-            with mock.patch.object(lfq_module, "_is_distributed", lambda: False):
+            with (
+                mock.patch.object(lfq_module, "is_distributed", lambda: False),
+                mock.patch.object(tok.helpers, "is_distributed", lambda: False),
+            ):
                 single = build(config)
                 ref = single(torch.cat(batches))
                 ref.aux_loss.backward()

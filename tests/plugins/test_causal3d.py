@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tok.config import build
+from tok.components import build
 from tok.data import MovingMNIST
 from tok.errors import ConfigError
 from tok.models import Tokenizer

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tok.config import build
+from tok.components import build
 from tok.data import MNIST
 from tok.errors import ConfigError
 from tok.models import Tokenizer

@@ -7,7 +7,7 @@ compares every rank's state dict bit for bit and prints one line per config:
 ``<name>: identical`` or ``<name>: DIFFERENT <buffers>``.
 
 As a control, the same training with the synchronisation switched off
-(``_is_distributed`` patched to ``False``) must end with different codebooks,
+(``is_distributed`` patched to ``False``) must end with different codebooks,
 so the check would catch a missing all-reduce or broadcast.
 """
 
@@ -19,6 +19,7 @@ from unittest import mock
 import torch
 import torch.distributed as dist
 
+import tok.helpers
 import tok.plugins.vq as vq_module
 from tok.plugins.vq import VQ
 
@@ -71,7 +72,10 @@ def main() -> int:
     for name, config in CONFIGS.items():
         state = train(config, rank)
         bad = differing({k: v for k, v in state.items() if k != "restarts"}, world)
-        with mock.patch.object(vq_module, "_is_distributed", lambda: False):
+        with (
+            mock.patch.object(vq_module, "is_distributed", lambda: False),
+            mock.patch.object(tok.helpers, "is_distributed", lambda: False),
+        ):
             unsynced = train(config, rank)
         control = differing({"codebook": unsynced["codebook"]}, world)
         if rank == 0:

@@ -5,8 +5,11 @@ An architecture is one ``nn.Module`` holding an encoder and a decoder:
 - ``encode(x)``: images ``(b, c, h, w)`` in ``[-1, 1]`` → channel-last latents
   ``(b, *grid, d)`` with ``d = latent_dim``;
 - ``decode(z)``: latents ``(b, *grid, d)`` → images ``(b, c, h, w)`` (about ``[-1, 1]``);
-- ``grid(input_shape)``: the latent grid for one input of shape ``(c, h, w)``;
-- ``config()``: keyword arguments that rebuild it.
+- ``grid(input_shape)``: the latent grid for one input of shape ``(c, h, w)``
+  (``(c, t, h, w)`` for video); a ``ConfigError`` for inputs it cannot take;
+- ``config()``: keyword arguments that rebuild it;
+- ``example_config()`` / ``example_input_shape()``: a small instance and an input it
+  takes, for :func:`tok.testing.check_architecture`.
 
 Latents are channel-last whatever the architecture, so one quantizer serves
 2D grids, 1D sequences and video alike.
@@ -14,7 +17,7 @@ Latents are channel-last whatever the architecture, so one quantizer serves
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -26,6 +29,34 @@ class Architecture(nn.Module):
 
     in_channels: int
     latent_dim: int
+
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        """Keyword arguments that build a small, representative instance.
+
+        :func:`tok.testing.check_architecture` builds the architecture with
+        ``cls(**cls.example_config())`` when it is given no ``config``.
+        Override it with a configuration that exercises what matters in your
+        architecture (several stages, its normalisation, its patching…) and
+        keep it small so the checks run in a fraction of a second on a CPU.
+        The default is ``{}`` (the constructor's defaults).
+        """
+        return {}
+
+    @classmethod
+    def example_input_shape(cls) -> tuple[int, ...]:
+        """The shape of one input that ``cls(**cls.example_config())`` takes, without the batch.
+
+        ``(c, h, w)`` for an image architecture, ``(c, t, h, w)`` for a video one;
+        :func:`tok.testing.check_architecture` encodes a batch of inputs of this
+        shape when it is given no ``input_shape``. The default is ``(3, 32, 32)``.
+        """
+        return (3, 32, 32)
+
+    #: constructor arguments tok fills in from the data when a recipe leaves them out
+    #: (``in_channels``; ``image_size`` too for architectures that size embeddings by
+    #: it, like ``seq1d``). Names and values: :mod:`tok.components`.
+    supplied_args: ClassVar[tuple[str, ...]] = ("in_channels",)
 
     def encode(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..helpers import Norm, make_norm
 
 __all__ = ["Norm", "make_norm", "ResBlock", "stages"]
-
-Norm = Literal["group", "batch", "none"]
 
 
 def stages(
@@ -31,18 +28,6 @@ def stages(
             f"({len(channels)}), got {blocks!r}"
         )
     return channels, per_stage
-
-
-def make_norm(kind: Norm, channels: int) -> nn.Module:
-    """A 2D normalisation layer: GroupNorm (≤ 8 groups), BatchNorm or identity."""
-    if kind == "group":
-        groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
-        return nn.GroupNorm(groups, channels)
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ConfigError(f"unknown norm {kind!r}: use 'group', 'batch' or 'none'")
 
 
 class ResBlock(nn.Module):

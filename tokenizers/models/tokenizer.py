@@ -20,17 +20,20 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .._io import atomic_path, write_json
-from ..config import build
-from ..errors import CheckpointError, TokError
+from ..components import Facts, build
+from ..errors import CheckpointError, TokError, UnknownNameError
 from ..quantizer import Quantizer
-from ..registry import registry
+from ..registry import missing_plugin, provenance, registry
 from .base import Architecture
 
 __all__ = ["Tokenizer", "TokenizerOutput", "WEIGHTS", "CONFIG", "TOKENIZER_FORMAT"]
 
 WEIGHTS = "model.safetensors"
 CONFIG = "tokenizer.json"
-TOKENIZER_FORMAT = "tok.tokenizer/1"
+TOKENIZER_FORMAT = "tok.tokenizer/2"
+#: formats :meth:`Tokenizer.load` reads: 1 lacks ``plugins`` (which distribution
+#: provided each component), otherwise the same
+READABLE_FORMATS = ("tok.tokenizer/1", TOKENIZER_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -93,16 +96,28 @@ class Tokenizer(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Tokenizer:
-        """Build an untrained tokenizer from a ``config()`` dict (registry names + kwargs)."""
-        arch_cfg = config["architecture"]
-        q_cfg = config["quantizer"]
-        architecture = build("architectures", arch_cfg["name"], arch_cfg.get("config", {}))
-        q_kwargs = dict(q_cfg.get("config", {}))
-        q_kwargs.setdefault("dim", architecture.latent_dim)
-        quantizer = build("quantizers", q_cfg["name"], q_kwargs)
-        return cls(
-            architecture=architecture, quantizer=quantizer, input_shape=config["input_shape"]
+        """Build an untrained tokenizer from a ``config()`` dict (registry names + kwargs).
+
+        ``config`` needs ``architecture`` and ``quantizer`` (``{"name", "config"}``)
+        and ``input_shape``; the options the components let tok supply and the
+        config leaves out (``in_channels``, the quantizer's ``dim`` …) come from
+        the input shape and the architecture (:func:`tok.components.fill`).
+        """
+        arch_cfg, q_cfg = config["architecture"], config["quantizer"]
+        input_shape = tuple(int(v) for v in config["input_shape"])
+        architecture = build(
+            "architectures",
+            arch_cfg["name"],
+            arch_cfg.get("config", {}),
+            Facts(input_shape=input_shape),
         )
+        quantizer = build(
+            "quantizers",
+            q_cfg["name"],
+            q_cfg.get("config", {}),
+            Facts(latent_dim=architecture.latent_dim),
+        )
+        return cls(architecture=architecture, quantizer=quantizer, input_shape=input_shape)
 
     def config(self) -> dict[str, Any]:
         """Registry names and configs that rebuild this tokenizer (JSON-serialisable)."""
@@ -113,7 +128,20 @@ class Tokenizer(nn.Module):
             "input_shape": list(self.input_shape),
             "grid": list(self.grid),
             "codebook_sizes": list(self.quantizer.codebook_sizes),
+            "plugins": self.plugins(),
         }
+
+    def plugins(self) -> dict[str, dict[str, str | None]]:
+        """Which plugin and distribution (and version) provided the architecture and the
+        quantizer (:func:`tok.registry.provenance`); empty for unregistered classes."""
+        found = {}
+        for role, kind, name in (
+            ("architecture", "architectures", self.architecture_name),
+            ("quantizer", "quantizers", self.quantizer_name),
+        ):
+            if name in registry(kind):
+                found[role] = provenance(kind, name)
+        return found
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -191,14 +219,24 @@ class Tokenizer(nn.Module):
             config = json.loads(config_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"cannot read {config_path}: {exc}") from exc
-        if not isinstance(config, dict) or config.get("format") != TOKENIZER_FORMAT:
+        if not isinstance(config, dict) or config.get("format") not in READABLE_FORMATS:
             found = config.get("format") if isinstance(config, dict) else type(config).__name__
             raise CheckpointError(
-                f"{config_path} is not a tok tokenizer config (format {found!r}, "
-                f"expected {TOKENIZER_FORMAT!r})"
+                f"{config_path} is not a tok tokenizer config this version of tok reads "
+                f"(format {found!r}; it reads {', '.join(READABLE_FORMATS)})"
             )
         try:
             tokenizer = cls.from_config(config)
+        except UnknownNameError as exc:  # the plugin that made it is gone?
+            recorded = config.get("plugins") or {}
+            for role, kind in (("architecture", "architectures"), ("quantizer", "quantizers")):
+                name = (config.get(role) or {}).get("name")
+                message = missing_plugin(kind, name, recorded.get(role)) if name else None
+                if message:
+                    raise CheckpointError(
+                        f"cannot load the tokenizer in {folder}: {message}"
+                    ) from exc
+            raise CheckpointError(f"cannot rebuild the tokenizer in {config_path}: {exc}") from exc
         except (KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(
                 f"{config_path} is damaged: cannot rebuild the tokenizer from it "
