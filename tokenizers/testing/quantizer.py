@@ -1,24 +1,9 @@
 """The conformance suite for quantizer plugins: :func:`check_quantizer`.
 
-Every promise of the Quantizer contract (``docs/`` and ``DESIGN.md``) is
-checked on a small random input; a broken promise raises ``AssertionError``
-whose message names the quantizer and the promise, so it reads well in a
-pytest report. Use it in a plugin's own tests::
-
-    import pytest
-    from tok.testing import check_quantizer
-    from my_plugin import MyQuantizer
-
-    def test_my_quantizer_conforms():
-        check_quantizer(MyQuantizer)
-
-    # or, once the plugin is installed, by registered name:
-    @pytest.mark.parametrize("name", ["mine"])
-    def test_registered(name):
-        check_quantizer(name, config={"dim": 16, "codebook_size": 64})
-
-The suite runs with its own random seed inside ``torch.random.fork_rng`` and
-leaves the caller's random state as it was.
+Every promise of the Quantizer contract (``docs/plugins.md``) is checked on
+small random inputs, and the eval-mode promises that depend on the data once
+more on an input of realistic size; a broken promise raises
+``AssertionError`` naming the quantizer and the promise.
 """
 
 from __future__ import annotations
@@ -32,69 +17,38 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import IndexRangeError, TokError
-from .quantizer import Quantizer, QuantizerOutput
+from ..errors import IndexRangeError, TokError
+from ..quantizer import Quantizer, QuantizerOutput
+from ._common import (
+    Check,
+    autocast_dtype,
+    build,
+    config_for,
+    diff,
+    expect_raises,
+    fork_rng,
+    resolve,
+    state_of,
+)
 
-__all__ = ["check_quantizer"]
+__all__ = ["check_quantizer", "REALISTIC_BATCH", "REALISTIC_GRID"]
 
 _DEFAULT_CONFIG: dict[str, Any] = {"dim": 8}
 
-
-class _Check:
-    """Raises ``AssertionError`` naming the quantizer and the broken promise."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-
-    def fail(self, promise: str, detail: str = "") -> None:
-        message = f"{self.label} breaks the Quantizer contract: {promise}"
-        raise AssertionError(f"{message} — {detail}" if detail else message)
-
-    def expect(self, ok: bool, promise: str, detail: str = "") -> None:
-        if not ok:
-            self.fail(promise, detail)
+#: the realistic-size pass: ``REALISTIC_BATCH`` inputs of ``REALISTIC_GRID`` positions each
+#: (8 × 32 × 32 = 8,192 vectors, a batch of 32×32 latent grids).
+REALISTIC_BATCH = 8
+REALISTIC_GRID = (32, 32)
 
 
-def _resolve(cls_or_name: type | str) -> tuple[type, str]:
-    if isinstance(cls_or_name, str):
-        from .registry import get_quantizer
-
-        cls = get_quantizer(cls_or_name)
-        return cls, f"quantizer {cls_or_name!r} ({getattr(cls, '__qualname__', cls)})"
-    name = getattr(cls_or_name, "__qualname__", repr(cls_or_name))
-    return cls_or_name, f"quantizer {name}"
-
-
-def _config_for(cls: type, config: Mapping[str, Any] | None) -> dict[str, Any]:
-    if config is not None:
-        return dict(config)
-    hook = getattr(cls, "example_config", None)
-    if hook is None:
-        return dict(_DEFAULT_CONFIG)
-    return dict(hook() if callable(hook) else hook)
-
-
-def _diff(a: Tensor, b: Tensor) -> str:
-    """A short description of how two tensors differ."""
-    if a.shape != b.shape:
-        return f"shapes {tuple(a.shape)} vs {tuple(b.shape)}"
-    if a.dtype != b.dtype:
-        return f"dtypes {a.dtype} vs {b.dtype}"
-    if a.is_floating_point():
-        delta = (a.double() - b.double()).abs()
-        return f"max abs difference {delta.max().item():.3g}"
-    unequal = int((a != b).sum())
-    return f"{unequal} of {a.numel()} entries differ"
-
-
-def _same_output(check: _Check, a: QuantizerOutput, b: QuantizerOutput, promise: str) -> None:
+def _same_output(check: Check, a: QuantizerOutput, b: QuantizerOutput, promise: str) -> None:
     check.expect(
-        torch.equal(a.indices, b.indices), promise, "indices: " + _diff(a.indices, b.indices)
+        torch.equal(a.indices, b.indices), promise, "indices: " + diff(a.indices, b.indices)
     )
     check.expect(
         a.quantized.dtype == b.quantized.dtype and torch.equal(a.quantized, b.quantized),
         promise,
-        "quantized: " + _diff(a.quantized, b.quantized),
+        "quantized: " + diff(a.quantized, b.quantized),
     )
     check.expect(
         torch.equal(a.aux_loss, b.aux_loss),
@@ -103,26 +57,8 @@ def _same_output(check: _Check, a: QuantizerOutput, b: QuantizerOutput, promise:
     )
 
 
-def _buffers(q: torch.nn.Module) -> dict[str, Tensor]:
-    state = {f"buffer {n}": b.detach().clone() for n, b in q.named_buffers()}
-    state.update({f"parameter {n}": p.detach().clone() for n, p in q.named_parameters()})
-    return state
-
-
-def _expect_raises(
-    check: _Check, fn: Any, error: type[BaseException], promise: str, what: str
-) -> None:
-    try:
-        fn()
-    except error:
-        return
-    except Exception as exc:  # noqa: BLE001 - any other error is the failure we report
-        check.fail(promise, f"{what} raised {type(exc).__name__}: {exc}, not {error.__name__}")
-    check.fail(promise, f"{what} was accepted silently")
-
-
 def _check_output(
-    check: _Check, q: Quantizer, z: Tensor, out: Any, where: str, *, mode: str
+    check: Check, q: Quantizer, z: Tensor, out: Any, where: str, *, mode: str
 ) -> None:
     check.expect(
         isinstance(out, QuantizerOutput),
@@ -152,15 +88,7 @@ def _check_output(
         "indices have shape (batch, *grid, num_streams)",
         f"expected {expected}, got {tuple(indices.shape)} ({where})",
     )
-    flat = indices.reshape(-1, q.num_streams)
-    for s, k in enumerate(q.codebook_sizes):
-        if flat.numel():
-            lo, hi = int(flat[:, s].min()), int(flat[:, s].max())
-            check.expect(
-                lo >= 0 and hi < k,
-                "indices lie in [0, codebook_sizes[s])",
-                f"stream {s} holds {lo}..{hi}, codebook size {k} ({where})",
-            )
+    _check_range(check, q, indices, where)
     check.expect(
         isinstance(aux_loss, Tensor) and aux_loss.ndim == 0,
         "aux_loss is a scalar tensor",
@@ -186,6 +114,18 @@ def _check_output(
         )
 
 
+def _check_range(check: Check, q: Quantizer, indices: Tensor, where: str) -> None:
+    flat = indices.reshape(-1, q.num_streams)
+    for s, k in enumerate(q.codebook_sizes):
+        if flat.numel():
+            lo, hi = int(flat[:, s].min()), int(flat[:, s].max())
+            check.expect(
+                lo >= 0 and hi < k,
+                "indices lie in [0, codebook_sizes[s])",
+                f"stream {s} holds {lo}..{hi}, codebook size {k} ({where})",
+            )
+
+
 def check_quantizer(
     cls_or_name: type | str,
     *,
@@ -193,6 +133,7 @@ def check_quantizer(
     grids: Iterable[tuple[int, ...]] = ((7,), (4, 4), (2, 3, 3)),
     batch: int = 3,
     device: str | torch.device = "cpu",
+    realistic: bool = True,
 ) -> None:
     """Check that a quantizer keeps every promise of the Quantizer contract.
 
@@ -208,6 +149,11 @@ def check_quantizer(
         ``(batch, *grid, dim)``.
     :param batch: batch size of the random inputs.
     :param device: where to run (``"cpu"``, ``"cuda"``…).
+    :param realistic: also run the eval-mode promises that depend on the data
+        on a realistic input, ``8 × 32 × 32`` positions (8,192 vectors): a
+        small configuration on a tiny input can hide failures that only a
+        real batch shows, above all bf16-autocast indices that differ from
+        the float32 ones for a few vectors in thousands. ``False`` skips it.
     :raises AssertionError: naming the quantizer and the broken promise.
 
     Checked (the forward checks on every grid):
@@ -227,6 +173,10 @@ def check_quantizer(
       calls give identical outputs; ``indices_to_codes(indices)`` equals
       ``quantized`` exactly (``torch.equal``); under ``torch.autocast``
       (bf16) the indices equal the float32 ones;
+    - realistic size (``realistic=True``): on ``(8, 32, 32, dim)`` in eval
+      mode, the indices lie in range, two calls are identical,
+      ``indices_to_codes`` round-trips exactly, autocast (bf16) indices equal
+      the float32 ones, and no buffer or parameter changes;
     - ``config()`` is JSON-serialisable and ``cls(**config())`` — built from
       the JSON round trip, with another random seed — loads the state dict
       and gives identical outputs and the same ``config()``;
@@ -237,39 +187,61 @@ def check_quantizer(
       index equal to the codebook size and for ``-1`` (per stream), never wraps;
     - an input with the wrong last dimension raises a :class:`tok.TokError`.
     """
-    cls, label = _resolve(cls_or_name)
-    check = _Check(label)
+    cls, label = resolve(cls_or_name, "quantizers")
+    check = Check(label, "Quantizer")
     check.expect(
         isinstance(cls, type) and issubclass(cls, Quantizer),
         "the class is a subclass of tok.Quantizer",
         f"got {cls!r}",
     )
-    cfg = _config_for(cls, config)
+    cfg = config_for(cls, config, _DEFAULT_CONFIG)
     device = torch.device(device)
     grids = [tuple(int(n) for n in g) for g in grids]
-    fork_devices = [] if device.type != "cuda" else [device.index or torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(0)
-        _check_all(check, cls, cfg, grids, batch, device)
+    with fork_rng(device):
+        _check_all(check, cls, cfg, grids, batch, device, realistic)
 
 
-def _build(check: _Check, cls: type, cfg: dict[str, Any], device: torch.device, what: str) -> Any:
-    try:
-        q = cls(**cfg)
-    except Exception as exc:  # noqa: BLE001 - reported as the broken promise
-        check.fail(what, f"{cls.__name__}(**{cfg!r}) raised {type(exc).__name__}: {exc}")
-    return q.to(device)
+def _check_eval(
+    check: Check, q: Quantizer, z: Tensor, where: str, device: torch.device
+) -> QuantizerOutput:
+    """The eval-mode promises on one input (call under ``torch.no_grad``); returns the output."""
+    out = q(z)
+    _check_output(check, q, z, out, where, mode="eval")
+    again = q(z)
+    _same_output(check, out, again, f"eval mode is deterministic ({where})")
+    codes = q.indices_to_codes(out.indices)
+    check.expect(
+        isinstance(codes, Tensor)
+        and codes.dtype == out.quantized.dtype
+        and torch.equal(codes, out.quantized),
+        "indices_to_codes(indices) equals quantized exactly in eval mode",
+        diff(codes, out.quantized) + f" ({where})",
+    )
+    with torch.autocast(device_type=device.type, dtype=autocast_dtype(device)):
+        low = q(z)
+    differ = (
+        int((low.indices != out.indices).sum()) if low.indices.shape == out.indices.shape else -1
+    )
+    check.expect(
+        differ == 0,
+        "autocast (bf16) gives the same indices as float32",
+        f"{differ} of {out.indices.numel()} indices differ ({where})"
+        if differ > 0
+        else f"indices {diff(low.indices, out.indices)} ({where})",
+    )
+    return out
 
 
 def _check_all(
-    check: _Check,
+    check: Check,
     cls: type,
     cfg: dict[str, Any],
     grids: list[tuple[int, ...]],
     batch: int,
     device: torch.device,
+    realistic: bool,
 ) -> None:
-    q = _build(check, cls, cfg, device, "it builds from its config")
+    q = build(check, cls, cfg, "it builds from its config").to(device)
     sizes = q.codebook_sizes
     check.expect(
         isinstance(sizes, tuple)
@@ -289,65 +261,21 @@ def _check_all(
     # train mode: shapes, dtypes, ranges, gradient flow
     q.train()
     for z0, grid in zip(inputs, grids, strict=True):
-        where = f"grid {grid}"
-        z = z0.clone().requires_grad_(True)
-        out = q(z)
-        _check_output(check, q, z, out, where, mode="train")
-        check.expect(torch.equal(z.detach(), z0), "forward leaves z unchanged", where)
-        weight = torch.randn_like(out.quantized)
-        check.expect(
-            out.quantized.requires_grad,
-            "gradients reach z",
-            f"quantized is not attached to the autograd graph ({where})",
-        )
-        (grad,) = torch.autograd.grad(
-            (out.quantized * weight).sum(), z, retain_graph=True, allow_unused=True
-        )
-        check.expect(
-            grad is not None and bool(grad.abs().sum() > 0),
-            "gradients reach z through quantized",
-            f"d quantized / d z is {'None' if grad is None else 'all zero'} ({where})",
-        )
-        ((out.quantized * weight).sum() + out.aux_loss).backward()
-        check.expect(
-            z.grad is not None and bool(torch.isfinite(z.grad).all()),
-            "gradients reach z",
-            f"z.grad after (quantized.sum() + aux_loss).backward() is not finite ({where})",
-        )
+        _check_train(check, q, z0, f"grid {grid}")
 
-    # eval mode: no state updates, determinism, exact round trip
+    # eval mode: no state updates, determinism, exact round trip, autocast
     q.eval()
-    before = _buffers(q)
-    reference = []
+    before = state_of(q)
     with torch.no_grad():
-        for z, grid in zip(inputs, grids, strict=True):
-            where = f"grid {grid}, eval mode"
-            out = q(z)
-            _check_output(check, q, z, out, where, mode="eval")
-            again = q(z)
-            _same_output(check, out, again, f"eval mode is deterministic ({where})")
-            codes = q.indices_to_codes(out.indices)
-            check.expect(
-                isinstance(codes, Tensor)
-                and codes.dtype == out.quantized.dtype
-                and torch.equal(codes, out.quantized),
-                "indices_to_codes(indices) equals quantized exactly in eval mode",
-                _diff(codes, out.quantized) + f" ({where})",
-            )
-            reference.append(out)
-            autocast_dtype = (
-                torch.bfloat16
-                if device.type == "cpu" or torch.cuda.is_bf16_supported()
-                else torch.float16
-            )
-            with torch.autocast(device_type=device.type, dtype=autocast_dtype):
-                low = q(z)
-            check.expect(
-                torch.equal(low.indices, out.indices),
-                "autocast (bf16) gives the same indices as float32",
-                f"{int((low.indices != out.indices).sum())} of {out.indices.numel()} indices differ ({where})",
-            )
-    after = _buffers(q)
+        reference = [
+            _check_eval(check, q, z, f"grid {grid}, eval mode", device)
+            for z, grid in zip(inputs, grids, strict=True)
+        ]
+        if realistic:
+            big = torch.randn(REALISTIC_BATCH, *REALISTIC_GRID, dim, device=device)
+            where = f"realistic size: batch {REALISTIC_BATCH}, grid {REALISTIC_GRID}, eval mode"
+            _check_eval(check, q, big, where, device)
+    after = state_of(q)
     for key, value in before.items():
         check.expect(
             key in after and torch.equal(value, after[key]),
@@ -355,7 +283,47 @@ def _check_all(
             f"{key} changed",
         )
 
-    # config round trip
+    _check_rebuild(check, cls, q, inputs, grids, reference, device)
+    _check_errors(check, q, reference[0].indices, batch, grids[0], device)
+
+
+def _check_train(check: Check, q: Quantizer, z0: Tensor, where: str) -> None:
+    z = z0.clone().requires_grad_(True)
+    out = q(z)
+    _check_output(check, q, z, out, where, mode="train")
+    check.expect(torch.equal(z.detach(), z0), "forward leaves z unchanged", where)
+    weight = torch.randn_like(out.quantized)
+    check.expect(
+        out.quantized.requires_grad,
+        "gradients reach z",
+        f"quantized is not attached to the autograd graph ({where})",
+    )
+    (grad,) = torch.autograd.grad(
+        (out.quantized * weight).sum(), z, retain_graph=True, allow_unused=True
+    )
+    check.expect(
+        grad is not None and bool(grad.abs().sum() > 0),
+        "gradients reach z through quantized",
+        f"d quantized / d z is {'None' if grad is None else 'all zero'} ({where})",
+    )
+    ((out.quantized * weight).sum() + out.aux_loss).backward()
+    check.expect(
+        z.grad is not None and bool(torch.isfinite(z.grad).all()),
+        "gradients reach z",
+        f"z.grad after (quantized.sum() + aux_loss).backward() is not finite ({where})",
+    )
+
+
+def _check_rebuild(
+    check: Check,
+    cls: type,
+    q: Quantizer,
+    inputs: list[Tensor],
+    grids: list[tuple[int, ...]],
+    reference: list[QuantizerOutput],
+    device: torch.device,
+) -> None:
+    """``config()`` round trip and the state dict through safetensors."""
     try:
         cfg_json = json.dumps(q.config())
     except (TypeError, ValueError) as exc:
@@ -371,16 +339,17 @@ def _check_all(
                 _same_output(check, ref, other(z), f"{promise} (grid {grid})")
 
     torch.manual_seed(1)  # a fresh instance must not match by sharing the seed
-    rebuilt = _build(check, cls, rebuilt_cfg, device, "cls(**config()) rebuilds the quantizer")
+    rebuilt = build(check, cls, rebuilt_cfg, "cls(**config()) rebuilds the quantizer").to(device)
     check.expect(
         json.loads(json.dumps(rebuilt.config())) == rebuilt_cfg,
         "cls(**config()) rebuilds the quantizer",
         f"config() {rebuilt.config()!r} differs from {rebuilt_cfg!r}",
     )
     check.expect(
-        tuple(rebuilt.codebook_sizes) == tuple(sizes) and rebuilt.dim == dim,
+        tuple(rebuilt.codebook_sizes) == tuple(q.codebook_sizes) and rebuilt.dim == q.dim,
         "cls(**config()) rebuilds the quantizer",
-        f"codebook_sizes {rebuilt.codebook_sizes} / dim {rebuilt.dim}, expected {sizes} / {dim}",
+        f"codebook_sizes {rebuilt.codebook_sizes} / dim {rebuilt.dim}, "
+        f"expected {q.codebook_sizes} / {q.dim}",
     )
     try:
         rebuilt.load_state_dict(state)
@@ -391,7 +360,6 @@ def _check_all(
         )
     outputs_of(rebuilt, "cls(**config()) with the state dict gives the same outputs")
 
-    # save/load through safetensors
     from safetensors.torch import load_file, save_file
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -405,7 +373,7 @@ def _check_all(
             )
         loaded = load_file(path, device=str(device))
     torch.manual_seed(2)
-    fresh = _build(check, cls, rebuilt_cfg, device, "cls(**config()) rebuilds the quantizer")
+    fresh = build(check, cls, rebuilt_cfg, "cls(**config()) rebuilds the quantizer").to(device)
     try:
         fresh.load_state_dict(loaded)
     except Exception as exc:  # noqa: BLE001
@@ -415,15 +383,24 @@ def _check_all(
         )
     outputs_of(fresh, "a safetensors save/load round trip gives the same outputs")
 
-    # bad indices raise IndexRangeError, never wrap
-    indices = reference[0].indices
+
+def _check_errors(
+    check: Check,
+    q: Quantizer,
+    indices: Tensor,
+    batch: int,
+    grid: tuple[int, ...],
+    device: torch.device,
+) -> None:
+    """Bad indices raise IndexRangeError (never wrap); a wrong last dimension is a TokError."""
+    sizes = q.codebook_sizes
     for s, k in enumerate(sizes):
         for bad in (k, -1):
             wrong = indices.reshape(-1, len(sizes)).clone()
             wrong[0, s] = bad
             wrong = wrong.reshape(indices.shape)
             with torch.no_grad():
-                _expect_raises(
+                expect_raises(
                     check,
                     lambda wrong=wrong: q.indices_to_codes(wrong),
                     IndexRangeError,
@@ -431,13 +408,12 @@ def _check_all(
                     f"index {bad} in stream {s} (codebook size {k})",
                 )
 
-    # the wrong channel count is a TokError
-    bad_z = torch.randn(batch, *grids[0], dim + 1, device=device)
+    bad_z = torch.randn(batch, *grid, q.dim + 1, device=device)
     with torch.no_grad():
-        _expect_raises(
+        expect_raises(
             check,
             lambda: q(bad_z),
             TokError,
             "an input with the wrong last dimension raises a tok.TokError",
-            f"z of shape {tuple(bad_z.shape)} for dim={dim}",
+            f"z of shape {tuple(bad_z.shape)} for dim={q.dim}",
         )

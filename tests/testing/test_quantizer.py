@@ -1,5 +1,5 @@
-"""The conformance suite (tok.testing): every registered quantizer passes it,
-and each deliberately broken quantizer below fails it, naming the promise."""
+"""tok.testing.check_quantizer: every registered quantizer passes it, and each
+deliberately broken quantizer below fails it, naming the promise."""
 
 from __future__ import annotations
 
@@ -199,6 +199,26 @@ class LowPrecisionUnderAutocast(TinyVQ):
         return torch.cdist(flat, codebook).argmin(-1).reshape(*z.shape[:-1], 1)
 
 
+class Bf16UnderAutocast(TinyVQ):
+    """Looks codes up in bf16 under autocast, the usual mistake: on a small input every
+    index still matches the float32 one; on thousands of vectors a few flip."""
+
+    def lookup(self, z: Tensor) -> Tensor:
+        flat = z.detach().reshape(-1, self.dim)
+        codebook = self.codebook.detach()
+        if torch.is_autocast_enabled(flat.device.type):
+            flat, codebook = flat.bfloat16().float(), codebook.bfloat16().float()
+        return torch.cdist(flat, codebook).argmin(-1).reshape(*z.shape[:-1], 1)
+
+
+class WrapsOnlyLargeIndices(TinyVQ):
+    """Exact on the small grids; drops to float16 codes once a batch holds many vectors."""
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        codes = super().indices_to_codes(indices)
+        return codes.half().float() if indices.numel() > 1000 else codes
+
+
 BROKEN = [
     (WrapsIndices, "never wrap"),
     (WrongErrorForBadIndices, "IndexRangeError"),
@@ -219,6 +239,8 @@ BROKEN = [
     (NoInputCheck, "wrong last dimension raises a tok.TokError"),
     (MutatesInput, "leaves z unchanged"),
     (LowPrecisionUnderAutocast, "autocast (bf16) gives the same indices as float32"),
+    (Bf16UnderAutocast, "autocast (bf16) gives the same indices as float32"),
+    (WrapsOnlyLargeIndices, "indices_to_codes(indices) equals quantized exactly"),
 ]
 
 
@@ -285,3 +307,43 @@ def test_leaves_the_callers_random_state_alone() -> None:
     torch.manual_seed(123)
     check_quantizer(TinyVQ, grids=((2,),))
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("cls", [Bf16UnderAutocast, WrapsOnlyLargeIndices])
+def test_realistic_size_finds_what_small_inputs_hide(cls: type) -> None:
+    check_quantizer(cls, realistic=False)  # the small grids alone pass
+    with pytest.raises(AssertionError, match=r"realistic size: batch 8, grid \(32, 32\)"):
+        check_quantizer(cls)
+
+
+def test_realistic_pass_uses_8_x_32_x_32_positions() -> None:
+    seen: list[tuple[int, ...]] = []
+
+    class Records(TinyVQ):
+        def forward(self, z: Tensor) -> QuantizerOutput:
+            seen.append(tuple(z.shape))
+            return super().forward(z)
+
+    check_quantizer(Records, grids=((2,),), realistic=False)
+    assert (8, 32, 32, 4) not in seen
+    check_quantizer(Records, grids=((2,),))
+    assert (8, 32, 32, 4) in seen
+
+
+def test_the_guides_example_config_builds_the_guides_quantizer() -> None:
+    """docs/plugins.md's ``example_config`` snippet, applied to its BinaryQuantizer, passes."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (plugin,) = [
+        b for b in blocks if "class BinaryQuantizer(Quantizer):" in b and "def forward" in b
+    ]
+    (snippet,) = [b for b in blocks if "def example_config" in b and "BinaryQuantizer" in b]
+    namespace: dict[str, Any] = {}
+    exec(compile(plugin, "docs/plugins.md", "exec"), namespace)
+    # the snippet subclasses ``Quantizer``: let that name be the guide's quantizer
+    with_example: dict[str, Any] = {"Quantizer": namespace["BinaryQuantizer"]}
+    exec(compile(snippet, "docs/plugins.md", "exec"), with_example)
+    check_quantizer(with_example["BinaryQuantizer"])

@@ -1,0 +1,131 @@
+"""What the conformance checks share: reporting a broken promise, finding the class under
+test (a class, or a name looked up in the registry), and comparing tensors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NoReturn
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Check",
+    "autocast_dtype",
+    "build",
+    "config_for",
+    "diff",
+    "expect_raises",
+    "fork_rng",
+    "resolve",
+    "state_of",
+]
+
+
+class Check:
+    """Raises ``AssertionError`` naming the plugin, the contract and the broken promise.
+
+    :param label: how the plugin is named, e.g. ``"quantizer 'fsq' (FSQ)"``.
+    :param contract: the contract it breaks, e.g. ``"Quantizer"``.
+    """
+
+    def __init__(self, label: str, contract: str = "Quantizer") -> None:
+        self.label = label
+        self.contract = contract
+
+    def fail(self, promise: str, detail: str = "") -> NoReturn:
+        message = f"{self.label} breaks the {self.contract} contract: {promise}"
+        raise AssertionError(f"{message} — {detail}" if detail else message)
+
+    def expect(self, ok: bool, promise: str, detail: str = "") -> None:
+        if not ok:
+            self.fail(promise, detail)
+
+
+def resolve(cls_or_name: type | str, kind: str = "quantizers") -> tuple[type, str]:
+    """The class to check and how messages name it.
+
+    :param cls_or_name: the class itself, or a name registered for ``kind``.
+    :param kind: the registry to look names up in: ``"quantizers"``,
+        ``"architectures"`` or ``"datasets"``.
+    """
+    noun = kind.removesuffix("s")
+    if isinstance(cls_or_name, str):
+        from ..registry import registry
+
+        cls = registry(kind).get(cls_or_name)
+        return cls, f"{noun} {cls_or_name!r} ({getattr(cls, '__qualname__', cls)})"
+    name = getattr(cls_or_name, "__qualname__", repr(cls_or_name))
+    return cls_or_name, f"{noun} {name}"
+
+
+def config_for(
+    cls: type, config: Mapping[str, Any] | None, default: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """``config`` if given, else the class's ``example_config()`` (a classmethod, or a plain
+    dict attribute), else ``default`` (``None`` when there is no default either)."""
+    if config is not None:
+        return dict(config)
+    hook = getattr(cls, "example_config", None)
+    if hook is None:
+        return None if default is None else dict(default)
+    return dict(hook() if callable(hook) else hook)
+
+
+def build(check: Check, cls: type, cfg: Mapping[str, Any], promise: str) -> Any:
+    """``cls(**cfg)``; an exception fails ``promise``."""
+    try:
+        return cls(**cfg)
+    except Exception as exc:  # noqa: BLE001 - reported as the broken promise
+        check.fail(promise, f"{cls.__name__}(**{dict(cfg)!r}) raised {type(exc).__name__}: {exc}")
+
+
+def diff(a: Tensor, b: Tensor) -> str:
+    """A short description of how two tensors differ."""
+    if a.shape != b.shape:
+        return f"shapes {tuple(a.shape)} vs {tuple(b.shape)}"
+    if a.dtype != b.dtype:
+        return f"dtypes {a.dtype} vs {b.dtype}"
+    if a.is_floating_point():
+        delta = (a.double() - b.double()).abs()
+        return f"max abs difference {delta.max().item():.3g}" if delta.numel() else "empty"
+    unequal = int((a != b).sum())
+    return f"{unequal} of {a.numel()} entries differ"
+
+
+def state_of(module: torch.nn.Module) -> dict[str, Tensor]:
+    """A copy of every buffer and parameter, by ``"buffer name"`` / ``"parameter name"``."""
+    state = {f"buffer {n}": b.detach().clone() for n, b in module.named_buffers()}
+    state.update({f"parameter {n}": p.detach().clone() for n, p in module.named_parameters()})
+    return state
+
+
+def expect_raises(
+    check: Check, fn: Callable[[], Any], error: type[BaseException], promise: str, what: str
+) -> None:
+    """``fn()`` must raise ``error``: another exception, or none, fails ``promise``."""
+    try:
+        fn()
+    except error:
+        return
+    except Exception as exc:  # noqa: BLE001 - any other error is the failure we report
+        check.fail(promise, f"{what} raised {type(exc).__name__}: {exc}, not {error.__name__}")
+    check.fail(promise, f"{what} was accepted silently")
+
+
+@contextlib.contextmanager
+def fork_rng(device: torch.device, seed: int = 0) -> Iterator[None]:
+    """Run the block with its own random state (seeded with ``seed``) and give the caller's
+    back afterwards, on the CPU and on ``device`` when it is a CUDA device."""
+    devices = [] if device.type != "cuda" else [device.index or torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """bf16, or fp16 on a CUDA device without bf16."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
