@@ -1,0 +1,90 @@
+"""Token files and token folders: how tok stores discrete tokens on disk.
+
+A **token file** (format ``tok.tokens/2``, :data:`FORMAT`; :mod:`tok.tokens.file`)
+is one safetensors file (no pickle) holding
+
+* one tensor ``tokens`` of shape ``(N, *grid, S)``: ``N`` rows (one per
+  encoded image or clip; ``N`` may be 0), the latent ``grid`` (e.g. ``(7, 7)``
+  or ``(T, H, W)``) and ``S`` streams, one per codebook. It is stored in the
+  smallest integer dtype that holds the largest codebook (see
+  :func:`token_dtype`: ``uint8`` for codebooks of at most 256 entries,
+  ``int16`` up to 32768, ``int32`` up to 2**31 — larger codebooks cannot be
+  stored) and always read back as ``int64``;
+* string metadata (safetensors metadata is ``str -> str``; non-strings are
+  JSON-encoded):
+
+  ``format``            ``"tok.tokens/2"`` (``"tok.tokens/1"`` in older files)
+  ``quantizer``         the quantizer's registered name
+  ``quantizer_config``  its config (JSON object)
+  ``codebook_sizes``    one size per stream (JSON list)
+  ``grid``              the latent grid (JSON list)
+  ``tokenizer_sha256``  sha256 of the tokenizer weights that made the tokens
+  ``tokenizer_config``  optional: the full tokenizer config (JSON object)
+  ``tokenizer_path``    optional: where the tokenizer lived (a hint only)
+  ``source``            optional: what was encoded (a folder, ``"mnist:test"``)
+  ``plugins``           optional, new in ``/2``: which plugin and distribution
+                        provided the architecture and the quantizer (JSON object)
+  ``keys``              the source key of every row, in order (JSON list)
+
+A **token folder** (what ``tok encode SRC --out DIR`` writes;
+:mod:`tok.tokens.folder`) holds shards ``00000.safetensors``,
+``00001.safetensors``, … — each a token file with the keys of its rows — and
+``manifest.json``, a :class:`Manifest` (format ``tok.manifest/2``;
+:mod:`tok.tokens.manifest`)::
+
+    {"format": "tok.manifest/2", "header": {...}, "shard_size": K,
+     "planned_items": P, "planned_keys_sha256": "...",
+     "shards": [{"file": "00000.safetensors", "planned": K, "count": K - 1,
+                 "skipped": ["digits/7/00012"], "done": true}, ...],
+     "num_items": N, "keys_sha256": "..." or null, "complete": false}
+
+The keys are planned before encoding starts; a source item that turns out
+unreadable while its shard is encoded is skipped, so a shard may hold fewer
+rows than planned (a shard with every key skipped is a file of zero rows).
+Manifests of ``tok.tokens/1`` (no planned counts, nothing skipped) still read.
+Files or manifests of any other format are refused in one line naming it.
+
+Every file is written under a temporary ``.tmp-*`` name and renamed into
+place (:func:`tok._io.atomic_path`), so a reader never sees half a file. A
+killed ``tok encode`` resumes: :meth:`TokenDir.open` keeps finished shards,
+removes stale temporary files and lists only the shards still to do. tok
+never writes into a folder holding files it did not make.
+
+docs/token-format.md documents every field; docs/manifest.schema.json is the
+manifest's JSON Schema.
+"""
+
+from __future__ import annotations
+
+from .file import (
+    FORMAT,
+    READ_FORMATS,
+    TokenFile,
+    TokenHeader,
+    keys_sha256,
+    read_tokens,
+    token_dtype,
+    write_tokens,
+)
+from .folder import TokenDir, iter_token_dir, load_tokens, read_token_dir
+from .manifest import MANIFEST, MANIFEST_FORMAT, MANIFEST_READ_FORMATS, Manifest, ShardEntry
+
+__all__ = [
+    "FORMAT",
+    "READ_FORMATS",
+    "MANIFEST",
+    "MANIFEST_FORMAT",
+    "MANIFEST_READ_FORMATS",
+    "token_dtype",
+    "keys_sha256",
+    "TokenHeader",
+    "TokenFile",
+    "write_tokens",
+    "read_tokens",
+    "ShardEntry",
+    "Manifest",
+    "TokenDir",
+    "read_token_dir",
+    "iter_token_dir",
+    "load_tokens",
+]
