@@ -121,7 +121,7 @@ def mnist_pngs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torchvision
     from torchvision.io import write_png
 
-    from tok.data.folder import quiet_torchvision_io
+    from tok.media import quiet_torchvision_io
 
     ds = torchvision.datasets.MNIST(str(mnist_dir()), train=False, download=False)
     root = tmp_path_factory.mktemp("digits")

@@ -19,8 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torchvision.io import decode_image, write_png
 
-from tok import cli
-from tok.data.base import to_uint8
+from tok import cli, hookimpl
+from tok.media import to_uint8
 from tok.models import Tokenizer
 from tok.tokens import FORMAT, keys_sha256, load_tokens, read_tokens
 
@@ -153,7 +153,8 @@ def test_shards_carry_the_metadata_and_the_manifest_is_complete(encoded, trained
             meta = f.metadata()
             assert list(f.keys()) == ["tokens"]
             raw = f.get_tensor("tokens")
-        assert meta["format"] == FORMAT == "tok.tokens/1"
+        assert meta["format"] == FORMAT == "tok.tokens/2"
+        assert json.loads(meta["plugins"])["quantizer"]["distribution"] == "tok-vision"
         assert meta["quantizer"] == "fsq"
         assert json.loads(meta["quantizer_config"]) == quantizer_config
         assert json.loads(meta["codebook_sizes"]) == [1000]
@@ -168,13 +169,14 @@ def test_shards_carry_the_metadata_and_the_manifest_is_complete(encoded, trained
         assert tf.tokens.dtype == torch.int64 and torch.equal(tf.tokens, raw.long())
 
     manifest = json.loads((tokens / "manifest.json").read_text())
-    assert manifest["format"] == "tok.tokens/1"
+    assert manifest["format"] == "tok.manifest/2"
     assert manifest["complete"] is True
-    assert manifest["num_items"] == NUM
+    assert manifest["num_items"] == manifest["planned_items"] == NUM
     assert manifest["shard_size"] == 250
-    assert manifest["keys_sha256"] == keys_sha256(keys)
+    assert manifest["keys_sha256"] == manifest["planned_keys_sha256"] == keys_sha256(keys)
     assert manifest["shards"] == [
-        {"file": f"{i:05d}.safetensors", "count": 250, "done": True} for i in range(4)
+        {"file": f"{i:05d}.safetensors", "planned": 250, "count": 250, "skipped": [], "done": True}
+        for i in range(4)
     ]
     assert manifest["header"]["tokenizer_sha256"] == sha
     assert manifest["header"]["quantizer"] == "fsq"
@@ -522,3 +524,166 @@ def test_errors_through_a_real_subprocess(trained_run, tmp_path):
     assert proc.returncode != 0
     one_error(proc.stderr, str(empty))
     assert proc.stdout == ""
+
+
+# decode once, walk once; the run it uses; --limit; sources from plugins; torchrun -----------
+
+
+def test_each_source_file_is_decoded_once_and_the_folder_walked_once(
+    trained_run, mnist_pngs, tmp_path, capsys, monkeypatch
+):
+    import pathlib
+
+    import tok.data.folder as folder_module
+
+    decoded: dict[str, int] = {}
+    walks: list[str] = []
+    read_image, rglob = folder_module.read_image, pathlib.Path.rglob
+
+    def counting_read(path, **kwargs):
+        decoded[str(path)] = decoded.get(str(path), 0) + 1
+        return read_image(path, **kwargs)
+
+    def counting_rglob(self, pattern):
+        walks.append(str(self))
+        return rglob(self, pattern)
+
+    src = tmp_path / "src"
+    small_folder(mnist_pngs, src, 40)
+    (src / "notes.txt").write_text("not an image")
+    monkeypatch.setattr(folder_module, "read_image", counting_read)
+    monkeypatch.setattr(pathlib.Path, "rglob", counting_rglob)
+    code, stdout, err = tok_cli(
+        capsys, "encode", src, "--out", tmp_path / "t", "--tokenizer", trained_run,
+        "--shard-size", "8", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "wrote 40 rows" in stdout
+    assert sorted(decoded) == sorted(str(p) for p in src.glob("*.png"))
+    assert set(decoded.values()) == {1}, "a source file was decoded more than once"
+    assert walks == [str(src)], f"the source folder was walked {len(walks)} times"
+
+
+def _copy_run(run: Path, dest: Path, *, mtime: float) -> Path:
+    shutil.copytree(run, dest)
+    os.utime(dest / "model.safetensors", (mtime, mtime))
+    return dest
+
+
+def test_encode_without_a_tokenizer_uses_the_newest_complete_run(
+    trained_run, mnist_pngs, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "images"
+    small_folder(mnist_pngs, src, 12)
+    code, out, err = tok_cli(capsys, "encode", src, "--out", "t0")
+    assert code == 1 and out == ""
+    one_error(err, "no --tokenizer given", "image", "tok train fsq_mnist")
+
+    now = time.time()
+    _copy_run(trained_run, tmp_path / "runs" / "older", mtime=now - 300)
+    _copy_run(trained_run, tmp_path / "runs" / "newer", mtime=now - 200)
+    unfinished = _copy_run(trained_run, tmp_path / "runs" / "unfinished", mtime=now - 100)
+    (unfinished / "state.json").write_text(json.dumps({"step": 3, "elapsed_seconds": 1.0}))
+    video = _copy_run(trained_run, tmp_path / "runs" / "video", mtime=now)
+    config = json.loads((video / "tokenizer.json").read_text())
+    config["input_shape"] = [1, 5, 28, 28]
+    (video / "tokenizer.json").write_text(json.dumps(config))
+
+    code, out, err = tok_cli(capsys, "encode", src, "--out", "t1", "--no-progress")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"tokenizer: {Path('runs') / 'newer'} ")
+    assert load_tokens(tmp_path / "t1").header.tokenizer_path == str(
+        (tmp_path / "runs" / "newer").resolve()
+    )
+
+
+def test_limit_encodes_the_first_items(trained_run, tmp_path, capsys):
+    code, out, err = tok_cli(
+        capsys, "encode", "mnist:test", "--out", tmp_path / "t", "--tokenizer", trained_run,
+        "--limit", "30", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    assert load_tokens(tmp_path / "t").keys == [f"mnist/test/{i:05d}" for i in range(30)]
+    code, _, err = tok_cli(
+        capsys, "encode", "mnist:test", "--out", tmp_path / "u", "--tokenizer", trained_run,
+        "--limit", "-1",
+    )  # fmt: skip
+    assert code == 1
+    one_error(err, "--limit")
+
+
+def test_a_dataset_plugin_opens_paths_by_its_file_extensions(trained_run, tmp_path, capsys):
+    """A third-party dataset that declares ``source_extensions`` is a ``tok encode PATH``
+    source like tok's own: here, a folder of .npy arrays."""
+    import numpy as np
+
+    from tok.data import Dataset
+    from tok.registry import register_plugin, unregister_plugin
+
+    class NpyFolder(Dataset):
+        supplied_args = ("channels",)
+        source_extensions = (".npy",)
+
+        def __init__(self, *, path: str, channels: int = 1) -> None:
+            self.path, self.channels = Path(path), channels
+
+        def keys(self, split):
+            self.check_split(split)
+            return sorted(p.stem for p in self.path.glob("*.npy"))
+
+        def read(self, split, keys):
+            arrays = [np.load(self.path / f"{k}.npy", allow_pickle=False) for k in keys]
+            from tok.data import Samples
+
+            return Samples(images=torch.from_numpy(np.stack(arrays)), keys=list(keys))
+
+        def input_shape(self):
+            return (self.channels, 28, 28)
+
+    class Plugin:
+        @hookimpl
+        def register_datasets(register):
+            register(NpyFolder, name="npyfolder")
+
+    digits = to_uint8(torch.rand(5, 1, 28, 28))
+    src = tmp_path / "arrays"
+    src.mkdir()
+    for i, d in enumerate(digits):
+        np.save(src / f"d{i}.npy", d.numpy())
+    register_plugin(Plugin, name="npy-plugin")
+    try:
+        code, out, err = tok_cli(
+            capsys,
+            "encode",
+            src,
+            "--out",
+            tmp_path / "t",
+            "--tokenizer",
+            trained_run,
+            "--no-progress",
+        )
+    finally:
+        unregister_plugin("npy-plugin")
+    assert code == 0, err
+    tf = load_tokens(tmp_path / "t")
+    assert tf.keys == [f"d{i}" for i in range(5)]
+    assert torch.equal(tf.tokens, Tokenizer.load(trained_run).encode(digits.float() / 255))
+
+
+def test_the_readme_commands_work_as_typed_under_torchrun(trained_run, mnist_pngs, tmp_path):
+    """torchrun reads options it knows before the module's own; tok's option names are no
+    abbreviation of any of its (its --run-path made `--run` ambiguous: --tokenizer)."""
+    out = tmp_path / "t"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", "--standalone",
+            "-m", "tok", "encode", str(mnist_pngs), "--tokenizer", str(trained_run),
+            "--out", str(out), "--limit", "20", "--no-progress",
+        ],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 20 rows" in proc.stdout
+    assert len(load_tokens(out)) == 20

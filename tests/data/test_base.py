@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from tok.data import Samples, data_root
-from tok.data.base import to_channels, to_uint8
+from tok.data.base import to_channels
 from tok.errors import DatasetError
+from tok.media import to_uint8
 
 
 def test_to_uint8_rounds_to_nearest_and_clamps():

@@ -12,12 +12,7 @@ from torch import Tensor
 
 from ..errors import DatasetError
 
-__all__ = ["Dataset", "Samples", "data_root", "to_channels", "to_uint8"]
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """Float images in ``[0, 1]`` → uint8 (rounded), the form PNG files hold."""
-    return images.clamp(0, 1).mul(255).round().to(torch.uint8)
+__all__ = ["Dataset", "Samples", "data_root", "to_channels"]
 
 
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -69,6 +64,19 @@ class Dataset:
     #: Splits that ``keys``/``read`` accept.
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
 
+    #: constructor arguments tok fills in from a tokenizer's input shape when it opens
+    #: this dataset as a ``tok encode`` source: any of ``channels``, ``size``
+    #: (``[h, w]``) and ``frames`` (see :mod:`tok.components`).
+    supplied_args: ClassVar[tuple[str, ...]] = ()
+
+    #: the inputs it yields: ``"image"`` ``(c, h, w)`` or ``"video"`` ``(c, t, h, w)``
+    media: ClassVar[str] = "image"
+
+    #: what ``tok encode PATH`` can open with this dataset: files with these extensions
+    #: (lower case, with the dot), in a folder or given one by one; the path goes to the
+    #: constructor argument ``path``. Empty: only ``tok encode NAME:SPLIT`` names it.
+    source_extensions: ClassVar[tuple[str, ...]] = ()
+
     def check_split(self, split: str) -> None:
         if split not in self.splits:
             raise DatasetError(
@@ -83,14 +91,21 @@ class Dataset:
         """The items with these keys, in this order."""
         raise NotImplementedError
 
-    def readable_keys(self, split: str) -> list[str]:
-        """Keys of the items that can actually be read (datasets of files check each one)."""
-        return self.keys(split)
-
     def load(self, split: str) -> Samples:
         """The whole split in memory."""
         return self.read(split, self.keys(split))
 
-    def input_shape(self) -> tuple[int, int, int]:  # pragma: no cover - abstract
-        """``(c, h, w)`` of the images this dataset yields."""
+    def input_shape(self) -> tuple[int, ...]:  # pragma: no cover - abstract
+        """``(c, h, w)`` of the images this dataset yields (``(c, t, h, w)`` for videos)."""
         raise NotImplementedError
+
+    def report_skipped(self, split: str) -> None:
+        """Tell the user, once, about the items of ``split`` that :meth:`keys` or
+        :meth:`read` left out and why (datasets of files warn; the default does nothing).
+        ``tok encode`` calls it when it is done."""
+
+    def none_readable(self, split: str, n: int) -> DatasetError:
+        """The error to raise when none of the ``n`` items of ``split`` could be read."""
+        return DatasetError(
+            f"none of the {n} items of {type(self).__name__} {split!r} could be read"
+        )

@@ -1,13 +1,13 @@
-"""A folder of PNG/JPEG images, decoded with ``torchvision.io``.
+"""Datasets of files: what image folders and video files share, and the image folder.
 
 Policy (also in the README):
 
 - Files are found recursively and sorted; a key is the path relative to the
   folder without its extension (``digits/7/00012``).
 - Hidden files (``.name``) are ignored. Any other file that is not a
-  readable image — a ``.txt``, a truncated PNG — is **skipped with one
-  warning** that names it (``strict = true`` makes it an error instead).
-  A folder with no readable image is an error.
+  readable image — a ``.txt``, a truncated PNG — is **skipped, and reported
+  in one warning** that names it (``strict = true`` makes it an error
+  instead). A folder with no readable image is an error.
 - A ``train``/``test`` subfolder serves that split; a folder without such
   subfolders serves every split; a folder that has them but lacks the
   requested one is an error (the whole folder would mix the splits).
@@ -16,22 +16,30 @@ Policy (also in the README):
 - Size: ``resize = "error"`` (default) requires every image to have the same
   size (``size`` if given); ``"resize"`` resizes to ``size``;
   ``"center-crop"`` scales the short side to ``size`` and crops the centre.
+
+Reading is two steps, so that each file is decoded once: :meth:`FileDataset.keys`
+reads only the files' headers (:func:`tok.media.probe_image`), which is enough
+to skip what is not an image and to check sizes before anything is written;
+:meth:`FileDataset.read` decodes. What either step skips is reported once, by
+:meth:`FileDataset.report_skipped`. Inside :func:`walk_once` a folder is
+listed once however often it is asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
+import contextvars
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import DatasetError, ImageError
+from ..media import IMAGE_EXTENSIONS, MediaInfo, MediaReadError, probe_image, read_image
 from .base import Dataset, Samples
 
 __all__ = [
@@ -40,49 +48,45 @@ __all__ = [
     "ImageSkippedWarning",
     "IMAGE_EXTENSIONS",
     "list_files",
-    "quiet_torchvision_io",
+    "walk_once",
 ]
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-
-_TV_IO_DEPRECATION = r"The image decoding and encoding capabilities of TorchVision are deprecated"
 
 Resize = Literal["error", "resize", "center-crop"]
 
-
-@contextlib.contextmanager
-def quiet_torchvision_io() -> Iterator[None]:
-    """Silence the DeprecationWarning torchvision >= 0.29 raises on *every* image decode/encode.
-
-    It points at TorchCodec and is nothing a user of tok can act on; without
-    this, tok's one-line warnings would repeat it once per image.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_TV_IO_DEPRECATION, category=DeprecationWarning)
-        yield
-
-
-def reason(exc: BaseException) -> str:
-    """A decoder error in a few words: without torchvision's C++ source location,
-    FFmpeg's errno or the file name (the warnings name the file themselves)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"^\S+, \S+:\d+, ", "", text)
-    text = re.sub(r"^\[Errno -?\d+\] ", "", text)
-    text = re.sub(r": '[^']*'$", "", text)
-    return text if len(text) <= 80 else text[:77] + "..."
+_LISTINGS: contextvars.ContextVar[dict[Path, list[Path]] | None] = contextvars.ContextVar(
+    "tok_listings", default=None
+)
 
 
 class ImageSkippedWarning(UserWarning):
     """Files in an image folder were skipped because they are not readable images."""
 
 
+@contextlib.contextmanager
+def walk_once() -> Iterator[None]:
+    """Within the block, :func:`list_files` walks each folder once and then answers from
+    memory (``tok encode`` uses it: finding the source and reading it share one walk)."""
+    token = _LISTINGS.set({})
+    try:
+        yield
+    finally:
+        _LISTINGS.reset(token)
+
+
 def list_files(folder: Path) -> list[Path]:
     """Every non-hidden file under ``folder``, sorted by relative path."""
-    return sorted(
+    cache = _LISTINGS.get()
+    key = Path(os.path.abspath(folder))
+    if cache is not None and key in cache:
+        return cache[key]
+    files = sorted(
         p
         for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
+    if cache is not None:
+        cache[key] = files
+    return files
 
 
 def check_resize(resize: str, size: list[int] | None) -> None:
@@ -91,11 +95,6 @@ def check_resize(resize: str, size: list[int] | None) -> None:
         raise DatasetError(f"resize must be 'error', 'resize' or 'center-crop', got {resize!r}")
     if resize != "error" and size is None:
         raise DatasetError(f"resize = {resize!r} needs size = [height, width]")
-
-
-def no_files_error(message: str, skipped: list[str]) -> DatasetError:
-    """``message`` (nothing usable found), with how many other files were skipped."""
-    return DatasetError(message + (f" ({len(skipped)} other files skipped)" if skipped else ""))
 
 
 def scan_folder(
@@ -125,10 +124,10 @@ def scan_folder(
 
 class FileDataset(Dataset):
     """What :class:`ImageFolder` and the video datasets share: picking a split's folder,
-    reporting skipped files, the size policy and reading items by key.
+    probing headers, the size policy, reading items by key and reporting skipped files.
 
     Subclasses set the class attributes below and provide :meth:`_scan`,
-    :meth:`_where` and :meth:`_load`.
+    :meth:`_where`, :meth:`_name`, :meth:`_probe` and :meth:`_decode`.
     """
 
     #: how messages name one item (``"image"``, ``"video"``) and the dataset (``kind``).
@@ -149,7 +148,8 @@ class FileDataset(Dataset):
     resize: Resize
     strict: bool
 
-    # what subclasses provide
+    # what subclasses provide ---------------------------------------------------------
+
     def _scan(self, split: str) -> tuple[dict, list[str]]:  # pragma: no cover
         """The items of ``split`` by key, and what was skipped while listing them."""
         raise NotImplementedError
@@ -158,13 +158,25 @@ class FileDataset(Dataset):
         """The folder (or file) messages about ``split`` name."""
         raise NotImplementedError
 
-    def _load(self, item, where: Path, skipped: list[str], first: list) -> torch.Tensor | None:
-        """``item`` decoded and fitted to the policy, or ``None`` (reason added to ``skipped``).
+    def _name(self, item: Any, where: Path) -> str:  # pragma: no cover
+        """How messages name ``item``."""
+        raise NotImplementedError
 
-        ``first`` holds the name and shape of the first item read (the reference
-        when no ``size`` is set).
-        """
-        raise NotImplementedError  # pragma: no cover
+    def _probe(self, item: Any) -> MediaInfo:  # pragma: no cover
+        """``item``'s size from its header; raises :class:`MediaReadError`."""
+        raise NotImplementedError
+
+    def _decode(self, item: Any, name: str) -> torch.Tensor:  # pragma: no cover
+        """``item`` decoded, uint8 ``(c, h, w)`` / ``(c, t, h, w)`` with the dataset's
+        channels and frames, before the size policy; raises :class:`MediaReadError`."""
+        raise NotImplementedError
+
+    # shared ------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        if "_cache" not in self.__dict__:
+            self._cache: dict[str, Any] = {"plans": {}, "skipped": {}}
+        return self._cache
 
     def split_folder(self, split: str) -> Path:
         """``split``'s subfolder of the folder when present, else the whole folder.
@@ -172,6 +184,7 @@ class FileDataset(Dataset):
         A folder split into ``train``/``test`` subfolders that lacks ``split`` is
         an error (the whole folder would mix the other splits in).
         """
+        self.check_split(split)
         sub = self.path / split
         if sub.is_dir():
             return sub
@@ -183,102 +196,128 @@ class FileDataset(Dataset):
             )
         return self.path
 
-    def _report(self, skipped: list[str]) -> None:
-        if not skipped:
-            return
-        shown = ", ".join(skipped[:5]) + (
-            f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        )
-        if self.strict:
-            raise self.strict_error(f"{self.strict_what} in {self.path}: {shown}")
-        warnings.warn(
-            f"tok: skipped {len(skipped)} file(s) in {self.path} that are not "
-            f"{self.usable}s: {shown}",
-            self.skipped_warning,
-            stacklevel=3,
-        )
+    def _skip(self, split: str, what: list[str]) -> None:
+        if what and self.strict:
+            raise self.strict_error(f"{self.strict_what} in {self.path}: {_shown(what)}")
+        self._state()["skipped"].setdefault(split, []).extend(what)
 
-    def _fit(
-        self, x: torch.Tensor, name: str, ref_name: str, ref_hw: tuple[int, ...]
-    ) -> torch.Tensor:
-        """``x`` (``(..., h, w)``) brought to ``size`` (or the reference ``ref_hw`` of the
-        item ``ref_name``) under the resize policy; a mismatch with ``"error"`` raises."""
-        hw = tuple(x.shape[-2:])
-        target = self.size or ref_hw
-        if self.resize == "error":
-            if hw != tuple(target):
-                ref = (
-                    f"size = {list(target)}"
-                    if self.size
-                    else f"{ref_name} is {target[0]}x{target[1]}"
-                )
-                raise self.size_error(
-                    f"{self.noun} {name} is {hw[0]}x{hw[1]} but {ref}; {self.noun}s must all "
-                    f'have one size (or resize them: resize = "resize" or "center-crop" in a '
-                    f"recipe, --resize resize or --resize center-crop for tok encode)"
-                )
+    def report_skipped(self, split: str) -> None:
+        """One warning naming every file of ``split`` skipped so far, and why (then forgotten)."""
+        skipped = self._state()["skipped"].pop(split, [])
+        if skipped:
+            warnings.warn(
+                f"tok: skipped {len(skipped)} file(s) in {self.path} that are not "
+                f"{self.usable}s: {_shown(skipped)}",
+                self.skipped_warning,
+                stacklevel=2,
+            )
+
+    def _check_size(self, hw: tuple[int, int], name: str, ref: tuple[str, tuple[int, int]]) -> None:
+        if self.resize != "error":
+            return
+        target = self.size or ref[1]
+        if tuple(hw) != tuple(target):
+            said = f"size = {list(target)}" if self.size else f"{ref[0]} is {target[0]}x{target[1]}"
+            raise self.size_error(
+                f"{self.noun} {name} is {hw[0]}x{hw[1]} but {said}; {self.noun}s must all "
+                f'have one size (or resize them: resize = "resize" or "center-crop" in a '
+                f"recipe, --resize resize or --resize center-crop for tok encode)"
+            )
+
+    def _fit(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (``(..., h, w)``) brought to ``size`` by the resize policy."""
+        if self.resize == "error" or self.size is None:
             return x
+        hw, target = tuple(x.shape[-2:]), list(self.size)
         if self.resize == "resize":
-            return TF.resize(x, list(target), antialias=True)
+            return TF.resize(x, target, antialias=True)
         scale = max(target[0] / hw[0], target[1] / hw[1])
         scaled = [max(target[0], round(hw[0] * scale)), max(target[1], round(hw[1] * scale))]
-        return TF.center_crop(TF.resize(x, scaled, antialias=True), list(target))
+        return TF.center_crop(TF.resize(x, scaled, antialias=True), target)
 
-    def _none_readable(self, where: Path, n: int) -> DatasetError:
-        return DatasetError(f"none of the {n} {self.noun} files in {where} is a {self.usable}")
+    def _plan(self, split: str) -> tuple[dict, tuple[str, tuple[int, int]] | None]:
+        """The items of ``split`` whose headers read (probed once, then remembered) and the
+        first one's name and size (the reference when no ``size`` is set)."""
+        plans = self._state()["plans"]
+        if split not in plans:
+            items, skipped = self._scan(split)
+            where = self._where(split)
+            kept, ref = {}, None
+            for key, item in items.items():
+                name = self._name(item, where)
+                try:
+                    info = self._probe(item)
+                except MediaReadError as exc:
+                    skipped.append(f"{name} ({exc.reason})")
+                    continue
+                hw = (info.height, info.width)
+                ref = ref or (name, hw)
+                self._check_size(hw, name, ref)
+                kept[key] = item
+            self._skip(split, skipped)
+            if not kept:
+                self.report_skipped(split)
+                raise self.none_readable(split, len(items))
+            plans[split] = (kept, ref)
+        return plans[split]
 
-    # the Dataset interface
+    def _nothing_found(self, split: str, message: str, skipped: list[str]) -> DatasetError:
+        """Report ``skipped`` and return the error ``message`` (nothing of the kind found)."""
+        self._skip(split, skipped)
+        self.report_skipped(split)
+        return DatasetError(message + (f" ({len(skipped)} other files skipped)" if skipped else ""))
+
+    def none_readable(self, split: str, n: int) -> DatasetError:
+        """The error for ``n`` files of ``split`` none of which could be read."""
+        return DatasetError(
+            f"none of the {n} {self.noun} files in {self._where(split)} is a {self.usable}"
+        )
+
+    # the Dataset interface ------------------------------------------------------------
+
     def keys(self, split: str) -> list[str]:
-        """Keys of the files (sorted); files that fail to decode are only found by :meth:`read`."""
-        items, skipped = self._scan(split)
-        self._report(skipped)
-        return list(items)
-
-    def readable_keys(self, split: str) -> list[str]:
-        """Decode every file once (memory-light) and return the keys of the readable ones.
-
-        Unreadable files (and files of other kinds) are skipped with one
-        warning; size (and length) problems raise here, before anything is written.
-        """
-        items, skipped = self._scan(split)
-        where = self._where(split)
-        first: list = []
-        kept = [
-            k for k, item in items.items() if self._load(item, where, skipped, first) is not None
-        ]
-        self._report(skipped)
-        if not kept:
-            raise self._none_readable(where, len(items))
-        return kept
+        """Keys of the files whose headers read, sorted (sizes checked from the headers;
+        files that fail to decode are found by :meth:`read`)."""
+        return list(self._plan(split)[0])
 
     def read(self, split: str, keys: list[str]) -> Samples:
-        """The items with these keys; unreadable ones are skipped (with a warning) and left
-        out of the returned keys."""
-        items, _ = self._scan(split)
-        return self._read(split, keys, items, [])
-
-    def load(self, split: str) -> Samples:
-        """The whole split; unreadable files and files of other kinds are skipped with one warning."""
-        items, skipped = self._scan(split)
-        return self._read(split, list(items), items, skipped)
-
-    def _read(self, split: str, keys: list[str], items: dict, skipped: list[str]) -> Samples:
+        """The items with these keys, in this order, each file decoded once. Files that
+        turn out unreadable are left out of the returned keys (and reported by
+        :meth:`report_skipped`)."""
+        items, ref = self._plan(split)
         where = self._where(split)
-        loaded, kept = [], []
-        first: list = []
+        loaded, kept, skipped = [], [], []
         for key in keys:
             if key not in items:
                 raise DatasetError(f"no {self.noun} with key {key!r} in {where}")
-            x = self._load(items[key], where, skipped, first)
-            if x is not None:
-                loaded.append(x)
-                kept.append(key)
-        self._report(skipped)
-        if not loaded:
-            raise self._none_readable(where, len(keys))
-        batch = torch.stack(loaded)
-        self._shape = tuple(batch.shape[1:])
-        return Samples(images=batch, keys=kept)
+            name = self._name(items[key], where)
+            try:
+                x = self._decode(items[key], name)
+            except MediaReadError as exc:
+                skipped.append(f"{name} ({exc.reason})")
+                continue
+            self._check_size(tuple(x.shape[-2:]), name, ref)  # headers can lie
+            loaded.append(self._fit(x))
+            kept.append(key)
+        self._skip(split, skipped)
+        if loaded:
+            self._shape = tuple(loaded[0].shape)
+            images = torch.stack(loaded)
+        else:
+            images = torch.zeros((0, *self.input_shape()), dtype=torch.uint8)
+        return Samples(images=images, keys=kept)
+
+    def load(self, split: str) -> Samples:
+        """The whole split; unreadable files are skipped and reported in one warning."""
+        samples = self.read(split, self.keys(split))
+        self.report_skipped(split)
+        if not samples.keys:
+            raise self.none_readable(split, len(self.keys(split)))
+        return samples
+
+
+def _shown(what: list[str]) -> str:
+    return ", ".join(what[:5]) + (f" and {len(what) - 5} more" if len(what) > 5 else "")
 
 
 class ImageFolder(FileDataset):
@@ -288,10 +327,13 @@ class ImageFolder(FileDataset):
 
     :param path: the folder.
     :param channels: 1 (grayscale) or 3 (RGB).
-    :param size: ``[height, width]`` the images must have or are brought to.
-    :param resize: ``"error"``, ``"resize"`` or ``"center-crop"`` (see module docs).
+    :param size: ``[height, width]`` every image must have (or is brought to).
+    :param resize: ``"error"`` (sizes must match), ``"resize"`` or ``"center-crop"``.
     :param strict: fail on unreadable files instead of skipping them.
     """
+
+    supplied_args = ("channels", "size")
+    source_extensions = IMAGE_EXTENSIONS
 
     def __init__(
         self,
@@ -329,32 +371,24 @@ class ImageFolder(FileDataset):
         folder = self.folder(split)
         files, skipped = scan_folder(folder, IMAGE_EXTENSIONS, "a PNG/JPEG file")
         if not files:
-            self._report(skipped)
-            raise no_files_error(f"no PNG/JPEG images in {folder}", skipped)
+            raise self._nothing_found(split, f"no PNG/JPEG images in {folder}", skipped)
         return files, skipped
 
-    def _decode(self, path: Path) -> torch.Tensor:
-        mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        with quiet_torchvision_io():
-            return decode_image(data, mode=mode)
+    def _name(self, item: Path, where: Path) -> str:
+        return item.relative_to(where).as_posix()
 
-    def _load(
-        self, path: Path, where: Path, skipped: list[str], first: list
-    ) -> torch.Tensor | None:
-        try:
-            image = self._decode(path)
-        except (RuntimeError, ValueError, OSError) as exc:
-            skipped.append(f"{path.relative_to(where).as_posix()} (cannot decode: {reason(exc)})")
-            return None
-        if not first:
-            first.append((path.name, tuple(image.shape[-2:])))
-        return self._fit(image, str(path), *first[0])
+    def _probe(self, item: Path) -> MediaInfo:
+        return probe_image(item)
+
+    def _decode(self, item: Path, name: str) -> torch.Tensor:
+        return read_image(item, channels=self.channels)
 
     def input_shape(self) -> tuple[int, int, int]:
+        """``(c, h, w)`` of the images (``size``, else the first image's from its header)."""
         if self.size is not None:
             return (self.channels, *self.size)
         if self._shape is None:
-            key = self.keys("train")[0]
-            self.read("train", [key])
+            split = "train" if (self.path / "train").is_dir() else "test"
+            _, (_, hw) = self._plan(split)
+            self._shape = (self.channels, *hw)
         return self._shape

@@ -29,6 +29,8 @@ class MNIST(Dataset):
     :param channels: 1 (default) or 3 (the gray value repeated).
     """
 
+    supplied_args = ("channels",)
+
     def __init__(
         self, *, root: str | None = None, download: bool = True, channels: int = 1
     ) -> None:
@@ -39,7 +41,8 @@ class MNIST(Dataset):
         self.channels = channels
         self._cache: dict[str, torch.Tensor] = {}
 
-    def _images(self, split: str) -> torch.Tensor:
+    def images(self, split: str) -> torch.Tensor:
+        """Every image of ``split`` as one uint8 tensor ``(n, 1, 28, 28)`` (read once, kept)."""
         self.check_split(split)
         if split not in self._cache:
             self._cache[split] = self._open(split).data.unsqueeze(1)  # (n, 1, 28, 28) uint8
@@ -65,11 +68,11 @@ class MNIST(Dataset):
         )
 
     def keys(self, split: str) -> list[str]:
-        n = len(self._images(split))
+        n = len(self.images(split))
         return [f"mnist/{split}/{i:05d}" for i in range(n)]
 
     def read(self, split: str, keys: list[str]) -> Samples:
-        images = self._images(split)
+        images = self.images(split)
         prefix = f"mnist/{split}/"
         rows = []
         for k in keys:
@@ -84,7 +87,7 @@ class MNIST(Dataset):
         return Samples(images=to_channels(images[index], self.channels), keys=list(keys))
 
     def load(self, split: str) -> Samples:
-        images = self._images(split)
+        images = self.images(split)
         keys = [f"mnist/{split}/{i:05d}" for i in range(len(images))]
         return Samples(images=to_channels(images, self.channels), keys=keys)
 

@@ -62,6 +62,9 @@ class MovingMNIST(Dataset):
     :param download: download MNIST when it is missing (as for ``mnist``).
     """
 
+    supplied_args = ("channels", "frames")
+    media = "video"
+
     def __init__(
         self,
         *,
@@ -108,7 +111,7 @@ class MovingMNIST(Dataset):
     def _trajectories(self, split: str) -> tuple[Tensor, Tensor, Tensor]:
         """Digit indices ``(n, digits)`` and integer top-left ``y``, ``x`` ``(n, digits, t)``."""
         n, d, limit = self.counts[split], self.digits, self.size - DIGIT
-        source = len(self.mnist._images(split))
+        source = len(self.mnist.images(split))
         g = self._generator(split)
         which = torch.randint(0, source, (n, d), generator=g)
         start = torch.rand(n, d, 2, generator=g, dtype=torch.float64) * limit
@@ -121,7 +124,7 @@ class MovingMNIST(Dataset):
 
     def _generate(self, split: str) -> Tensor:
         """The whole split, uint8 ``(n, 1, t, size, size)``."""
-        digits_u8 = self.mnist._images(split)[:, 0]  # (N, 28, 28)
+        digits_u8 = self.mnist.images(split)[:, 0]  # (N, 28, 28)
         which, ys, xs = self._trajectories(split)
         n, t, s = self.counts[split], self.frames, self.size
         out = torch.empty(n, t, s * s, dtype=torch.uint8)

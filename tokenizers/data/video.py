@@ -34,26 +34,22 @@ Policy (also in the README and ``docs/design.md``):
   file and why; ``strict = true`` makes that an error. No readable video is
   an error.
 
-:func:`write_video` writes ``(t, c, h, w)`` uint8 frames as an mp4 (H.264,
-``libx264``; lossy) or a GIF (lossless for gray, one adaptive palette of at
-most 256 colours per frame for RGB), atomically.
+Decoding and writing video files lives in :mod:`tok.media` (``read_video``,
+``probe_video``, ``write_video``); listing a split probes each file's header
+only, and each video is decoded once, when it is read.
 """
 
 from __future__ import annotations
 
-import io
 import re
 import tarfile
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
-import torch
 from torch import Tensor
 
-from .._io import atomic_path
 from ..errors import DatasetError
+from ..media import VIDEO_EXTENSIONS, MediaInfo, MediaReadError, probe_video, read_video, reason
 from .base import to_channels
 from .folder import (
     FileDataset,
@@ -61,8 +57,6 @@ from .folder import (
     Resize,
     check_resize,
     list_files,
-    no_files_error,
-    reason,
     scan_folder,
 )
 
@@ -70,189 +64,12 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "VideoFolder",
     "VideoShards",
-    "VideoReadError",
     "VideoSkippedWarning",
-    "read_video",
-    "side_by_side",
-    "write_video",
 ]
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".gif", ".webm", ".mkv", ".mov")
-VIDEO_FORMATS = ("mp4", "gif")
 
 
 class VideoSkippedWarning(ImageSkippedWarning):
     """Videos were skipped because they cannot be decoded or are too short."""
-
-
-class VideoReadError(DatasetError):
-    """A video file cannot be decoded; ``reason`` says why in a few words."""
-
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"{name}: {reason}")
-        self.name = name
-        self.reason = reason
-
-
-# reading ------------------------------------------------------------------------
-
-
-def _nearest(times: list[float], fps: float, count: int) -> list[int]:
-    """For output times ``k / fps`` (``k < count``), the index of the nearest source time."""
-    src = torch.tensor(times, dtype=torch.float64)
-    want = torch.arange(count, dtype=torch.float64) / fps
-    right = torch.searchsorted(src, want).clamp(max=len(times) - 1)
-    left = (right - 1).clamp(min=0)
-    take_left = (want - src[left]) <= (src[right] - want) + 1e-9
-    return torch.where(take_left, left, right).tolist()
-
-
-def read_video(
-    source: str | Path | bytes, *, fps: float | None = None, frames: int | None = None
-) -> Tensor:
-    """Decode a video file (a path, or its bytes) into uint8 RGB frames ``(t, 3, h, w)``.
-
-    ``fps`` resamples by nearest timestamp (``None``: the frames as stored);
-    ``frames`` stops after that many output frames (fewer are returned when
-    the video is shorter). Raises :class:`VideoReadError` (naming the file and
-    the reason) when the data is not a decodable video.
-    """
-    import av  # imported here: only videos need PyAV
-
-    name = "video data" if isinstance(source, bytes) else str(source)
-    raw = io.BytesIO(source) if isinstance(source, bytes) else str(source)
-    arrays: list[np.ndarray] = []
-    times: list[float] = []
-    last_duration = 0.0
-    try:
-        with av.open(raw, metadata_errors="ignore") as container:
-            if not container.streams.video:
-                raise VideoReadError(name, "no video stream")
-            stream = container.streams.video[0]
-            rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-            for frame in container.decode(stream):
-                t = frame.time
-                if t is None:
-                    t = len(arrays) / (rate or 1.0)
-                if times and t <= times[-1]:  # broken timestamps: fall back to the frame count
-                    t = times[-1] + 1.0 / (rate or 1.0)
-                arrays.append(frame.to_ndarray(format="rgb24"))
-                times.append(t)
-                if frame.duration and frame.time_base:
-                    last_duration = float(frame.duration * frame.time_base)
-                # enough frames: the clip's, or (resampling) one past its last output time
-                if frames is not None and (
-                    len(arrays) >= frames if fps is None else t - times[0] > frames / fps
-                ):
-                    break
-    except VideoReadError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError, RuntimeError, EOFError) as exc:
-        raise VideoReadError(name, f"cannot decode: {reason(exc)}") from None
-    if not arrays:
-        raise VideoReadError(name, "no frames")
-    video = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    if fps is None:
-        return video if frames is None else video[:frames]
-    rel = [t - times[0] for t in times]
-    if not last_duration:
-        last_duration = (rel[-1] / (len(rel) - 1)) if len(rel) > 1 else 1.0 / (rate or fps)
-    count = max(1, int(np.floor((rel[-1] + last_duration) * fps + 1e-6)))
-    if frames is not None:
-        count = min(count, frames)
-    return video[_nearest(rel, fps, count)]
-
-
-# writing ------------------------------------------------------------------------
-
-
-def _rate(fps: float) -> Fraction:
-    if not fps or fps <= 0:
-        raise DatasetError(f"fps must be positive, got {fps!r}")
-    return Fraction(fps).limit_denominator(1001)
-
-
-def _gif_frame(frame: np.ndarray):
-    """One RGB frame ``(h, w, 3)`` as a PyAV pal8 frame with its own adaptive palette."""
-    import av
-    from PIL import Image
-
-    image = Image.fromarray(frame).quantize(
-        256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
-    )
-    palette = np.asarray(image.getpalette(), dtype=np.uint8).reshape(-1, 3)[:256]
-    argb = np.zeros((256, 4), dtype=np.uint8)
-    argb[:, 0] = 255
-    argb[: len(palette), 1:] = palette
-    return av.VideoFrame.from_ndarray((np.asarray(image), argb), format="pal8")
-
-
-def write_video(
-    path: str | Path, frames: Tensor, *, fps: float = 8.0, format: str | None = None
-) -> Path:
-    """Write uint8 frames ``(t, c, h, w)`` (c = 1 or 3) to ``path`` atomically; return the path.
-
-    ``format`` is ``"mp4"`` (H.264 via libx264, yuv420p when height and width
-    are even — what every player shows — else yuv444p; lossy) or ``"gif"``
-    (lossless for gray frames, one 256-colour adaptive palette per frame for
-    RGB); default: the path's suffix.
-    """
-    import av
-
-    path = Path(path)
-    fmt = (format or path.suffix.lstrip(".")).lower()
-    if fmt not in VIDEO_FORMATS:
-        raise DatasetError(f"cannot write {path}: video format must be mp4 or gif, got {fmt!r}")
-    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] not in (1, 3):
-        raise DatasetError(
-            f"cannot write {path}: frames must be uint8 (t, 1 or 3, h, w), "
-            f"got {frames.dtype} {tuple(frames.shape)}"
-        )
-    t, c, h, w = frames.shape
-    gray = c == 1
-    array = frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-    with atomic_path(path) as tmp:
-        container = av.open(str(tmp), "w", format=fmt)
-        try:
-            if fmt == "mp4":
-                stream = container.add_stream("libx264", rate=_rate(fps))
-                stream.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
-                stream.options = {"crf": "18"}
-            else:
-                stream = container.add_stream("gif", rate=_rate(fps))
-                stream.pix_fmt = "gray" if gray else "pal8"
-            stream.width, stream.height = w, h
-            for frame in array:
-                if fmt == "gif" and not gray:
-                    vf = _gif_frame(frame)
-                elif gray and fmt == "gif":
-                    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[..., 0]), "gray")
-                else:
-                    rgb = np.repeat(frame, 3, axis=-1) if gray else frame
-                    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-                for packet in stream.encode(vf):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        finally:
-            container.close()
-    return path
-
-
-def side_by_side(videos: Tensor, gap: int = 2) -> Tensor:
-    """Videos ``(n, c, t, h, w)`` placed left to right with ``gap`` black pixels between them.
-
-    Returns frames ``(t, c, h, n * w + (n - 1) * gap)`` (uint8 like the input).
-    """
-    n, c, t, h, w = videos.shape
-    out = torch.zeros((t, c, h, n * w + (n - 1) * gap), dtype=videos.dtype)
-    for i in range(n):
-        x = i * (w + gap)
-        out[..., x : x + w] = videos[i].permute(1, 0, 2, 3)
-    return out
-
-
-# datasets -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -271,7 +88,7 @@ class _Item:
             f.seek(self.offset)
             data = f.read(self.size)
         if len(data) != self.size:
-            raise VideoReadError(
+            raise MediaReadError(
                 self.name, f"cut short ({len(data)} of {self.size} bytes in the shard)"
             )
         return data
@@ -280,6 +97,9 @@ class _Item:
 class _VideoDataset(FileDataset):
     """What :class:`VideoFolder` and :class:`VideoShards` share: the frame policy (the size
     policy, skipping and reading by key come from :class:`~tok.data.folder.FileDataset`)."""
+
+    supplied_args = ("channels", "frames", "size")
+    media = "video"
 
     noun = "video"
     kind = "video"
@@ -321,6 +141,7 @@ class _VideoDataset(FileDataset):
 
     def split_root(self, split: str) -> Path:
         """The folder or file that holds ``split`` (its ``train``/``test`` subfolder when present)."""
+        self.check_split(split)
         if not self.path.exists():
             raise DatasetError(f"{self.kind} path {self.path} does not exist")
         if self.path.is_file():
@@ -330,37 +151,37 @@ class _VideoDataset(FileDataset):
     def _where(self, split: str) -> Path:
         return self.split_root(split)
 
-    def _load(
-        self, item: _Item, where: Path, skipped: list[str], first: list[tuple[str, tuple[int, ...]]]
-    ) -> Tensor | None:
-        """The video of ``item`` as uint8 ``(c, t, h, w)`` under the policy, or ``None`` if skipped.
+    def _name(self, item: _Item, where: Path) -> str:
+        return item.name
 
-        ``first`` holds the name and ``(t, h, w)`` of the first video read (the
-        reference when no ``frames``/``size`` is set); a mismatch raises.
+    def _probe(self, item: _Item) -> MediaInfo:
+        try:
+            return probe_video(item.data())
+        except OSError as exc:  # the file itself cannot be read
+            raise MediaReadError(item.name, f"cannot read: {reason(exc)}") from None
+
+    def _decode(self, item: _Item, name: str) -> Tensor:
+        """The video of ``item`` as uint8 ``(c, t, h, w)`` (channels and frames applied).
+
+        Too few frames raise :class:`MediaReadError` (the video is skipped); with
+        ``frames`` unset a length other than the first video's raises :class:`DatasetError`.
         """
         try:
             video = read_video(item.data(), fps=self.fps, frames=self.frames)
-        except VideoReadError as exc:
-            skipped.append(f"{item.name} ({exc.reason})")
-            return None
-        except OSError as exc:  # the file itself cannot be read
-            skipped.append(f"{item.name} (cannot read: {reason(exc)})")
-            return None
+        except OSError as exc:
+            raise MediaReadError(name, f"cannot read: {reason(exc)}") from None
         if self.frames is not None and len(video) < self.frames:
             rate = f" at {self.fps:g} fps" if self.fps else ""
-            skipped.append(f"{item.name} (only {len(video)} frames{rate}, need {self.frames})")
-            return None
-        if not first:
-            first.append((item.name, (len(video), *video.shape[-2:])))
-        ref_name, ref = first[0]
-        if self.frames is None and len(video) != ref[0]:
-            raise DatasetError(
-                f"video {item.name} has {len(video)} frames but {ref_name} has {ref[0]}; with "
-                f"frames unset every video must have one length (set frames = N to use the "
-                f"first N frames of each)"
-            )
-        video = self._fit(to_channels(video, self.channels), item.name, ref_name, ref[1:])
-        return video.permute(1, 0, 2, 3).contiguous()
+            raise MediaReadError(name, f"only {len(video)} frames{rate}, need {self.frames}")
+        if self.frames is None:
+            first = self._state().setdefault("first_length", (name, len(video)))
+            if len(video) != first[1]:
+                raise DatasetError(
+                    f"video {name} has {len(video)} frames but {first[0]} has {first[1]}; with "
+                    f"frames unset every video must have one length (set frames = N to use the "
+                    f"first N frames of each)"
+                )
+        return to_channels(video, self.channels).permute(1, 0, 2, 3).contiguous()
 
     def input_shape(self) -> tuple[int, int, int, int]:
         """``(c, t, h, w)`` of the videos this dataset yields."""
@@ -368,7 +189,11 @@ class _VideoDataset(FileDataset):
             return (self.channels, self.frames, *self.size)
         if self._shape is None:
             split = "train" if "train" in self.splits else self.splits[0]
-            self.read(split, self.readable_keys(split)[:1])
+            for key in self.keys(split):  # the first video that decodes
+                if self.read(split, [key]).keys:
+                    break
+            else:
+                raise self.none_readable(split, len(self.keys(split)))
         return self._shape
 
 
@@ -386,6 +211,7 @@ class VideoFolder(_VideoDataset):
     """
 
     kind = "video folder"
+    source_extensions = VIDEO_EXTENSIONS
 
     def _scan(self, split: str) -> tuple[dict[str, _Item], list[str]]:
         folder = self.split_root(split)
@@ -393,10 +219,8 @@ class VideoFolder(_VideoDataset):
             raise DatasetError(f"video folder {folder} is not a folder")
         files, skipped = scan_folder(folder, VIDEO_EXTENSIONS, "a video file")
         if not files:
-            self._report(skipped)
-            raise no_files_error(
-                f"no video files ({' '.join(VIDEO_EXTENSIONS)}) in {folder}", skipped
-            )
+            message = f"no video files ({' '.join(VIDEO_EXTENSIONS)}) in {folder}"
+            raise self._nothing_found(split, message, skipped)
         items = {
             key: _Item(path=p, name=p.relative_to(folder).as_posix()) for key, p in files.items()
         }
@@ -436,6 +260,7 @@ class VideoShards(_VideoDataset):
     """
 
     kind = "video shards"
+    source_extensions = (".tar",)
 
     def shards(self, split: str) -> tuple[list[Path], list[str]]:
         """The ``.tar`` shards of ``split`` (sorted), and the other files found beside them."""
@@ -478,6 +303,5 @@ class VideoShards(_VideoDataset):
             f"{name} (a sample without a video)" for k, name in others.items() if k not in items
         ]
         if not items:
-            self._report(skipped)
-            raise no_files_error(f"no videos in the .tar shards of {root}", skipped)
+            raise self._nothing_found(split, f"no videos in the .tar shards of {root}", skipped)
         return items, skipped
