@@ -14,11 +14,12 @@ from PIL import Image
 
 from tok import cli
 from tok.data import Samples
-from tok.health import HEALTH_JSON, HEALTH_PNG, USAGE_PNG, inspect_run, usage_history
+from tok.health import inspect_run, usage_history
 from tok.metrics import batch_stream_stats, codebook_stats
 from tok.models import Tokenizer
-from tok.train import build_dataset, evaluate, load_run_recipe
+from tok.run import Run, evaluate
 
+HEALTH_JSON, HEALTH_PNG, USAGE_PNG = Run.HEALTH_JSON, Run.HEALTH_PNG, Run.USAGE_OVER_TIME_PNG
 OUTPUTS = (HEALTH_PNG, USAGE_PNG, HEALTH_JSON)
 
 
@@ -110,7 +111,7 @@ def test_inspect_numbers_match_evaluate(trained_run, tmp_path):
     out = tmp_path / "health"
     report = inspect_run(trained_run, samples=200, out=out)
     tokenizer = Tokenizer.load(trained_run)
-    data = build_dataset(load_run_recipe(trained_run)).load("test")
+    data = Run.open(trained_run).dataset().load("test")
     expected = evaluate(tokenizer, Samples(images=data.images[:200], keys=data.keys[:200]))
 
     saved = json.loads((out / HEALTH_JSON).read_text())
@@ -129,7 +130,7 @@ def test_inspect_numbers_match_evaluate(trained_run, tmp_path):
         math.log2(want["perplexity"]) / math.log2(1000)
     )
     # the threshold is the run's, and the flag follows it
-    assert saved["threshold"] == load_run_recipe(trained_run).train.collapse_threshold
+    assert saved["threshold"] == Run.open(trained_run).recipe().train.collapse_threshold
     assert stream["collapsed"] == (stream["usage"] < saved["threshold"])
     # charts are real PNGs; the run folder was not written to
     assert png_size(out / HEALTH_PNG)[0] > 100

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from safetensors.torch import load_file
 from tok.errors import CheckpointError, OutputDirError
 from tok.models import Tokenizer
 from tok.recipe import load_recipe
-from tok.train import CollapseWarning, load_run_recipe, lr_at, train
+from tok.run import Run
+from tok.train import CollapseWarning, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -59,7 +61,7 @@ def test_run_folder_contents(tmp_path):
     assert 0 < result.eval["psnr"] < 60
     assert not list(run.glob(".tmp-*"))
     # the resolved recipe rebuilds the same recipe
-    assert load_run_recipe(run).train == tiny(tmp_path).train
+    assert Run.open(run).recipe().train == tiny(tmp_path).train
     # the saved tokenizer loads and reproduces itself
     tok = Tokenizer.load(run)
     assert tok.grid == (7, 7) and tok.quantizer.codebook_sizes == (1000,)
@@ -75,7 +77,7 @@ def test_resume_continues_exactly(tmp_path):
     straight = train(tiny(tmp_path, name="a"), progress=False)
     stopped = train(tiny(tmp_path, name="b"), progress=False, stop_after=3)
     assert stopped.step == 3
-    resumed = train(load_run_recipe(stopped.run_dir), resume=True, progress=False)
+    resumed = train(Run.open(stopped.run_dir).recipe(), resume=True, progress=False)
     assert resumed.step == 6
     a = load_file(straight.run_dir / "model.safetensors")
     b = load_file(resumed.run_dir / "model.safetensors")
@@ -98,7 +100,7 @@ def test_refuses_existing_run_folder(tmp_path):
 
 def test_resume_without_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="recipe.toml is missing"):
-        load_run_recipe(tmp_path)
+        Run.open(tmp_path)
 
 
 def test_lr_schedule(tmp_path):
@@ -161,3 +163,17 @@ def test_metrics_log_per_stream_health(tmp_path):
             )
             assert s["perplexity_fraction"] == pytest.approx(s["perplexity"] / 1000)
         assert row["usage"] == pytest.approx(sum(s["usage"] for s in row["streams"]) / 2)
+
+
+def test_a_newline_in_a_recipe_string_survives_resume(tmp_path):
+    """recipe.toml is written by tomli-w: any string a recipe holds reads back the same."""
+    root = tmp_path / 'data\nwith "quotes" and \\ backslash'
+    root.mkdir()
+    (root / "MNIST").symlink_to(Path(os.environ["TOK_DATA_DIR"]) / "MNIST")
+    recipe = tiny(tmp_path, f"data.root={json.dumps(str(root))}")
+    assert recipe.data.options["root"] == str(root)
+    stopped = train(recipe, progress=False, stop_after=3)
+    again = Run.open(stopped.run_dir).recipe()
+    assert again.data.options["root"] == str(root)
+    assert again.to_dict() == {**recipe.to_dict(), "output": again.to_dict()["output"]}
+    assert train(again, resume=True, progress=False).step == 6

@@ -1,10 +1,12 @@
 """Codebook health of a trained tokenizer — what ``tok inspect RUN`` shows.
 
-- :func:`inspect_run`: evaluate a run's tokenizer on a dataset split (with
-  :func:`tok.train.evaluate`), flag the streams whose usage is below the
+- :func:`inspect_run`: evaluate a run's tokenizer on a dataset split
+  (:meth:`tok.run.Run.evaluate`), flag the streams whose usage is below the
   collapse threshold, and write ``health.png`` (usage histogram per stream),
   ``usage_over_time.png`` (per-stream test usage and perplexity ratio over the
   run's evaluations, from ``metrics.jsonl``) and ``health.json``.
+- :func:`warn_collapse`: the :class:`CollapseWarning` training gives for each
+  stream below the threshold.
 - :func:`stream_table`: the per-stream table ``tok eval`` and ``tok inspect`` print.
 - :func:`usage_history`: per-stream test usage and perplexity ratio, one point
   per test row of ``metrics.jsonl``.
@@ -14,18 +16,18 @@ Every file is written atomically; nothing else in the run folder is touched.
 
 from __future__ import annotations
 
-import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 from . import plots
 from ._io import write_json
-from .errors import CheckpointError, OutputDirError, TokError
+from .errors import OutputDirError, TokError
+from .run import Run
 
 __all__ = [
-    "HEALTH_JSON",
-    "HEALTH_PNG",
-    "USAGE_PNG",
+    "CollapseWarning",
+    "warn_collapse",
     "TABLE_HEADERS",
     "stream_table",
     "collapsed_streams",
@@ -33,9 +35,32 @@ __all__ = [
     "inspect_run",
 ]
 
-HEALTH_JSON = "health.json"
-HEALTH_PNG = "health.png"
-USAGE_PNG = "usage_over_time.png"
+
+class CollapseWarning(UserWarning):
+    """A codebook stream uses fewer codes than ``train.collapse_threshold``."""
+
+
+def warn_collapse(
+    streams: list[dict[str, Any]],
+    threshold: float,
+    *,
+    recipe: str,
+    run: str | Path,
+    step: int,
+    images: int,
+) -> None:
+    """One :class:`CollapseWarning` per stream whose usage is below ``threshold``, naming
+    the recipe, the run, the stream, the step and how many test images were used."""
+    for s in collapsed_streams(streams, threshold):
+        stats = streams[s]
+        warnings.warn(
+            f"tok: codebook collapse in recipe {recipe} ({run}), stream {s} at step {step}: "
+            f"{stats['usage']:.1%} of {stats['size']} codes used on {images} test images "
+            f"(threshold train.collapse_threshold = {threshold:.0%}); see `tok inspect {run}`",
+            CollapseWarning,
+            stacklevel=3,
+        )
+
 
 #: columns of :func:`stream_table` (``STATUS`` only when a threshold is given)
 TABLE_HEADERS = ["STREAM", "CODES", "USAGE", "PERPLEXITY", "PPL/K", "LOG2-RATIO", "DEAD"]
@@ -123,6 +148,7 @@ def inspect_run(
     samples: int = 0,
     threshold: float | None = None,
     out: str | Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Measure the codebook health of the run folder ``run`` and write its charts.
 
@@ -132,6 +158,7 @@ def inspect_run(
         (default: the run's ``train.collapse_threshold``).
     :param out: folder for ``health.png``, ``usage_over_time.png`` and
         ``health.json`` (default: the run folder).
+    :param device: where the tokenizer runs.
     :returns: what ``health.json`` holds: the run, recipe name, split, image
         count, ``psnr``, ``mse``, ``bits_per_pixel``, mean ``usage`` and
         ``perplexity``, ``threshold``, ``collapsed`` (stream indices),
@@ -139,27 +166,17 @@ def inspect_run(
         ``stream`` and ``collapsed``), ``history`` (:func:`usage_history`) and
         ``files`` (the paths written).
     """
-    from .data import Samples
-    from .models import Tokenizer
-    from .train import _read_log, build_dataset, evaluate, load_run_recipe
-
-    run = Path(run)
-    if not run.is_dir():
-        raise CheckpointError(f"{run} is not a run folder: no such folder")
+    run = Run.open(run)
     if samples < 0:
         raise TokError(f"--samples must be 0 (all) or a positive number, got {samples}")
     if threshold is not None and not 0 <= threshold <= 1:
         raise TokError(f"--threshold must be a fraction between 0 and 1, got {threshold}")
-    out_dir = Path(out) if out is not None else run
+    out_dir = Path(out) if out is not None else run.path
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputDirError(f"--out {out_dir} exists and is not a folder")
 
-    recipe = load_run_recipe(run)
-    tokenizer = Tokenizer.load(run)
-    data = build_dataset(recipe).load(split)
-    if samples:
-        data = Samples(images=data.images[:samples], keys=data.keys[:samples])
-    result = evaluate(tokenizer, data)
+    recipe = run.recipe()
+    result = run.evaluate(split=split, samples=samples, device=device, recipe=recipe)
     counts = result.pop("counts")
     if threshold is None:
         threshold = recipe.train.collapse_threshold
@@ -168,14 +185,14 @@ def inspect_run(
         {"stream": i, **s, "collapsed": s["usage"] < threshold}
         for i, s in enumerate(result["streams"])
     ]
-    history = usage_history(_read_log(run, math.inf))  # type: ignore[arg-type]
+    history = usage_history(run.log_rows())
     files = {
-        "histogram": str(out_dir / HEALTH_PNG),
-        "usage_over_time": str(out_dir / USAGE_PNG),
-        "json": str(out_dir / HEALTH_JSON),
+        "histogram": str(out_dir / Run.HEALTH_PNG),
+        "usage_over_time": str(out_dir / Run.USAGE_OVER_TIME_PNG),
+        "json": str(out_dir / Run.HEALTH_JSON),
     }
     report = {
-        "run": str(run),
+        "run": str(run.path),
         "recipe": recipe.name,
         "split": split,
         "images": result["images"],
@@ -192,17 +209,16 @@ def inspect_run(
     }
     names = [f"stream {i}" for i in range(len(counts))] if len(counts) > 1 else None
     plots.save_usage_histogram(
-        out_dir / HEALTH_PNG,
+        out_dir / Run.HEALTH_PNG,
         counts,
         title=f"codebook usage of {recipe.name} on {result['images']} {split} images",
         names=names,
-        size=(640, 400 + 200 * (len(counts) - 1)),  # a full-height panel per stream
     )
     _save_usage_over_time(
-        out_dir / USAGE_PNG,
+        out_dir / Run.USAGE_OVER_TIME_PNG,
         history,
         threshold,
         title=f"codebook health of {recipe.name} during training (test evaluations)",
     )
-    write_json(out_dir / HEALTH_JSON, report)
+    write_json(out_dir / Run.HEALTH_JSON, report)
     return report

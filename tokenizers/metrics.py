@@ -6,7 +6,6 @@
   ratio to the codebook size, dead codes — from counts.
 - :func:`batch_stream_stats`: per-stream usage, perplexity and dead codes of
   one batch of indices (cheap; the training log's per-stream columns).
-- :func:`bits_per_pixel`: the token rate of a tokenizer.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ __all__ = [
     "codebook_stats",
     "batch_code_metrics",
     "batch_stream_stats",
-    "bits_per_pixel",
 ]
 
 # Above this size a batch's indices are counted with ``unique`` instead of a dense histogram.
@@ -124,8 +122,3 @@ def batch_stream_stats(indices: Tensor, codebook_sizes: tuple[int, ...]) -> list
             }
         )
     return stats
-
-
-def bits_per_pixel(*, positions: int, codebook_sizes: tuple[int, ...], pixels: int) -> float:
-    """Token bits per pixel: ``positions * sum(log2 K) / pixels``."""
-    return positions * sum(math.log2(k) for k in codebook_sizes) / pixels

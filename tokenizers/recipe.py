@@ -11,6 +11,8 @@ A recipe has one table per component::
     [quantizer]
     name = "fsq"              # a registered quantizer; other keys are its options
     levels = [8, 5, 5, 5]
+    [losses.lpips]            # optional: further registered losses, each with its options
+    weight = 0.5
     [train]
     steps = 3000              # see TrainConfig
     [output]
@@ -18,7 +20,10 @@ A recipe has one table per component::
 
 Components are named by registry name, never by import path. Unknown keys and
 wrong types are errors, and every problem in a recipe is reported at once.
-``--set train.steps=200`` overrides a value (parsed as a TOML value).
+Options tok fills in from the data (``in_channels``, the quantizer's ``dim``…,
+see :mod:`tok.components`) may be left out. ``--set train.steps=200``
+overrides a value (parsed as a TOML value). :func:`dumps_toml` writes a
+recipe back with ``tomli_w``, so any string (newlines included) survives.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
-from .config import check_kwargs, check_value
+import tomli_w
+
+from .components import problems as component_problems
 from .errors import RecipeError, TokError
 from .registry import registry
+from .signatures import check_value, describe_type
 
 __all__ = [
     "Component",
@@ -40,11 +48,13 @@ __all__ = [
     "Recipe",
     "load_recipe",
     "parse_recipe",
+    "RecipeInfo",
+    "list_recipes",
     "apply_overrides",
     "dumps_toml",
 ]
 
-TABLES = ("data", "model", "quantizer", "train", "output")
+TABLES = ("data", "model", "quantizer", "losses", "train", "output")
 _COMPONENT_KINDS = {"data": "datasets", "model": "architectures", "quantizer": "quantizers"}
 
 
@@ -79,8 +89,9 @@ class TrainConfig:
     """After warm-up: cosine decay to ``min_lr`` at ``steps``, or constant."""
     min_lr: float = 0.0
     """Learning rate at the end of a cosine schedule."""
-    loss: Literal["mse", "l1"] = "mse"
-    """Reconstruction loss (the quantizer's ``aux_loss`` is added to it)."""
+    loss: str = "mse"
+    """The reconstruction loss: a registered loss (``mse``, ``l1``, …) with weight 1; the
+    ``[losses.NAME]`` tables and the quantizer's ``aux_loss`` are added to it."""
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0 turns clipping off)."""
     seed: int = 0
@@ -124,18 +135,23 @@ class Recipe:
     quantizer: Component
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    losses: tuple[Component, ...] = ()
+    """Further training losses (``[losses.NAME]`` tables), added to ``train.loss``."""
     name: str = "run"
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as nested plain dicts (what ``recipe.toml`` in a run folder holds)."""
-        return {
+        data = {
             "data": self.data.to_dict(),
             "model": self.model.to_dict(),
             "quantizer": self.quantizer.to_dict(),
             "train": dataclasses.asdict(self.train),
             "output": dataclasses.asdict(self.output),
         }
+        if self.losses:
+            data["losses"] = {loss.name: dict(loss.options) for loss in self.losses}
+        return data
 
     @property
     def run_dir(self) -> Path:
@@ -151,15 +167,9 @@ def _check_table(cls: type, table: dict[str, Any], where: str) -> list[str]:
             problems.append(f"[{where}]: unknown key {key!r} (valid keys: {', '.join(names)})")
         elif not check_value(value, hints[key]):
             problems.append(
-                f"[{where}] {key}: expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}"
+                f"[{where}] {key}: expected {describe_type(hints[key])}, got {type(value).__name__} {value!r}"
             )
     return problems
-
-
-def _type_name(tp: Any) -> str:
-    from .config import _describe
-
-    return _describe(tp)
 
 
 def _check_component(table_name: str, table: Any) -> tuple[Component | None, list[str]]:
@@ -171,19 +181,42 @@ def _check_component(table_name: str, table: Any) -> tuple[Component | None, lis
         kind = _COMPONENT_KINDS[table_name]
         known = ", ".join(registry(kind).names()) or "none"
         return None, [f'[{table_name}]: missing name = "..." (registered: {known})']
+    kind = _COMPONENT_KINDS[table_name]
     try:
-        cls = registry(_COMPONENT_KINDS[table_name]).get(name)
+        found = component_problems(kind, name, options, where=f"[{table_name}] {name}")
     except TokError as exc:
         return None, [f"[{table_name}] name: {exc}"]
-    problems = check_kwargs(cls, options, where=f"[{table_name}] {name}")
-    # the builder fills these in from the dataset / architecture
-    problems = [
-        p
-        for p in problems
-        if not p.endswith("missing required key 'dim'")
-        and not p.endswith("missing required key 'in_channels'")
-    ]
-    return Component(name=name, options=options), problems
+    return Component(name=name, options=options), found
+
+
+def _check_losses(table: Any, recon_loss: Any) -> tuple[tuple[Component, ...], list[str]]:
+    """The ``[losses.NAME]`` tables, and ``train.loss``'s name checked against the registry."""
+    problems = []
+    if isinstance(recon_loss, str) and recon_loss not in registry("losses"):
+        try:
+            registry("losses").get(recon_loss)
+        except TokError as exc:
+            problems.append(f"[train] loss: {exc}")
+    if not isinstance(table, dict):
+        return (), problems + ["[losses] must hold one table per loss, e.g. [losses.lpips]"]
+    losses = []
+    for name, options in table.items():
+        if not isinstance(options, dict):
+            problems.append(f"[losses] {name}: must be a table ([losses.{name}])")
+            continue
+        if name == recon_loss:
+            problems.append(
+                f"[losses.{name}]: {name!r} is already the reconstruction loss (train.loss); "
+                f"name it once"
+            )
+            continue
+        try:
+            problems += component_problems("losses", name, options, where=f"[losses.{name}]")
+        except TokError as exc:
+            problems.append(f"[losses.{name}]: {exc}")
+            continue
+        losses.append(Component(name=name, options=dict(options)))
+    return tuple(losses), problems
 
 
 def parse_recipe(data: dict[str, Any], *, name: str = "run", source: str | None = None) -> Recipe:
@@ -208,6 +241,9 @@ def parse_recipe(data: dict[str, Any], *, name: str = "run", source: str | None 
         problems += found
         if not found:
             parts[table_name] = cls(**table)
+    recon_loss = parts["train"].loss if "train" in parts else TrainConfig.loss
+    parts["losses"], found = _check_losses(data.get("losses", {}), recon_loss)
+    problems += found
     if problems:
         raise RecipeError(problems, source=source)
     return Recipe(name=name, source=source, **parts)
@@ -237,9 +273,55 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+@dataclass(frozen=True)
+class RecipeInfo:
+    """A recipe shipped with tok: its ``name`` (``tok train NAME``), its one-line
+    ``purpose`` (the recipe's second line) and its ``path``."""
+
+    name: str
+    purpose: str
+    path: Path
+
+
+def list_recipes(pattern: str = "*") -> list[RecipeInfo]:
+    """The recipes shipped inside the ``tok`` package (``tok.recipes``) whose names match the
+    glob ``pattern``, sorted by name."""
+    import fnmatch
+    from importlib import resources
+
+    found = []
+    for entry in resources.files("tok.recipes").iterdir():
+        name = entry.name
+        if not name.endswith(".toml") or not fnmatch.fnmatchcase(name[:-5], pattern):
+            continue
+        lines = entry.read_text().splitlines()
+        purpose = lines[1].lstrip("#").strip() if len(lines) > 1 else ""
+        found.append(RecipeInfo(name=name[:-5], purpose=purpose, path=Path(str(entry))))
+    return sorted(found, key=lambda r: r.name)
+
+
+def _resolve(path_or_name: str | Path) -> Path:
+    """A recipe file: ``path_or_name`` itself when it exists, else the shipped recipe of
+    that name (``fsq_mnist`` or ``fsq_mnist.toml``)."""
+    path = Path(path_or_name)
+    if path.exists() or path.parent != Path("."):
+        return path
+    name = path.name[:-5] if path.name.endswith(".toml") else path.name
+    shipped = {r.name: r.path for r in list_recipes()}
+    if name in shipped:
+        return shipped[name]
+    raise RecipeError(
+        [
+            f"no recipe file {str(path_or_name)!r} and no shipped recipe of that name "
+            f"(shipped: {', '.join(shipped) or 'none'}; `tok recipes` lists them)"
+        ]
+    )
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe file."""
-    path = Path(path)
+    """Read, override and validate a recipe: a file, or the name of a shipped one
+    (``fsq_mnist``, see :func:`list_recipes`)."""
+    path = _resolve(path)
     try:
         text = path.read_text()
     except OSError as exc:
@@ -252,22 +334,20 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return parse_recipe(data, name=path.stem, source=str(path))
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+        return [_without_none(v) for v in value]
+    return value
 
 
-def dumps_toml(data: dict[str, dict[str, Any]], *, header: str = "") -> str:
-    """Write nested ``{table: {key: value}}`` dicts as TOML (``None`` values are left out)."""
-    lines = [header.rstrip()] if header else []
-    for table, values in data.items():
-        lines += ["", f"[{table}]"] if lines else [f"[{table}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
-    return "\n".join(lines) + "\n"
+def dumps_toml(data: dict[str, Any], *, header: str = "") -> str:
+    """Write nested ``{table: {key: value}}`` dicts as TOML with ``tomli_w`` (``None`` values
+    are left out: TOML has no null); ``header`` lines (comments) go first.
+
+    Whatever :func:`tomllib.loads` reads back equals ``data``: strings with
+    newlines, quotes or backslashes included.
+    """
+    text = tomli_w.dumps(_without_none(data))
+    return (header.rstrip() + "\n\n" if header else "") + text

@@ -1,0 +1,453 @@
+"""Run folders: every file ``tok train`` writes, with its readers and writers.
+
+A run folder holds:
+
+- ``recipe.toml`` — the resolved recipe (every default written out);
+- ``model.safetensors`` + ``tokenizer.json`` — the tokenizer (:class:`tok.models.Tokenizer`);
+- ``state.safetensors`` — everything a resume needs: the tokenizer's weights
+  and AdamW moments, each loss's own weights and optimizers, the RNG states;
+  its metadata holds the format (``tok.state/2``), the step and the optimizers'
+  settings (no pickle anywhere);
+- ``state.json`` — the step and elapsed seconds, readable;
+- ``metrics.jsonl`` — one JSON object per logged step (``"split": "train"``)
+  and per evaluation (``"split": "test"``);
+- pictures: ``recon.png`` (images) or ``recon.gif`` + ``recon_frames.png``
+  (videos), ``usage.png``, ``loss.png``; ``tok inspect`` adds ``health.png``,
+  ``usage_over_time.png`` and ``health.json``.
+
+:class:`Run` owns those names: :mod:`tok.train` writes through it, ``tok
+eval``, ``tok inspect`` and :mod:`tok.health` read through it. Every file is
+written atomically; ``state.safetensors`` alone decides where a resumed run
+continues. :func:`evaluate` measures a tokenizer on samples; :meth:`Run.evaluate`
+does it for the run's own dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from . import media, plots
+from ._io import atomic_path, write_json, write_text
+from .components import build
+from .data import Dataset, Samples
+from .errors import CheckpointError, OutputDirError, RecipeError, TokError
+from .metrics import code_counts, codebook_stats, psnr
+from .models import Tokenizer
+from .models.tokenizer import CONFIG, WEIGHTS
+from .recipe import Recipe, apply_overrides, dumps_toml, parse_recipe
+from .registry import missing_plugin
+
+__all__ = ["Run", "Checkpoint", "evaluate", "STATE_FORMAT"]
+
+STATE_FORMAT = "tok.state/2"
+#: checkpoint formats a resume reads: 1 has no loss state, otherwise the same
+READABLE_STATES = ("tok.state/1", STATE_FORMAT)
+
+
+@torch.no_grad()
+def evaluate(
+    tokenizer: Tokenizer,
+    samples: Samples,
+    *,
+    batch_size: int = 500,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Reconstruct ``samples`` and measure them (eval mode, fp32).
+
+    Returns ``psnr`` (mean dB over items, reconstructions clamped to
+    ``[0, 1]``), ``mse``, per-stream ``streams``
+    (:func:`tok.metrics.codebook_stats`: ``usage``, ``perplexity``,
+    ``perplexity_ratio``, ``dead``, ``size`` …), their means ``usage`` and
+    ``perplexity``, ``bits_per_pixel``, ``images`` (the item count) and the raw
+    ``counts`` (one int64 histogram per stream).
+    """
+    device = torch.device(device) if device is not None else next(tokenizer.parameters()).device
+    was_training = tokenizer.training
+    tokenizer.eval()
+    sizes = tokenizer.quantizer.codebook_sizes
+    counts = [torch.zeros(k, dtype=torch.long) for k in sizes]
+    scores, mses = [], []
+    for start in range(0, len(samples), batch_size):
+        x = samples.floats(slice(start, start + batch_size)).to(device)
+        out = tokenizer(x)
+        recon = out.reconstruction.clamp(0, 1)
+        scores.append(psnr(recon, x).cpu())
+        mses.append((recon - x).pow(2).flatten(1).mean(1).cpu())
+        for c, new in zip(counts, code_counts(out.indices.cpu(), sizes), strict=True):
+            c += new
+    tokenizer.train(was_training)
+    streams = [codebook_stats(c) for c in counts]
+    return {
+        "psnr": torch.cat(scores).mean().item(),
+        "mse": torch.cat(mses).mean().item(),
+        "usage": sum(s["usage"] for s in streams) / len(streams),
+        "perplexity": sum(s["perplexity"] for s in streams) / len(streams),
+        "streams": streams,
+        "bits_per_pixel": tokenizer.bits_per_pixel,
+        "images": len(samples),
+        "counts": counts,
+    }
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds, as live objects: restored in place by :meth:`Run.load_checkpoint`.
+
+    ``tokenizer`` and ``optimizer`` are the model and its AdamW; ``losses`` the
+    recipe's loss modules by name (their own optimizers come from
+    ``Loss.optimizers()``); ``generator`` draws the batches.
+    """
+
+    tokenizer: Tokenizer
+    optimizer: torch.optim.Optimizer
+    losses: dict[str, nn.Module]
+    generator: torch.Generator
+
+
+def _optimizer_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict, list]:
+    """An optimizer's state as flat tensors ``{prefix}.{param index}.{name}`` and its
+    param groups (JSON)."""
+    state = opt.state_dict()
+    tensors = {
+        f"{prefix}.{idx}.{key}": torch.as_tensor(value).detach().contiguous().cpu()
+        for idx, values in state["state"].items()
+        for key, value in values.items()
+    }
+    return tensors, state["param_groups"]
+
+
+def _load_optimizer(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, groups: list
+) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            idx, name = key[len(prefix) + 1 :].split(".", 1)
+            state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+class Run:
+    """One run folder (``path``) and every file in it.
+
+    Use :meth:`create` for a new run and :meth:`open` for an existing one;
+    both raise :class:`TokError` subclasses naming the folder.
+    """
+
+    RECIPE = "recipe.toml"
+    METRICS = "metrics.jsonl"
+    STATE = "state.safetensors"
+    STATE_JSON = "state.json"
+    WEIGHTS = WEIGHTS
+    TOKENIZER = CONFIG
+    RECON_PNG = "recon.png"  # the names media.save_comparison gives "recon"
+    RECON_GIF = "recon.gif"
+    RECON_FRAMES = "recon_frames.png"
+    USAGE_PNG = "usage.png"
+    LOSS_PNG = "loss.png"
+    HEALTH_PNG = "health.png"
+    USAGE_OVER_TIME_PNG = "usage_over_time.png"
+    HEALTH_JSON = "health.json"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def file(self, name: str) -> Path:
+        """The path of the run's file ``name`` (one of the class's names)."""
+        return self.path / name
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str]) -> Run:
+        """A new run in ``path``, which must not exist or be an empty folder (it is made
+        by the first file written, so a command that fails before leaves nothing)."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise OutputDirError(
+                f"run folder {path} already exists and is not empty; resume it with "
+                f"`tok train --resume {path}` or choose another with --set output.dir=..."
+            )
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Run:
+        """The existing run in ``path``; a folder without ``recipe.toml`` is refused."""
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is not a run folder: no such folder")
+        if not (path / cls.RECIPE).is_file():
+            raise CheckpointError(f"{path} is not a run folder: {cls.RECIPE} is missing")
+        return cls(path)
+
+    @classmethod
+    def latest(cls, root: str | os.PathLike[str] = "runs", *, media: str) -> Run | None:
+        """The complete run under ``root`` with the newest tokenizer for ``media``
+        (``"image"`` or ``"video"``), or ``None``: what ``tok encode`` uses when no
+        ``--tokenizer`` is given."""
+        root = Path(root)
+        found = []
+        for folder in sorted(root.iterdir()) if root.is_dir() else []:
+            run = cls(folder)
+            if run.media() == media and run.is_complete():
+                found.append((run.file(cls.WEIGHTS).stat().st_mtime_ns, str(folder), run))
+        return max(found)[2] if found else None
+
+    def media(self) -> str | None:
+        """``"image"`` or ``"video"``: what the run's tokenizer takes (``None``: no tokenizer)."""
+        try:
+            shape = json.loads(self.file(self.TOKENIZER).read_text())["input_shape"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not self.file(self.WEIGHTS).is_file():
+            return None
+        return {3: "image", 4: "video"}.get(len(shape))
+
+    def is_complete(self) -> bool:
+        """Whether training reached the recipe's ``train.steps`` (from ``state.json``)."""
+        import tomllib
+
+        try:
+            steps = tomllib.loads(self.file(self.RECIPE).read_text())["train"]["steps"]
+            step = json.loads(self.file(self.STATE_JSON).read_text())["step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return isinstance(step, int) and isinstance(steps, int) and step >= steps
+
+    # the recipe -----------------------------------------------------------------
+
+    def write_recipe(self, recipe: Recipe) -> None:
+        """Write the resolved recipe (``recipe.toml``), headed by how to resume."""
+        header = f"# resolved recipe of {self.path}\n# resume: tok train --resume {self.path}"
+        write_text(self.file(self.RECIPE), dumps_toml(recipe.to_dict(), header=header))
+
+    def recipe(self, overrides: list[str] | None = None) -> Recipe:
+        """The run's resolved recipe, with ``overrides`` (``table.key=value``) applied.
+
+        A component whose plugin is no longer installed is named with the
+        distribution that provided it (from ``tokenizer.json``).
+        """
+        import tomllib
+
+        path = self.file(self.RECIPE)
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise CheckpointError(f"cannot read {path}: {exc}") from exc
+        data = apply_overrides(data, overrides or [])
+        data.setdefault("output", {})["dir"] = str(self.path)
+        try:
+            return parse_recipe(data, name=self.path.name, source=str(path))
+        except RecipeError:
+            self._explain_missing_plugins(data)
+            raise
+
+    def _explain_missing_plugins(self, data: dict[str, Any]) -> None:
+        try:
+            recorded = json.loads(self.file(self.TOKENIZER).read_text()).get("plugins") or {}
+        except (OSError, ValueError, AttributeError):
+            return
+        for table, role, kind in (
+            ("model", "architecture", "architectures"),
+            ("quantizer", "quantizer", "quantizers"),
+        ):
+            name = (data.get(table) or {}).get("name")
+            message = missing_plugin(kind, name, recorded.get(role)) if name else None
+            if message:
+                raise CheckpointError(f"cannot use the run {self.path}: {message}")
+
+    def dataset(self, recipe: Recipe | None = None) -> Dataset:
+        """The dataset the run was trained on (its recipe's ``[data]``)."""
+        recipe = recipe or self.recipe()
+        return build("datasets", recipe.data.name, recipe.data.options)
+
+    # the tokenizer ----------------------------------------------------------------
+
+    def tokenizer(self, device: torch.device | str = "cpu") -> Tokenizer:
+        """The run's trained tokenizer, in eval mode on ``device``."""
+        return Tokenizer.load(self.path, map_location=device)
+
+    # the metrics log ---------------------------------------------------------------
+
+    def log_rows(self, upto: float = math.inf) -> list[dict[str, Any]]:
+        """The rows of ``metrics.jsonl`` up to step ``upto`` (a line cut short by a kill is skipped)."""
+        path = self.file(self.METRICS)
+        if not path.is_file():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step", 0) <= upto:
+                rows.append(row)
+        return rows
+
+    def truncate_log(self, step: int) -> None:
+        """Drop the rows after ``step`` (a resume continues from the checkpoint's step)."""
+        rows = self.log_rows(step)
+        write_text(self.file(self.METRICS), "".join(json.dumps(r) + "\n" for r in rows))
+
+    def open_log(self) -> MetricsLog:
+        """``metrics.jsonl`` open for appending rows (a context manager)."""
+        return MetricsLog(self.file(self.METRICS))
+
+    # checkpoints ----------------------------------------------------------------------
+
+    def save_checkpoint(self, step: int, parts: Checkpoint, *, elapsed: float) -> None:
+        """Write ``state.safetensors`` (and ``state.json``), then the tokenizer, atomically."""
+        tensors = {
+            f"model.{k}": v.detach().contiguous().cpu()
+            for k, v in parts.tokenizer.state_dict().items()
+        }
+        opt_tensors, groups = _optimizer_tensors("optim", parts.optimizer)
+        tensors.update(opt_tensors)
+        loss_groups: dict[str, dict[str, list]] = {}
+        for name, loss in parts.losses.items():
+            for k, v in loss.state_dict().items():
+                tensors[f"loss/{name}/model.{k}"] = v.detach().contiguous().cpu()
+            for opt_name, opt in loss.optimizers().items():
+                more, loss_groups.setdefault(name, {})[opt_name] = _optimizer_tensors(
+                    f"loss/{name}/optim/{opt_name}", opt
+                )
+                tensors.update(more)
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.batches"] = parts.generator.get_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        scalars = {
+            "step": step,
+            "elapsed": elapsed,
+            "param_groups": groups,
+            "loss_param_groups": loss_groups,
+        }
+        with atomic_path(self.file(self.STATE)) as tmp:
+            save_file(tensors, tmp, metadata={"format": STATE_FORMAT, "state": json.dumps(scalars)})
+        write_json(self.file(self.STATE_JSON), {"step": step, "elapsed_seconds": round(elapsed, 2)})
+        parts.tokenizer.save(self.path)
+
+    def load_checkpoint(self, parts: Checkpoint) -> tuple[int, float]:
+        """Restore ``parts`` in place from ``state.safetensors``; return ``(step, elapsed)``."""
+        path = self.file(self.STATE)
+        if not path.is_file():
+            raise CheckpointError(
+                f"cannot resume {self.path}: no {self.STATE} (the run never reached its first checkpoint)"
+            )
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            scalars = json.loads(meta["state"])
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        found = meta.get("format", "tok.state/1")
+        if found not in READABLE_STATES:
+            raise CheckpointError(
+                f"{path} was written in checkpoint format {found!r}; this version of tok "
+                f"resumes {', '.join(READABLE_STATES)}"
+            )
+        model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        parts.tokenizer.load_state_dict(model)
+        _load_optimizer(parts.optimizer, tensors, "optim", scalars["param_groups"])
+        loss_groups = scalars.get("loss_param_groups", {})
+        for name, loss in parts.losses.items():
+            prefix = f"loss/{name}/model."
+            own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            loss.load_state_dict(own)
+            for opt_name, opt in loss.optimizers().items():
+                groups = loss_groups.get(name, {}).get(opt_name)
+                if groups is None:
+                    raise CheckpointError(
+                        f"cannot resume {self.path}: its checkpoint has no state for the "
+                        f"optimizer {opt_name!r} of loss {name!r}"
+                    )
+                _load_optimizer(opt, tensors, f"loss/{name}/optim/{opt_name}", groups)
+        torch.set_rng_state(tensors["rng.torch"])
+        parts.generator.set_state(tensors["rng.batches"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        return int(scalars["step"]), float(scalars.get("elapsed", 0.0))
+
+    # pictures ------------------------------------------------------------------------
+
+    def save_samples(self, originals: torch.Tensor, reconstructions: torch.Tensor) -> list[Path]:
+        """Originals above their reconstructions (:func:`tok.media.save_comparison`):
+        ``recon.png`` for images, ``recon.gif`` + ``recon_frames.png`` for videos."""
+        return media.save_comparison(self.path, originals, reconstructions)
+
+    def save_usage(self, counts: list[torch.Tensor], step: int) -> None:
+        """``usage.png``: the codebook-usage histogram of an evaluation."""
+        plots.save_usage_histogram(
+            self.file(self.USAGE_PNG), counts, title=f"codebook usage at step {step}"
+        )
+
+    def save_curves(self) -> None:
+        """``loss.png``: training loss and test MSE over the steps of the log."""
+        rows = self.log_rows()
+        train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train"]
+        test = [(r["step"], r["mse"]) for r in rows if r.get("split") == "test"]
+        plots.save_line_plot(
+            self.file(self.LOSS_PNG),
+            {"train loss": train, "test mse": test},
+            title="loss",
+            ylabel="loss",
+            logy=True,
+        )
+
+    # evaluation -------------------------------------------------------------------------
+
+    def evaluate(
+        self,
+        *,
+        split: str = "test",
+        samples: int = 0,
+        device: torch.device | str = "cpu",
+        recipe: Recipe | None = None,
+    ) -> dict[str, Any]:
+        """:func:`evaluate` the run's tokenizer on ``split`` of its dataset (the first
+        ``samples`` items; 0: all). Adds ``split`` to the result."""
+        if samples < 0:
+            raise TokError(f"--samples must be 0 (all) or a positive number, got {samples}")
+        recipe = recipe or self.recipe()
+        tokenizer = self.tokenizer(device)
+        dataset = self.dataset(recipe)
+        if samples:
+            data = dataset.read(split, dataset.keys(split)[:samples])
+        else:
+            data = dataset.load(split)
+        return {**evaluate(tokenizer, data, device=device), "split": split}
+
+
+class MetricsLog:
+    """``metrics.jsonl`` open for appending: ``write(row)`` adds one JSON line and flushes."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "a")  # noqa: SIM115 - closed by close() / the with block
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
