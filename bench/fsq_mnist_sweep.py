@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from tok.device import resolve_precision
 from tok.recipe import load_recipe
-from tok.train import build_tokenizer, resolve_precision, train
+from tok.train import build_tokenizer, train
 
 VARIANTS: dict[str, list[str]] = {
     "base": [],

@@ -20,7 +20,10 @@ SUBCOMMAND_OPTIONS = {
     "train": ["--set", "--resume", "--no-progress", "recipe"],
     "encode": [
         "--out",
+        "--tokenizer",
         "--run",
+        "--limit",
+        "--device",
         "--split",
         "--shard-size",
         "--batch-size",
@@ -30,17 +33,20 @@ SUBCOMMAND_OPTIONS = {
     ],
     "decode": [
         "--out",
+        "--tokenizer",
         "--run",
+        "--device",
         "--force",
         "--batch-size",
         "--video-format",
         "--fps",
         "--no-progress",
     ],
-    "eval": ["--split", "--samples", "--json"],
-    "inspect": ["--split", "--samples", "--threshold", "--out", "--json"],
+    "eval": ["--split", "--samples", "--device", "--json"],
+    "inspect": ["--split", "--samples", "--threshold", "--out", "--device", "--json"],
     "plugins": ["--json"],
     "quantizers": ["pattern", "--json"],
+    "recipes": ["pattern", "--json"],
 }
 
 
@@ -139,15 +145,17 @@ def test_quantizers_lists_fsq(capsys):
 
 
 def test_quantizers_pattern_that_matches_nothing(capsys):
-    code, out, _ = tok_cli(capsys, "quantizers", "zz*")
+    for args in (["zz*"], ["zz*", "--json"]):
+        code, out, err = tok_cli(capsys, "quantizers", *args)
+        assert code == 1 and out == ""
+        one_error(err, "no quantizer matches 'zz*'", "fsq", "vq")
+
+
+def test_quantizers_json_gives_codebook_sizes_as_numbers(capsys):
+    code, out, _ = tok_cli(capsys, "quantizers", "--json")
     assert code == 0
-    rows = [
-        line for line in out.splitlines()[2:] if line.strip() and not line.startswith("conflict")
-    ]
-    assert rows == []
-    assert "fsq" not in out
-    code, out, _ = tok_cli(capsys, "quantizers", "zz*", "--json")
-    assert code == 0 and json.loads(out) == []
+    sizes = {d["name"]: d["example_codebook_sizes"] for d in json.loads(out)}
+    assert sizes["fsq"] == [1000] and all(isinstance(k, int) for k in sizes["mgvq"])
 
 
 # recipe errors ----------------------------------------------------------------
@@ -346,3 +354,80 @@ def test_eval_rejects_negative_samples(capsys, trained_run):
     code, out, err = tok_cli(capsys, "eval", trained_run, "--samples", "-5")
     assert code != 0 and out == ""
     one_error(err, "--samples", "-5")
+
+
+# torchrun, devices, shipped recipes ------------------------------------------------------
+
+
+def test_no_tok_option_is_an_abbreviation_of_a_torchrun_option():
+    """torchrun parses the options it knows (abbreviations too) before the module's own:
+    `--run` could match its --run-path. Every tok option but that documented alias must
+    pass through torchrun untouched."""
+    from torch.distributed.run import get_args_parser
+
+    torchrun = {o for a in get_args_parser()._actions for o in a.option_strings}
+    parser = cli.build_parser()
+    clashes = []
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            for option in action.option_strings:
+                if option in ("--run", "-h", "--help"):
+                    continue
+                if any(t.startswith(option) for t in torchrun if t.startswith("--")):
+                    clashes.append(f"tok {name} {option}")
+    assert not clashes, clashes
+
+
+def test_device_options_are_checked_in_one_line(capsys, trained_run, tmp_path):
+    for args in (
+        ["eval", trained_run, "--device", "tpu"],
+        ["inspect", trained_run, "--device", "cuda:7", "--out", tmp_path / "h"],
+        [
+            "encode",
+            "mnist:test",
+            "--tokenizer",
+            trained_run,
+            "--out",
+            tmp_path / "t",
+            "--device",
+            "nope",
+        ],
+    ):
+        code, _, err = tok_cli(capsys, *args)
+        assert code == 1
+        one_error(err, "--device")
+    assert not (tmp_path / "h").exists() and not (tmp_path / "t").exists()
+
+
+def test_recipes_lists_the_shipped_recipes_with_their_purpose(capsys):
+    code, out, _ = tok_cli(capsys, "recipes")
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[2:] if line.strip()}
+    shipped = sorted(p.stem for p in (REPO / "recipes").glob("*.toml"))
+    assert sorted(r for r in rows if not r.startswith("run")) == shipped
+    for name in shipped:
+        purpose = (REPO / "recipes" / f"{name}.toml").read_text().splitlines()[1].lstrip("# ")
+        assert purpose in rows[name]
+    code, out, _ = tok_cli(capsys, "recipes", "seq1d*", "--json")
+    assert [r["name"] for r in json.loads(out)] == [
+        "seq1d_mnist",
+        "seq1d_mnist_k16",
+        "seq1d_mnist_k64",
+    ]
+    code, _, err = tok_cli(capsys, "recipes", "zz*")
+    assert code == 1
+    one_error(err, "zz*", "fsq_mnist")
+
+
+def test_train_takes_a_shipped_recipe_by_name(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, err = tok_cli(
+        capsys, "train", "fsq_mnist", "--no-progress", "--set", f"output.dir='{out_dir}'",
+        *("--set", "train.steps=2", "--set", "train.eval_samples=8", "--set", "train.batch_size=4"),
+        *("--set", "model.channels=[8, 8, 8]", "--set", "train.collapse_threshold=0.0"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert (out_dir / "model.safetensors").is_file()
+    from tok.run import Run
+
+    assert Run.open(out_dir).recipe().quantizer.options["levels"] == [8, 5, 5, 5]

@@ -33,7 +33,12 @@ def python_blocks() -> list[str]:
 
 
 def test_hooks_found():
-    assert HOOKS == ["register_architectures", "register_datasets", "register_quantizers"]
+    assert HOOKS == [
+        "register_architectures",
+        "register_datasets",
+        "register_losses",
+        "register_quantizers",
+    ]
 
 
 @pytest.mark.parametrize("hook", HOOKS)

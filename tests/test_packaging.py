@@ -46,7 +46,7 @@ def wheel(tmp_path_factory) -> Path:
         check=True,
         capture_output=True,
     )
-    (path,) = out.glob("tok-*.whl")
+    (path,) = out.glob("tok_vision-*.whl")  # the distribution is tok-vision
     return path
 
 
@@ -57,6 +57,9 @@ def test_wheel_layout(wheel):
     assert "tok/plugins/fsq.py" in names
     assert "tok/models/tokenizer.py" in names
     assert "tok/data/mnist.py" in names
+    # the recipes ship inside the package, so `tok train fsq_mnist` works after pip install
+    assert "tok/recipes/fsq_mnist.toml" in names and "tok/recipes/__init__.py" in names
+    assert "tok/tokens/manifest.py" in names and "tok/testing/quantizer.py" in names
     assert not any(n.startswith(("tokenizers/", "plugins/", "tests/")) for n in names)
     (ep,) = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(ep).decode()
@@ -99,3 +102,49 @@ def test_installed_wheel_runs_python_m_tok(wheel, tmp_path):
     )
     plugins = {p["name"]: p for p in json.loads(proc.stdout)}
     assert plugins["fsq"]["source"] == "builtin" and plugins["fsq"]["status"] == "ok"
+
+
+def test_installed_wheel_lists_and_trains_a_shipped_recipe(wheel, tmp_path):
+    """Outside any clone: `tok recipes` lists the shipped recipes, `tok train NAME` runs one."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    work = tmp_path / "elsewhere"  # no recipes/ folder here
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
+
+    def tok(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tok", *args], env=env, cwd=work, capture_output=True, text=True
+        )
+
+    listed = tok("recipes")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[2:] if line.strip()}
+    assert {"fsq_mnist", "vq_mnist", "seq1d_mnist", "video_fsq_movingmnist"} <= set(rows)
+    assert "MNIST" in rows["fsq_mnist"]  # its one-line purpose
+    trained = tok(
+        "train",
+        "fsq_mnist",
+        "--no-progress",
+        *("--set", "train.steps=2", "--set", "train.batch_size=4"),
+        *("--set", "train.eval_samples=8", "--set", "model.channels=[8, 8, 8]"),
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert (work / "runs" / "fsq_mnist" / "model.safetensors").is_file()
+    missing = tok("train", "fsq_mnsit")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("tok: error: ") and "fsq_mnist" in missing.stderr

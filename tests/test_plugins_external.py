@@ -205,7 +205,7 @@ def test_example_quantizer_is_listed(site):
     assert entry["name"] == "example-binary"
     assert entry["aliases"] == ["example-sign"]
     assert entry["plugin"] == "example"
-    assert entry["example_codebook_sizes"] == "4, 4, 4"
+    assert entry["example_codebook_sizes"] == [4, 4, 4]
 
 
 def test_example_own_tests_pass(site, example_src):
@@ -240,6 +240,40 @@ def test_recipe_trains_with_the_example_quantizer(site, tmp):
     assert tokenizer["codebook_sizes"] == [4, 4]
 
 
+def test_a_run_whose_plugin_was_uninstalled_names_the_distribution(site, tmp):
+    """Train and encode with the example plugin, then run tok without it: every command
+    that needs the run says which distribution (and version) to install, in one line."""
+    run_dir = tmp / "run-gone"
+    recipe = write_recipe(tmp / "gone.toml", {"name": "example-binary", "bits": 2}, run_dir)
+    assert run_tok(site, "train", str(recipe), "--no-progress").returncode == 0
+    tokens = tmp / "tokens-gone"
+    result = run_tok(
+        site, "encode", "mnist:test", "--tokenizer", str(run_dir), "--out", str(tokens),
+        "--limit", "10", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    header = json.loads((tokens / "manifest.json").read_text())["header"]
+    assert header["plugins"]["quantizer"]["distribution"] == "tok-plugin-example"
+
+    without = tmp / "site-without-the-plugin"  # the plugin is uninstalled
+    without.mkdir(exist_ok=True)
+    want = (
+        "quantizer 'example-binary' comes from tok-plugin-example 0.1.0, which is not "
+        "installed; pip install 'tok-plugin-example==0.1.0' brings it back"
+    )
+    for args in (
+        ["decode", str(tokens), "--out", str(tmp / "decoded-gone")],
+        ["eval", str(run_dir), "--samples", "8"],
+        ["train", "--resume", str(run_dir)],
+    ):
+        result = run_tok(without, *args)
+        assert result.returncode == 1, (args, result.stderr)
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("tok: error: ") and want in line, line
+        assert "damaged" not in line and "recipe problem" not in line
+    assert not (tmp / "decoded-gone").exists()
+
+
 # a broken plugin next to it ------------------------------------------------------------
 
 
@@ -252,7 +286,10 @@ def test_broken_plugin_gives_one_warning(broken_site):
     assert "boom" in line
     assert "tok-plugin-example" not in result.stderr
     row = next(line for line in result.stdout.splitlines() if line.startswith("broken "))
-    assert "failed" in row and "boom" in row
+    assert "failed (see below)" in row and "boom" not in row
+    # the error goes below the table, so the table stays as narrow as its columns
+    assert "broken: RuntimeError: boom" in result.stdout.splitlines()
+    assert max(len(line) for line in result.stdout.splitlines()) < 150
 
 
 def test_broken_plugin_is_listed_as_failed(broken_site):

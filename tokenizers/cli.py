@@ -1,4 +1,13 @@
-"""The ``tok`` command. The only place where a :class:`TokError` becomes an exit code."""
+"""The ``tok`` command. The only place where a :class:`TokError` becomes an exit code.
+
+Each ``cmd_*`` function turns parsed options into one call of the library and
+prints its result; :func:`build_parser` declares every command's options.
+
+Why this module is longer than 500 lines: it is the whole command-line
+surface, and argparse's option declarations (with their help texts) take
+about half of it; splitting the commands from their options would make
+readers look in two places for one command.
+"""
 
 from __future__ import annotations
 
@@ -31,12 +40,13 @@ def _fmt_table(rows: list[list[str]], headers: list[str]) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
-    from .train import load_run_recipe, train
+    from .run import Run
+    from .train import train
 
     if args.resume:
         if args.recipe:
             raise TokError("give either a recipe or --resume RUN, not both")
-        recipe = load_run_recipe(args.resume, args.set)
+        recipe = Run.open(args.resume).recipe(args.set)
     elif args.recipe:
         recipe = load_recipe(args.recipe, args.set)
     else:
@@ -55,19 +65,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_tokenizer(src: str) -> str:
+    """The run ``tok encode SRC`` uses without ``--tokenizer``: the complete run under
+    ``./runs`` with the newest tokenizer for what ``src`` holds (images or videos)."""
+    from .data.folder import walk_once
+    from .data.sources import source_media
+    from .run import Run
+
+    with walk_once():
+        media = source_media(src) or "image"
+    run = Run.latest("runs", media=media)
+    if run is None:
+        example = "video_fsq_movingmnist" if media == "video" else "fsq_mnist"
+        raise TokError(
+            f"no --tokenizer given and no complete {media} tokenizer under ./runs; train one "
+            f"(`tok train {example}`) or name one with --tokenizer RUN"
+        )
+    print(f"tokenizer: {run.path} (the newest complete {media} run under ./runs)")
+    return str(run.path)
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from .encode import encode
 
+    tokenizer = args.tokenizer or _default_tokenizer(args.src)
     result = encode(
         args.src,
         out=args.out,
-        run=args.run,
+        tokenizer=tokenizer,
         split=args.split,
         shard_size=args.shard_size,
         batch_size=args.batch_size,
         resize=args.resize,
         fps=args.fps,
+        limit=args.limit,
         progress=not args.no_progress,
+        device=args.device,
     )
     print(
         f"wrote {result['items']} rows of tokens {result['grid']}x{result['streams']} "
@@ -83,12 +116,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
     result = decode_files(
         args.tokens,
         out=args.out,
-        run=args.run,
+        tokenizer=args.tokenizer,
         force=args.force,
         batch_size=args.batch_size,
         video_format=args.video_format,
         fps=args.fps,
         progress=not args.no_progress,
+        device=args.device,
     )
     if result["kind"] == "videos":
         preview = f" and the preview {result['preview']}" if result["preview"] else ""
@@ -99,20 +133,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .device import resolve_device
     from .health import stream_table
-    from .models import Tokenizer
-    from .train import build_dataset, evaluate, load_run_recipe
+    from .run import Run
 
-    if args.samples < 0:
-        raise TokError(f"--samples must be 0 (all) or a positive number, got {args.samples}")
-    recipe = load_run_recipe(args.run)
-    tokenizer = Tokenizer.load(args.run)
-    samples = build_dataset(recipe).load(args.split)
-    if args.samples:
-        from .data import Samples
-
-        samples = Samples(images=samples.images[: args.samples], keys=samples.keys[: args.samples])
-    result = evaluate(tokenizer, samples)
+    device = resolve_device(args.device, option="--device")
+    result = Run.open(args.run).evaluate(split=args.split, samples=args.samples, device=device)
     result.pop("counts")
     if args.json:
         print(json.dumps(result, indent=2))
@@ -129,10 +155,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from .device import resolve_device
     from .health import inspect_run, stream_table
 
     report = inspect_run(
-        args.run, split=args.split, samples=args.samples, threshold=args.threshold, out=args.out
+        args.run,
+        split=args.split,
+        samples=args.samples,
+        threshold=args.threshold,
+        out=args.out,
+        device=resolve_device(args.device, option="--device"),
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -172,18 +204,23 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     rows = []
     for i in infos:
         provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in i.provides.items()) or "-"
-        status = i.status if i.status == "ok" else f"{i.status}: {i.error}"
+        status = i.status if i.status == "ok" else f"{i.status} (see below)"
         rows.append([i.name, i.version or "-", i.distribution or "-", i.source, status, provides])
     print(_fmt_table(rows, ["NAME", "VERSION", "DISTRIBUTION", "SOURCE", "STATUS", "PROVIDES"]))
+    failed = [i for i in infos if i.status != "ok"]
+    if failed:
+        print()
+    for i in failed:
+        print(f"{i.name}: {i.error}")
     return 0
 
 
-def _example_sizes(cls: type) -> str:
+def _example_sizes(cls: type) -> list[int] | None:
     try:
         config = cls.example_config() if hasattr(cls, "example_config") else {"dim": 8}
-        return ", ".join(str(k) for k in cls(**config).codebook_sizes)
+        return [int(k) for k in cls(**config).codebook_sizes]
     except Exception:  # noqa: BLE001 - listing must not fail because of one plugin
-        return "?"
+        return None
 
 
 def cmd_quantizers(args: argparse.Namespace) -> int:
@@ -191,6 +228,10 @@ def cmd_quantizers(args: argparse.Namespace) -> int:
 
     reg = registry("quantizers")
     entries = reg.entries(args.pattern)
+    if not entries:
+        raise TokError(
+            f"no quantizer matches {args.pattern!r} (registered: {', '.join(reg.names()) or 'none'})"
+        )
     data = [
         {
             "name": e.name,
@@ -209,7 +250,7 @@ def cmd_quantizers(args: argparse.Namespace) -> int:
             d["name"],
             ", ".join(d["aliases"]) or "-",
             d["plugin"],
-            d["example_codebook_sizes"],
+            ", ".join(map(str, d["example_codebook_sizes"] or ["?"])),
             d["paper"] or "-",
         ]
         for d in data
@@ -220,7 +261,36 @@ def cmd_quantizers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .recipe import list_recipes
+
+    found = list_recipes(args.pattern)
+    if not found:
+        names = ", ".join(r.name for r in list_recipes()) or "none"
+        raise TokError(f"no shipped recipe matches {args.pattern!r} (shipped: {names})")
+    if args.json:
+        print(
+            json.dumps(
+                [{"name": r.name, "purpose": r.purpose, "path": str(r.path)} for r in found],
+                indent=2,
+            )
+        )
+        return 0
+    print(_fmt_table([[r.name, r.purpose] for r in found], ["NAME", "PURPOSE"]))
+    print()
+    print("run one with `tok train NAME`; `tok train PATH.toml` runs a recipe file of your own")
+    return 0
+
+
 # parser ------------------------------------------------------------------------
+
+
+def _device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the tokenizer runs: cpu (default), cuda, cuda:N or auto",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,7 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a tokenizer from a TOML recipe",
         description="Train a tokenizer from a TOML recipe into a run folder (recipe [output] dir).",
     )
-    p.add_argument("recipe", nargs="?", help="recipe file, e.g. recipes/fsq_mnist.toml")
+    p.add_argument(
+        "recipe",
+        nargs="?",
+        help="a recipe file (recipes/fsq_mnist.toml) or the name of a shipped recipe "
+        "(fsq_mnist; `tok recipes` lists them)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -268,7 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder (new, empty, or an unfinished encode of the same source)",
     )
     p.add_argument(
-        "--run", required=True, help="the tokenizer: a run folder written by `tok train`"
+        "--tokenizer",
+        "--run",
+        dest="tokenizer",
+        metavar="RUN",
+        help="the tokenizer: a run folder written by `tok train` (default: the complete run "
+        "under ./runs with the newest tokenizer for the source's images or videos); --run is "
+        "an alias, except under torchrun, which reads it as its own --run-path",
     )
     p.add_argument(
         "--split",
@@ -294,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="videos: resample to this frame rate by nearest timestamp before taking the "
         "tokenizer's clip length (default: the source's frames as they are)",
     )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        metavar="N",
+        help="encode only the first N items (default: all)",
+    )
+    _device_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode)
 
@@ -307,7 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output folder for the files (must be new or empty)"
     )
     p.add_argument(
-        "--run", help="the tokenizer run folder (default: the one recorded in the tokens)"
+        "--tokenizer",
+        "--run",
+        dest="tokenizer",
+        metavar="RUN",
+        help="the tokenizer: a run folder (default: the one recorded in the tokens); "
+        "--run is an alias, except under torchrun",
     )
     p.add_argument(
         "--force",
@@ -326,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fps", type=float, default=8.0, help="videos: frames per second to write (default: 8)"
     )
+    _device_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_decode)
 
@@ -339,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--samples", type=int, default=0, help="use only the first N images (default: all)"
     )
+    _device_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
 
@@ -367,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", help="folder for health.png, usage_over_time.png and health.json (default: RUN)"
     )
+    _device_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
 
@@ -386,6 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'fsq*'")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_quantizers)
+
+    p = sub.add_parser(
+        "recipes",
+        help="list the recipes shipped with tok",
+        description="List the recipes that ship inside tok (run one with `tok train NAME`), "
+        "optionally filtered by a glob pattern.",
+    )
+    p.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'seq1d*'")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_recipes)
     for p in sub.choices.values():  # `tok encode … --debug` works as well as `tok --debug encode …`
         p.add_argument(
             "--debug",
