@@ -82,8 +82,6 @@ def round_ste(x: Tensor) -> Tensor:
 _TILE = 16
 # Indices are summed as float64 (exact below 2**53); larger codebooks use int64.
 _EXACT_FLOAT64 = 2**53
-# Batch metrics use a dense histogram up to this many codes (all streams together).
-_DENSE_METRICS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -100,7 +98,6 @@ class _Constants:
     half_width: Tensor  # float32 (_TILE * p,): L // 2
     index_matrix: Tensor  # float64 (p, c): the mixed-radix basis of each codebook
     index_offset: float  # sum over one codebook of (L // 2) * basis
-    stream_offsets: Tensor  # int64 (c,): s * K, to count all streams in one histogram
 
 
 class FSQ(Quantizer):
@@ -223,7 +220,6 @@ class FSQ(Quantizer):
             half_width=tiled(half_width),
             index_matrix=matrix.reshape(c * n_levels, c).to(device),
             index_offset=float((half_width * basis).sum()),
-            stream_offsets=torch.arange(c, device=device) * self.codebook_sizes[0],
         )
 
     def _tiled(self, x: Tensor) -> tuple[Tensor, int]:
@@ -264,22 +260,6 @@ class FSQ(Quantizer):
         x, n = self._tiled(r)
         return (x / k.half_width[:n]).view(r.shape)
 
-    def _metrics(self, indices: Tensor) -> dict[str, Tensor]:
-        """Batch ``usage`` and ``perplexity`` (averaged over codebooks), without a sync."""
-        c, size = self.num_codebooks, self.codebook_sizes[0]
-        if c * size > _DENSE_METRICS:
-            return batch_code_metrics(indices, self.codebook_sizes)
-        flat = indices.detach().reshape(-1, c)
-        if c > 1:
-            flat = flat + self._constants(indices.device).stream_offsets
-        counts = torch.bincount(flat.flatten(), minlength=c * size)
-        counts = counts.view(c, size).float()
-        p = counts / max(flat.shape[0], 1)
-        return {
-            "usage": (counts > 0).float().mean(),
-            "perplexity": torch.special.entr(p).sum(-1).exp().mean(),
-        }
-
     def forward(self, z: Tensor) -> QuantizerOutput:
         """Quantize ``z: (b, ..., d)``; returns float32 codes and ``(b, ..., c)`` indices."""
         self.check_input(z)
@@ -292,7 +272,7 @@ class FSQ(Quantizer):
             quantized=quantized,
             indices=indices,
             aux_loss=quantized.new_zeros(()),
-            metrics=self._metrics(indices),
+            metrics=batch_code_metrics(indices, self.codebook_sizes),
         )
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:

@@ -65,8 +65,6 @@ EXACT_BATCH_ENTROPY_BITS = 14
 _MAX_BITS = 62
 # Indices are computed as float32 sums of powers of two (exact below 2**24).
 _EXACT_FLOAT32_BITS = 24
-# Batch metrics use a dense histogram up to this many codes (all streams together).
-_DENSE_METRICS = 1 << 20
 # Bit logits and the log-probabilities of half-codebook codes are clamped to
 # [-30, 30] (e^-30 ≈ 9.4e-14): what is cut off changes an entropy by no more than
 # float32 rounding does (measured against float64 at 2^14 codes: < 4e-7 nats).
@@ -246,9 +244,6 @@ class LFQ(Quantizer):
         # Derived from the config, so not saved with the weights; integer, so
         # ``module.to(dtype)`` leaves them alone.
         self.register_buffer("_shifts", torch.arange(bits), persistent=False)
-        self.register_buffer(
-            "_stream_offsets", torch.arange(num_codebooks) * 2**bits, persistent=False
-        )
         self._powers_by_device: dict[torch.device, Tensor] = {}
 
     @classmethod
@@ -314,28 +309,6 @@ class LFQ(Quantizer):
             batch = factorised_batch_entropy(logits).mean()
         return per_sample, batch, per_sample - self.diversity_gamma * batch
 
-    def _metrics(self, indices: Tensor) -> dict[str, Tensor]:
-        """Batch ``usage`` and ``perplexity`` (averaged over codebooks), without a sync."""
-        c, size = self.num_codebooks, self.codebook_sizes[0]
-        if c * size > _DENSE_METRICS:
-            return batch_code_metrics(indices, self.codebook_sizes)
-        flat = indices.detach().reshape(-1, c)
-        positions = flat.shape[0]
-        if c > 1:
-            flat = flat + self._stream_offsets
-        flat = flat.flatten()
-        if flat.is_cuda:  # CUDA's bincount waits for the device to learn the range
-            ones = torch.ones((), device=flat.device).expand(flat.shape)
-            counts = torch.zeros(c * size, device=flat.device).scatter_add_(0, flat, ones)
-        else:
-            counts = torch.bincount(flat, minlength=c * size).float()
-        counts = counts.view(c, size)
-        p = counts / max(positions, 1)
-        return {
-            "usage": (counts > 0).float().mean(),
-            "perplexity": torch.special.entr(p).sum(-1).exp().mean(),
-        }
-
     def forward(self, z: Tensor) -> QuantizerOutput:
         """Quantize ``z: (b, ..., d)``; returns float32 codes and ``(b, ..., c)`` indices."""
         self.check_input(z)
@@ -344,7 +317,7 @@ class LFQ(Quantizer):
             ones = (z > 0).float()  # a channel at exactly 0 is bit 0
             indices = self._bits_to_indices(ones)  # b ... c
             codes = self._codes(ones)
-            metrics = self._metrics(indices)
+            metrics = batch_code_metrics(indices, self.codebook_sizes)
             aux_loss = z.new_zeros(())
             if self.training:
                 if self.entropy_weight > 0:
