@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import tok
@@ -219,6 +220,15 @@ class WrapsOnlyLargeIndices(TinyVQ):
         return codes.half().float() if indices.numel() > 1000 else codes
 
 
+class CodesInBf16UnderAutocast(TinyVQ):
+    """Quantizes in float32, but lets ``indices_to_codes`` run under the caller's autocast:
+    a decoder fed from token files then sees other codes than training did."""
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        indices = self.check_indices(indices)
+        return F.embedding(indices[..., 0], self.codebook) @ torch.eye(self.dim)
+
+
 BROKEN = [
     (WrapsIndices, "never wrap"),
     (WrongErrorForBadIndices, "IndexRangeError"),
@@ -241,6 +251,7 @@ BROKEN = [
     (LowPrecisionUnderAutocast, "autocast (bf16) gives the same indices as float32"),
     (Bf16UnderAutocast, "autocast (bf16) gives the same indices as float32"),
     (WrapsOnlyLargeIndices, "indices_to_codes(indices) equals quantized exactly"),
+    (CodesInBf16UnderAutocast, "indices_to_codes gives the same codes under autocast"),
 ]
 
 

@@ -4,6 +4,9 @@ test (a class, or a name looked up in the registry), and comparing tensors."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
@@ -13,12 +16,11 @@ from torch import Tensor
 __all__ = [
     "Check",
     "autocast_dtype",
-    "build",
     "config_for",
     "diff",
-    "expect_raises",
     "fork_rng",
     "resolve",
+    "start",
     "state_of",
 ]
 
@@ -37,6 +39,82 @@ class Check:
     def fail(self, promise: str, detail: str = "") -> NoReturn:
         message = f"{self.label} breaks the {self.contract} contract: {promise}"
         raise AssertionError(f"{message} — {detail}" if detail else message)
+
+    def build(self, cls: type, cfg: Mapping[str, Any], promise: str) -> Any:
+        """``cls(**cfg)``; an exception fails ``promise``."""
+        try:
+            return cls(**cfg)
+        except Exception as exc:  # noqa: BLE001 - reported as the broken promise
+            self.fail(
+                promise, f"{cls.__name__}(**{dict(cfg)!r}) raised {type(exc).__name__}: {exc}"
+            )
+
+    def expect_raises(
+        self, fn: Callable[[], Any], error: type[BaseException], promise: str, what: str
+    ) -> None:
+        """``fn()`` must raise ``error``: another exception, or none, fails ``promise``."""
+        try:
+            fn()
+        except error:
+            return
+        except Exception as exc:  # noqa: BLE001 - any other error is the failure we report
+            self.fail(promise, f"{what} raised {type(exc).__name__}: {exc}, not {error.__name__}")
+        self.fail(promise, f"{what} was accepted silently")
+
+    def rebuild(
+        self,
+        cls: type,
+        module: Any,
+        same_outputs: Callable[[Any, str], None],
+        device: torch.device,
+        *,
+        noun: str,
+    ) -> Any:
+        """The promises every component's ``config()`` and state make, checked on ``module``:
+        ``config()`` is a JSON-serialisable dict; ``cls(**config())``, built from the JSON
+        round trip with another seed, gives the same ``config()``, takes the state dict and
+        gives the same outputs (``same_outputs(other, promise)`` compares them); so does a
+        fresh instance given the state dict through a safetensors file. Returns the rebuilt
+        instance (``noun`` names the kind in the promises: ``"quantizer"`` …)."""
+        from safetensors.torch import load_file, save_file
+
+        try:
+            cfg_json = json.dumps(module.config())
+        except (TypeError, ValueError) as exc:
+            self.fail("config() is JSON-serialisable", f"{type(exc).__name__}: {exc}")
+        cfg = json.loads(cfg_json)
+        self.expect(isinstance(cfg, dict), "config() returns a dict", f"got {cfg_json}")
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+        promise = f"cls(**config()) rebuilds the {noun}"
+        torch.manual_seed(1)  # a fresh instance must not match by sharing the seed
+        rebuilt = self.build(cls, cfg, promise).to(device)
+        again = json.loads(json.dumps(rebuilt.config()))
+        self.expect(again == cfg, promise, f"config() {again!r} differs from {cfg!r}")
+        _load_state(self, rebuilt, state, f"{promise}: it accepts the state dict")
+        same_outputs(rebuilt, "cls(**config()) with the state dict gives the same outputs")
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"{noun}.safetensors")
+            try:
+                save_file({k: v.contiguous() for k, v in state.items()}, path)
+            except Exception as exc:  # noqa: BLE001
+                self.fail(
+                    "the state dict saves with safetensors",
+                    f"save_file raised {type(exc).__name__}: {exc}",
+                )
+            loaded = load_file(path, device=str(device))
+        torch.manual_seed(2)
+        fresh = self.build(cls, cfg, promise).to(device)
+        _load_state(self, fresh, loaded, "all learned state loads back from safetensors")
+        same_outputs(fresh, "a safetensors save/load round trip gives the same outputs")
+        return rebuilt
+
+    def expect_unchanged(self, before: Mapping[str, Tensor], module: Any, promise: str) -> None:
+        """Every buffer and parameter of ``module`` still equals ``before`` (:func:`state_of`)."""
+        after = state_of(module)
+        for key, value in before.items():
+            self.expect(key in after and torch.equal(value, after[key]), promise, f"{key} changed")
 
     def expect(self, ok: bool, promise: str, detail: str = "") -> None:
         if not ok:
@@ -73,14 +151,6 @@ def config_for(
     return dict(hook() if callable(hook) else hook)
 
 
-def build(check: Check, cls: type, cfg: Mapping[str, Any], promise: str) -> Any:
-    """``cls(**cfg)``; an exception fails ``promise``."""
-    try:
-        return cls(**cfg)
-    except Exception as exc:  # noqa: BLE001 - reported as the broken promise
-        check.fail(promise, f"{cls.__name__}(**{dict(cfg)!r}) raised {type(exc).__name__}: {exc}")
-
-
 def diff(a: Tensor, b: Tensor) -> str:
     """A short description of how two tensors differ."""
     if a.shape != b.shape:
@@ -101,19 +171,6 @@ def state_of(module: torch.nn.Module) -> dict[str, Tensor]:
     return state
 
 
-def expect_raises(
-    check: Check, fn: Callable[[], Any], error: type[BaseException], promise: str, what: str
-) -> None:
-    """``fn()`` must raise ``error``: another exception, or none, fails ``promise``."""
-    try:
-        fn()
-    except error:
-        return
-    except Exception as exc:  # noqa: BLE001 - any other error is the failure we report
-        check.fail(promise, f"{what} raised {type(exc).__name__}: {exc}, not {error.__name__}")
-    check.fail(promise, f"{what} was accepted silently")
-
-
 @contextlib.contextmanager
 def fork_rng(device: torch.device, seed: int = 0) -> Iterator[None]:
     """Run the block with its own random state (seeded with ``seed``) and give the caller's
@@ -129,3 +186,32 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
     return torch.bfloat16
+
+
+def _load_state(check: Check, module: Any, state: Mapping[str, Tensor], promise: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - reported as the broken promise
+        check.fail(promise, f"load_state_dict raised {type(exc).__name__}: {exc}")
+
+
+def start(
+    cls_or_name: type | str,
+    kind: str,
+    base: type,
+    base_name: str,
+    config: Mapping[str, Any] | None,
+    default: dict[str, Any] | None,
+) -> tuple[type, Check, dict[str, Any] | None]:
+    """What every check begins with: the class under test (resolved in the ``kind``
+    registry when given by name), the :class:`Check` that reports for it (after checking
+    that it subclasses ``base``, called ``base_name`` in the message), and the config to
+    build it with (:func:`config_for`)."""
+    cls, label = resolve(cls_or_name, kind)
+    check = Check(label, base.__name__)
+    check.expect(
+        isinstance(cls, type) and issubclass(cls, base),
+        f"the class is a subclass of {base_name}",
+        f"got {cls!r}",
+    )
+    return cls, check, config_for(cls, config, default)

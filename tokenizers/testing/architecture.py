@@ -7,9 +7,6 @@ Every promise of the Architecture contract (``docs/plugins.md``,
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,17 +15,7 @@ from torch import Tensor
 
 from ..errors import TokError
 from ..models.base import Architecture
-from ._common import (
-    Check,
-    autocast_dtype,
-    build,
-    config_for,
-    diff,
-    expect_raises,
-    fork_rng,
-    resolve,
-    state_of,
-)
+from ._common import Check, autocast_dtype, diff, fork_rng, start, state_of
 
 __all__ = ["check_architecture"]
 
@@ -84,14 +71,9 @@ def check_architecture(
       ``encode`` of an input that ``grid`` refuses raises a ``TokError`` too,
       never a raw torch error.
     """
-    cls, label = resolve(cls_or_name, "architectures")
-    check = Check(label, "Architecture")
-    check.expect(
-        isinstance(cls, type) and issubclass(cls, Architecture),
-        "the class is a subclass of tok.models.Architecture",
-        f"got {cls!r}",
+    cls, check, cfg = start(
+        cls_or_name, "architectures", Architecture, "tok.models.Architecture", config, {}
     )
-    cfg = config_for(cls, config, {})
     if input_shape is None:
         input_shape = cls.example_input_shape()
     shape = tuple(int(n) for n in input_shape)
@@ -122,7 +104,7 @@ def _check_all(
     batch: int,
     device: torch.device,
 ) -> None:
-    arch = build(check, cls, cfg, "it builds from its config").to(device)
+    arch = check.build(cls, cfg, "it builds from its config").to(device)
     for attr in ("in_channels", "latent_dim"):
         value = getattr(arch, attr, None)
         check.expect(
@@ -155,13 +137,9 @@ def _check_all(
         y = arch.decode(z)
         again = arch.decode(z)
         check.expect(torch.equal(y, again), "eval mode is deterministic (decode)", diff(y, again))
-    after = state_of(arch)
-    for key, value in before.items():
-        check.expect(
-            key in after and torch.equal(value, after[key]),
-            "eval-mode encode and decode leave buffers and parameters unchanged",
-            f"{key} changed",
-        )
+    check.expect_unchanged(
+        before, arch, "eval-mode encode and decode leave buffers and parameters unchanged"
+    )
 
     _check_rebuild(check, cls, arch, x, z, y, device)
     _check_autocast(check, arch, x, z, grid, device)
@@ -253,13 +231,6 @@ def _check_rebuild(
     device: torch.device,
 ) -> None:
     """``config()`` round trip and the state dict through safetensors."""
-    try:
-        cfg_json = json.dumps(arch.config())
-    except (TypeError, ValueError) as exc:
-        check.fail("config() is JSON-serialisable", f"{type(exc).__name__}: {exc}")
-    rebuilt_cfg = json.loads(cfg_json)
-    check.expect(isinstance(rebuilt_cfg, dict), "config() returns a dict", f"got {cfg_json}")
-    state = {k: v.detach().clone() for k, v in arch.state_dict().items()}
 
     def same_outputs(other: Any, promise: str) -> None:
         other.eval()
@@ -269,42 +240,7 @@ def _check_rebuild(
             y2 = other.decode(z)
             check.expect(torch.equal(y, y2), promise, "decode: " + diff(y, y2))
 
-    torch.manual_seed(1)  # a fresh instance must not match by sharing the seed
-    promise = "cls(**config()) rebuilds the architecture"
-    rebuilt = build(check, cls, rebuilt_cfg, promise).to(device)
-    again = json.loads(json.dumps(rebuilt.config()))
-    check.expect(again == rebuilt_cfg, promise, f"config() {again!r} differs from {rebuilt_cfg!r}")
-    try:
-        rebuilt.load_state_dict(state)
-    except Exception as exc:  # noqa: BLE001
-        check.fail(
-            "cls(**config()) rebuilds the architecture: it accepts the state dict",
-            f"load_state_dict raised {type(exc).__name__}: {exc}",
-        )
-    same_outputs(rebuilt, "cls(**config()) with the state dict gives the same outputs")
-
-    from safetensors.torch import load_file, save_file
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "architecture.safetensors")
-        try:
-            save_file({k: v.contiguous() for k, v in state.items()}, path)
-        except Exception as exc:  # noqa: BLE001
-            check.fail(
-                "the state dict saves with safetensors",
-                f"save_file raised {type(exc).__name__}: {exc}",
-            )
-        loaded = load_file(path, device=str(device))
-    torch.manual_seed(2)
-    fresh = build(check, cls, rebuilt_cfg, promise).to(device)
-    try:
-        fresh.load_state_dict(loaded)
-    except Exception as exc:  # noqa: BLE001
-        check.fail(
-            "all learned state loads back from safetensors",
-            f"load_state_dict raised {type(exc).__name__}: {exc}",
-        )
-    same_outputs(fresh, "a safetensors save/load round trip gives the same outputs")
+    check.rebuild(cls, arch, same_outputs, device, noun="architecture")
 
 
 def _check_autocast(
@@ -358,8 +294,7 @@ def _check_other_sizes(
             grid = arch.grid(other)
         except TokError:
             with torch.no_grad():
-                expect_raises(
-                    check,
+                check.expect_raises(
                     lambda x=x: arch.encode(x),
                     TokError,
                     "encode of an input that grid() refuses raises a tok.TokError "

@@ -15,7 +15,7 @@ import torch
 
 from ..data.base import Dataset, Samples
 from ..errors import DatasetError
-from ._common import Check, build, config_for, diff, expect_raises, resolve
+from ._common import Check, diff, start
 
 __all__ = ["check_dataset", "LOAD_LIMIT"]
 
@@ -64,22 +64,15 @@ def check_dataset(
     files cannot be decoded leaves them out of what ``read`` returns, which
     this check reports as a broken promise.
     """
-    cls, label = resolve(cls_or_name, "datasets")
-    check = Check(label, "Dataset")
-    check.expect(
-        isinstance(cls, type) and issubclass(cls, Dataset),
-        "the class is a subclass of tok.data.Dataset",
-        f"got {cls!r}",
-    )
-    cfg = config_for(cls, config, None)
+    cls, check, cfg = start(cls_or_name, "datasets", Dataset, "tok.data.Dataset", config, None)
     if cfg is None:
         raise TypeError(
-            f"check_dataset: {label} has no example_config(); pass config= with the "
+            f"check_dataset: {check.label} has no example_config(); pass config= with the "
             f"keyword arguments that build it on real data (root, path…)"
         )
     if max_items < 1:
         raise ValueError(f"check_dataset: max_items must be ≥ 1, got {max_items}")
-    ds = build(check, cls, cfg, "it builds from its config")
+    ds = check.build(cls, cfg, "it builds from its config")
     names = list(cls.splits if splits is None else splits)
     check.expect(
         bool(names) and all(isinstance(s, str) for s in names),
@@ -190,8 +183,7 @@ def _check_split(check: Check, ds: Dataset, split: str, max_items: int) -> None:
         _check_load(check, ds, split, samples, shape)
 
     for bad in ("tok-testing/no-such-key", keys[-1] + "-no-such-key"):
-        expect_raises(
-            check,
+        check.expect_raises(
             lambda bad=bad: ds.read(split, [bad]),
             DatasetError,
             "an unknown key raises tok.errors.DatasetError",
@@ -228,12 +220,11 @@ def _check_load(
 
 def _check_unknown_split(check: Check, ds: Dataset, known: str) -> None:
     promise = "an unknown split raises tok.errors.DatasetError"
-    expect_raises(
-        check, lambda: ds.keys(_UNKNOWN_SPLIT), DatasetError, promise, f"keys({_UNKNOWN_SPLIT!r})"
+    check.expect_raises(
+        lambda: ds.keys(_UNKNOWN_SPLIT), DatasetError, promise, f"keys({_UNKNOWN_SPLIT!r})"
     )
     key = ds.keys(known)[0]
-    expect_raises(
-        check,
+    check.expect_raises(
         lambda: ds.read(_UNKNOWN_SPLIT, [key]),
         DatasetError,
         promise,
