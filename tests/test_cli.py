@@ -368,7 +368,7 @@ def test_no_tok_option_is_an_abbreviation_of_a_torchrun_option():
     torchrun = {o for a in get_args_parser()._actions for o in a.option_strings}
     parser = cli.build_parser()
     clashes = []
-    for name, sub in parser._subparsers._group_actions[0].choices.items():
+    for name, sub in parser.commands.items():
         for action in sub._actions:
             for option in action.option_strings:
                 if option in ("--run", "-h", "--help"):
@@ -431,3 +431,20 @@ def test_train_takes_a_shipped_recipe_by_name(capsys, tmp_path):
     from tok.run import Run
 
     assert Run.open(out_dir).recipe().quantizer.options["levels"] == [8, 5, 5, 5]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["eval", "runs/x", "--no-progress"], "unrecognized arguments: --no-progress"),
+        (["encode"], "required: src, --out"),
+        (["inspect", "runs/x", "--samples", "many"], "invalid int value: 'many'"),
+        (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_commands_help(capsys, args, needle):
+    code, out, err = tok_cli(capsys, *args)
+    assert code == 2 and out == ""
+    line = one_error(err, needle)
+    command = args[0] if args[0] != "nosuchcommand" else None
+    assert f"`tok {command} --help`" in line if command else "`tok --help`" in line

@@ -687,3 +687,19 @@ def test_the_readme_commands_work_as_typed_under_torchrun(trained_run, mnist_png
     assert proc.returncode == 0, proc.stderr
     assert "wrote 20 rows" in proc.stdout
     assert len(load_tokens(out)) == 20
+
+
+def test_a_codebook_too_large_for_token_files_is_refused_before_any_work(tmp_path, capsys):
+    run = Tokenizer.from_config(
+        {
+            "architecture": {"name": "conv", "config": {"in_channels": 1, "channels": [8, 8, 8]}},
+            "quantizer": {"name": "lfq", "config": {"bits": 32}},
+            "input_shape": [1, 28, 28],
+        }
+    ).save(tmp_path / "run")
+    code, out, err = tok_cli(
+        capsys, "encode", "mnist:test", "--tokenizer", run, "--out", tmp_path / "t", "--no-progress"
+    )
+    assert code == 1 and out == ""
+    one_error(err, "4294967296", "2**31")
+    assert not (tmp_path / "t").exists()

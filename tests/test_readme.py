@@ -69,7 +69,6 @@ def readme_commands() -> dict[str, set[str]]:
 
 
 def parser_commands() -> dict[str, set[str]]:
-    sub = cli.build_parser()._subparsers._group_actions[0]
     return {
         name: {
             o
@@ -77,7 +76,7 @@ def parser_commands() -> dict[str, set[str]]:
             for o in a.option_strings
             if o.startswith("--") and o not in ("--help", "--debug")
         }
-        for name, p in sub.choices.items()
+        for name, p in cli.build_parser().commands.items()
     }
 
 

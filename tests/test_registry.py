@@ -639,3 +639,26 @@ def test_an_installed_plugin_keeps_working_when_a_hook_spec_gains_an_argument(
     import tok_new_mod
 
     assert tok_new_mod.SEEN == ["9.9"]
+
+
+def test_the_allow_list_says_what_it_leaves_out(monkeypatch, capsys):
+    monkeypatch.setenv("TOK_PLUGINS", "fsq,conv,nosuch")
+    reload_plugins()
+    with pytest.warns(PluginWarning, match="TOK_PLUGINS names 'nosuch'"):
+        names = {p.name for p in tok.list_plugins()}
+    assert names == {"fsq", "conv"}
+    assert {"vq", "losses", "datasets"} <= set(tok.registry.left_out())
+    with pytest.raises(UnknownNameError, match="TOK_PLUGINS=fsq,conv,nosuch limits"):
+        tok.get_quantizer("vq")
+    # a run made with a plugin the allow-list leaves out says so, not "unknown"
+    recorded = {"plugin": "vq", "distribution": "tok-vision", "version": tok.__version__}
+    message = tok.registry.missing_plugin("quantizers", "vq", recorded)
+    assert message == (
+        f"quantizer 'vq' comes from plugin 'vq' (tok-vision {tok.__version__}), which "
+        "TOK_PLUGINS=fsq,conv,nosuch leaves out"
+    )
+    from tok import cli
+
+    capsys.readouterr()
+    assert cli.main(["plugins"]) == 0
+    assert "left out by TOK_PLUGINS: " in capsys.readouterr().out

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .errors import TokError
@@ -195,7 +195,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from .registry import plugins
+    from .registry import left_out, plugins
 
     infos = plugins()
     if args.json:
@@ -212,6 +212,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print()
     for i in failed:
         print(f"{i.name}: {i.error}")
+    hidden = left_out()
+    if hidden:
+        print(f"\nleft out by TOK_PLUGINS: {', '.join(hidden)}")
     return 0
 
 
@@ -224,13 +227,14 @@ def _example_sizes(cls: type) -> list[int] | None:
 
 
 def cmd_quantizers(args: argparse.Namespace) -> int:
-    from .registry import registry
+    from .registry import allow_list_note, registry
 
     reg = registry("quantizers")
     entries = reg.entries(args.pattern)
     if not entries:
         raise TokError(
             f"no quantizer matches {args.pattern!r} (registered: {', '.join(reg.names()) or 'none'})"
+            + allow_list_note()
         )
     data = [
         {
@@ -293,8 +297,19 @@ def _device_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with tok's error style: a usage error is one line, ``tok: error: …``
+    (exit code 2, argparse's code for usage errors). ``commands`` maps each command's
+    name to its parser."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tok: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tok",
         description="Turn images into discrete tokens and back: train tokenizers, encode, decode, inspect.",
         epilog=EPILOG,
@@ -302,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tok {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = sub.choices  # name → the command's own parser
 
     p = sub.add_parser(
         "train",
@@ -517,7 +533,11 @@ def _one_line_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``tok`` command; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command's own parser, so its --help is the one suggested
+        parser.commands.get(args.command, parser).error(
+            f"unrecognized arguments: {' '.join(extra)}"
+        )
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -42,7 +42,7 @@ from .errors import (
 )
 from .media import VIDEO_FORMATS, save_preview, to_uint8, write_item
 from .models import Tokenizer
-from .tokens import TokenDir, TokenHeader, load_tokens
+from .tokens import TokenDir, TokenHeader, load_tokens, token_dtype
 
 __all__ = ["encode", "decode_files", "PREVIEW_VIDEOS"]
 
@@ -92,6 +92,7 @@ def encode(
         raise DatasetError(f"--limit must be 0 (all) or a positive number, got {limit}")
     where = resolve_device(device, option="--device")
     model = Tokenizer.load(tokenizer, map_location=where)
+    token_dtype(model.quantizer.codebook_sizes)  # a codebook too large for token files: now
     if fps is not None and len(model.input_shape) != 4:
         raise DatasetError("--fps applies to video tokenizers only; this tokenizer takes images")
     with walk_once():

@@ -56,6 +56,8 @@ __all__ = [
     "list_losses",
     "provenance",
     "missing_plugin",
+    "left_out",
+    "allow_list_note",
     "DISTRIBUTION",
 ]
 
@@ -202,7 +204,10 @@ class Registry:
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         listing = ", ".join(self.names()) or "none"
         command = KINDS.get(self.kind, ("", "", "tok plugins"))[2]
-        return f"unknown {self.noun} {name!r}{hint} (available: {listing}; `{command}` lists them)"
+        return (
+            f"unknown {self.noun} {name!r}{hint} (available: {listing}; `{command}` lists them)"
+            + allow_list_note()
+        )
 
 
 class _State:
@@ -211,6 +216,7 @@ class _State:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.registries = {kind: Registry(kind) for kind in KINDS}
+        self.left_out: list[str] = []  # installed entry points TOK_PLUGINS leaves out
 
 
 _lock = threading.RLock()
@@ -277,10 +283,33 @@ def _register(state: _State, plugin: object, info: PluginInfo) -> None:
         )
 
 
-def _load_entry_points(state: _State) -> None:
+def _allowed() -> set[str] | None:
+    """The entry-point names ``TOK_PLUGINS`` allows (``None``: it is not set)."""
     allow = os.environ.get("TOK_PLUGINS")
-    allowed = None if allow is None else {p.strip() for p in allow.split(",") if p.strip()}
-    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    return None if allow is None else {p.strip() for p in allow.split(",") if p.strip()}
+
+
+def allow_list_note() -> str:
+    """What to add to a "not found" message while ``TOK_PLUGINS`` limits the plugins."""
+    if _allowed() is None:
+        return ""
+    return f"; TOK_PLUGINS={os.environ['TOK_PLUGINS']} limits which plugins load"
+
+
+def _load_entry_points(state: _State) -> None:
+    allowed = _allowed()
+    found = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    if allowed is not None:
+        state.left_out = sorted({ep.name for ep in found} - allowed)
+        unknown = sorted(allowed - {ep.name for ep in found})
+        if unknown:
+            warnings.warn(
+                f"tok: TOK_PLUGINS names {', '.join(map(repr, unknown))}, which no installed "
+                f"distribution provides (installed plugins: {', '.join(sorted({e.name for e in found}))})",
+                PluginWarning,
+                stacklevel=3,
+            )
+    for ep in found:
         if allowed is not None and ep.name not in allowed:
             continue
         if ep.name in state.infos:  # the same distribution seen twice on sys.path
@@ -395,6 +424,11 @@ def plugins() -> list[PluginInfo]:
     return sorted(_get_state().infos.values(), key=lambda i: i.name)
 
 
+def left_out() -> list[str]:
+    """The installed plugins (entry-point names) that ``TOK_PLUGINS`` keeps from loading."""
+    return list(_get_state().left_out)
+
+
 def get_quantizer(name: str) -> type:
     """The quantizer class registered as ``name``."""
     return registry("quantizers").get(name)
@@ -468,6 +502,12 @@ def missing_plugin(kind: str, name: str, recorded: Any) -> str | None:
     noun = KINDS[kind][1]
     release = f"{dist} {version}" if version else dist
     pin = f"=={version}" if version else ""
+    plugin = recorded.get("plugin")
+    if isinstance(plugin, str) and plugin in _get_state().left_out:
+        return (
+            f"{noun} {name!r} comes from plugin {plugin!r} ({release}), which "
+            f"TOK_PLUGINS={os.environ.get('TOK_PLUGINS', '')} leaves out"
+        )
     try:
         installed = metadata.version(dist)
     except metadata.PackageNotFoundError:
