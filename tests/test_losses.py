@@ -67,7 +67,7 @@ class Critic(Loss):
         loss.backward()
         self.opt.step()
         self.updates += 1
-        return {"critic_loss": float(loss)}
+        return {"critic_loss": float(loss.detach())}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adam": self.opt}

@@ -15,6 +15,12 @@ against tok's hook specifications when it loads (a misspelled hook such as
 providing nothing), and each implementation is called with only the
 arguments it names, so a hook specification can gain arguments without
 breaking installed plugins.
+
+Why this module is longer than 500 lines: loading plugins and the registries
+they fill share one state (what loaded, what failed, who owns each name), and
+the messages that explain a missing name (closest match, ``TOK_PLUGINS``, a
+distribution that is not installed) need all of it; split, each half would
+reach into the other's private state.
 """
 
 from __future__ import annotations
