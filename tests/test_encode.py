@@ -703,3 +703,35 @@ def test_a_codebook_too_large_for_token_files_is_refused_before_any_work(tmp_pat
     assert code == 1 and out == ""
     one_error(err, "4294967296", "2**31")
     assert not (tmp_path / "t").exists()
+
+
+def test_resuming_with_other_source_options_is_refused(trained_run, mnist_pngs, tmp_path, capsys):
+    """The options that shape the inputs (--resize, --fps) are recorded; a folder is never
+    finished with rows read another way."""
+    src = tmp_path / "src"
+    small_folder(mnist_pngs, src, 5)
+    write_png(torch.randint(0, 256, (1, 32, 40), dtype=torch.uint8), str(src / "big.png"))
+    out = tmp_path / "tokens"
+    base = ["encode", src, "--out", out, "--tokenizer", trained_run, "--no-progress"]
+    code, _, err = tok_cli(capsys, *base, "--resize", "resize")
+    assert code == 0, err
+    assert load_tokens(out).header.source_options == {"resize": "resize", "fps": None}
+    before = snapshot(out)
+    code, _, err = tok_cli(capsys, *base, "--resize", "center-crop")
+    assert code == 1
+    one_error(err, "encoded with --resize resize, not --resize center-crop")
+    assert snapshot(out) == before
+
+
+def test_rows_that_would_share_a_file_are_refused_before_decoding(encoded, tmp_path, capsys):
+    tokens, _ = encoded
+    tf = read_tokens(tokens / "00000.safetensors")
+    keys = list(tf.keys)
+    keys[1] = keys[0].replace("/", "/./", 1)  # another spelling of the same path
+    from tok.tokens import write_tokens
+
+    bad = write_tokens(tmp_path / "dup.safetensors", tf.tokens, keys=keys, header=tf.header)
+    code, _, err = tok_cli(capsys, "decode", bad, "--out", tmp_path / "out")
+    assert code == 1
+    one_error(err, repr(keys[0]), repr(keys[1]))
+    assert not (tmp_path / "out").exists()

@@ -177,3 +177,60 @@ def test_a_newline_in_a_recipe_string_survives_resume(tmp_path):
     assert again.data.options["root"] == str(root)
     assert again.to_dict() == {**recipe.to_dict(), "output": again.to_dict()["output"]}
     assert train(again, resume=True, progress=False).step == 6
+
+
+@pytest.mark.parametrize(
+    "setting, needle",
+    [
+        ("train.eval_every=0", "[train] eval_every: must be a number ≥ 1"),
+        ("train.lr=nan", "[train] lr: must be a number > 0"),
+        ("train.betas=[2, 3]", "[train] betas: must be two numbers in [0, 1)"),
+        ("output.samples=0", "[output] samples: must be a number ≥ 1"),
+        ("train.collapse_threshold=5", "[train] collapse_threshold: must be a fraction"),
+    ],
+)
+def test_numbers_out_of_range_are_recipe_problems(tmp_path, setting, needle):
+    from tok.errors import RecipeError
+
+    with pytest.raises(RecipeError) as info:
+        tiny(tmp_path, setting)
+    assert any(needle in p for p in info.value.problems), info.value.problems
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
+    """The architecture cannot take 28x28 (three halvings need multiples of 8): the error
+    comes before training, and neither a rerun nor --resume would find a half-made run."""
+    from tok.errors import ConfigError
+
+    recipe = tiny(tmp_path, "model.channels=[8, 8, 8, 8]", "model.blocks=1")
+    with pytest.raises(ConfigError, match="not divisible by the downsampling factor 8"):
+        train(recipe, progress=False)
+    assert not (tmp_path / "run").exists()
+    # one stopped by an error inside the loop, in an empty folder the user made: what the
+    # attempt wrote goes, the user's folder stays
+    from tok import hookimpl
+    from tok.losses import Loss
+    from tok.registry import register_plugin, unregister_plugin
+
+    class Explodes(Loss):
+        def forward(self, batch):
+            if batch.step == 2:
+                raise RuntimeError("boom at step 2")
+            return LossOutput(loss=batch.reconstruction.sum() * 0)
+
+    class Plugin:
+        @hookimpl
+        def register_losses(register):
+            register(Explodes, name="explodes")
+
+    from tok.losses import LossOutput
+
+    register_plugin(Plugin, name="explodes-plugin")
+    try:
+        (tmp_path / "run").mkdir()
+        recipe = tiny(tmp_path, "train.steps=6", "train.loss='explodes'")
+        with pytest.raises(RuntimeError, match="boom at step 2"):
+            train(recipe, progress=False)
+    finally:
+        unregister_plugin("explodes-plugin")
+    assert (tmp_path / "run").is_dir() and not list((tmp_path / "run").iterdir())

@@ -105,7 +105,12 @@ def encode(
         keys = dataset.keys(split)
         keys = keys[:limit] if limit else keys
         _check_shape(src, tokenizer, tuple(dataset.input_shape()), model)
-        header = TokenHeader.for_tokenizer(model, path=str(Path(tokenizer).resolve()), source=src)
+        header = TokenHeader.for_tokenizer(
+            model,
+            path=str(Path(tokenizer).resolve()),
+            source=src,
+            source_options={"resize": resize, "fps": fps},
+        )
         out = Path(out)
         tdir = None
         if out.exists() and (not out.is_dir() or any(out.iterdir())):  # resume, or refuse now
@@ -150,7 +155,8 @@ def encode(
 
 
 def _row_path(out: Path, key: str) -> Path:
-    """Where the file of the row ``key`` goes (without its suffix), refusing escapes."""
+    """Where the file of the row ``key`` goes (without its suffix), refusing escapes;
+    ``a/./b`` and ``a/b`` are one path."""
     parts = Path(key).parts
     if not parts or Path(key).is_absolute() or ".." in parts:
         raise TokenFileError(f"row key {key!r} is not a safe relative file name")
@@ -206,6 +212,14 @@ def decode_files(
     videos = len(model.input_shape) == 4
     fmt = video_format if videos else "png"
     stems = [_row_path(out, key) for key in tf.keys]
+    seen: dict[Path, str] = {}
+    for key, stem in zip(tf.keys, stems, strict=True):
+        if stem in seen:  # two rows, one file: refuse before writing either
+            raise TokenFileError(
+                f"{tokens}: rows {seen[stem]!r} and {key!r} would both be written to "
+                f"{stem.relative_to(out)}.{fmt}"
+            )
+        seen[stem] = key
     preview = None
     if videos:
         taken = {s.with_name(f"{s.name}.{fmt}") for s in stems}

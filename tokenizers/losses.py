@@ -22,6 +22,7 @@ images, ``(b, c, t, h, w)`` for videos, ``inputs`` in ``[0, 1]``,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -76,8 +77,15 @@ class Loss(nn.Module):
 
     def __init__(self, *, weight: float = 1.0) -> None:
         super().__init__()
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ConfigError(f"{type(self).__name__}: weight must be a number ≥ 0, got {weight!r}")
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not math.isfinite(weight)
+            or weight < 0
+        ):
+            raise ConfigError(
+                f"loss {type(self).__name__}: weight must be a finite number ≥ 0, got {weight!r}"
+            )
         self.weight = float(weight)
 
     def forward(self, batch: LossInputs) -> LossOutput:  # pragma: no cover - abstract

@@ -139,7 +139,10 @@ def probe_image(path: str | Path) -> MediaInfo:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # only the header is read: no pixels to guard
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             if image.format not in ("PNG", "JPEG"):
                 raise MediaReadError(str(path), f"a {image.format} file, not PNG/JPEG")
             width, height = image.size
@@ -147,6 +150,8 @@ def probe_image(path: str | Path) -> MediaInfo:
                 image.verify()
     except MediaReadError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise MediaReadError(str(path), f"refused: {reason(exc)}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise MediaReadError(str(path), f"cannot decode: {reason(exc)}") from None
     return MediaInfo(height=height, width=width)

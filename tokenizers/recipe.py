@@ -29,6 +29,7 @@ recipe back with ``tomli_w``, so any string (newlines included) survives.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,33 @@ class Recipe:
         return Path(self.output.dir.replace("{name}", self.name))
 
 
+def _at_least(low: float) -> tuple[str, Any]:
+    return f"a number ≥ {low}", lambda v: v >= low  # NaN compares False: refused too
+
+
+#: the values the numbers of ``[train]`` and ``[output]`` may take (beyond their types), so
+#: that a recipe fails at once in one line instead of a traceback many steps later
+_BOUNDS: dict[str, dict[str, tuple[str, Any]]] = {
+    "train": {
+        "steps": _at_least(1),
+        "batch_size": _at_least(1),
+        "lr": ("a number > 0", lambda v: v > 0 and math.isfinite(v)),
+        "weight_decay": _at_least(0),
+        "betas": ("two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
+        "warmup_steps": _at_least(0),
+        "min_lr": _at_least(0),
+        "grad_clip": _at_least(0),
+        "threads": _at_least(0),
+        "log_every": _at_least(1),
+        "eval_every": _at_least(1),
+        "eval_samples": _at_least(1),
+        "checkpoint_every": _at_least(1),
+        "collapse_threshold": ("a fraction in [0, 1]", lambda v: 0 <= v <= 1),
+    },
+    "output": {"samples": _at_least(1)},
+}
+
+
 def _check_table(cls: type, table: dict[str, Any], where: str) -> list[str]:
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -169,6 +197,8 @@ def _check_table(cls: type, table: dict[str, Any], where: str) -> list[str]:
             problems.append(
                 f"[{where}] {key}: expected {describe_type(hints[key])}, got {type(value).__name__} {value!r}"
             )
+        elif key in _BOUNDS.get(where, {}) and not _BOUNDS[where][key][1](value):
+            problems.append(f"[{where}] {key}: must be {_BOUNDS[where][key][0]}, got {value!r}")
     return problems
 
 

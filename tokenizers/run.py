@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,7 @@ class Run:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._made = False  # whether this object's command makes the folder (create)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -182,7 +184,25 @@ class Run:
                 f"run folder {path} already exists and is not empty; resume it with "
                 f"`tok train --resume {path}` or choose another with --set output.dir=..."
             )
-        return cls(path)
+        run = cls(path)
+        run._made = not path.exists()
+        return run
+
+    def remove_if_unstarted(self) -> bool:
+        """Undo a new run that never reached its first checkpoint (training failed or was
+        stopped before it): everything in its folder was written by that attempt
+        (:meth:`create` accepts only a missing or empty folder), and leaving it would make
+        the same command refuse the folder while ``--resume`` has nothing to resume. The
+        folder goes too if :meth:`create` found none.
+        Returns whether anything was removed; a run with a checkpoint is never touched."""
+        if not self.path.is_dir() or self.file(self.STATE).exists():
+            return False
+        if self._made:
+            shutil.rmtree(self.path)
+        else:  # the user's empty folder: empty it again
+            for child in self.path.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return True
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Run:

@@ -80,6 +80,7 @@ def build_parts(recipe: Recipe, device: torch.device) -> Parts:
     test = dataset.read("test", dataset.keys("test")[: t.eval_samples])
     input_shape = tuple(train_set.images.shape[1:])
     tokenizer = build_tokenizer(recipe, input_shape).to(device)
+    tokenizer.architecture.grid(input_shape)  # data it cannot take: ConfigError now, not later
     facts = Facts(input_shape=input_shape)
     losses = {t.loss: build("losses", t.loss, {}, facts)}
     losses.update({c.name: build("losses", c.name, c.options, facts) for c in recipe.losses})
@@ -124,8 +125,19 @@ def train(
     :returns: the run folder, the step reached and the last evaluation.
     :raises TokError: for a bad recipe, missing data, an unusable run folder.
     """
-    t = recipe.train
     run = Run.open(recipe.run_dir) if resume else Run.create(recipe.run_dir)
+    try:
+        return _train(run, recipe, resume=resume, progress=progress, stop_after=stop_after)
+    except BaseException:
+        if not resume:  # a new run that failed (or was stopped) before its first checkpoint
+            run.remove_if_unstarted()  # leaves nothing a rerun would have to be told about
+        raise
+
+
+def _train(
+    run: Run, recipe: Recipe, *, resume: bool, progress: bool, stop_after: int | None
+) -> RunResult:
+    t = recipe.train
     if t.threads:
         torch.set_num_threads(t.threads)
     device = resolve_device(t.device)

@@ -20,6 +20,14 @@ FILES = (
 )
 
 
+def _remove_empty(folder: Path) -> None:
+    """Remove ``folder`` and its subfolders when they hold no file at all."""
+    if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+        for sub in sorted(folder.rglob("*"), reverse=True):
+            sub.rmdir()
+        folder.rmdir()
+
+
 class MNIST(Dataset):
     """The MNIST digits, 28×28 grayscale: 60,000 ``train`` and 10,000 ``test`` images.
 
@@ -55,10 +63,14 @@ class MNIST(Dataset):
         except RuntimeError:
             pass
         if self.download:
+            made = [f for f in (Path(self.root), Path(self.root) / "MNIST") if not f.exists()]
             try:
                 return torchvision.datasets.MNIST(str(self.root), train=train, download=True)
             except Exception as exc:  # noqa: BLE001 - any network or disk failure
-                reason = f"downloading failed ({type(exc).__name__}: {exc})"
+                first = (str(exc).strip().splitlines() or [""])[0].rstrip(":")
+                reason = f"downloading failed ({type(exc).__name__}: {first})"
+                for folder in reversed(made):  # the empty folders made for the download
+                    _remove_empty(folder)
         else:
             reason = "download = false"
         raw = Path(self.root) / "MNIST" / "raw"

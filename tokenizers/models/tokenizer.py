@@ -208,6 +208,8 @@ class Tokenizer(nn.Module):
         folder = Path(folder)
         if folder.is_file():
             folder = folder.parent
+        if not folder.exists():
+            raise CheckpointError(f"no tokenizer at {folder}: no such folder")
         config_path, weights_path = folder / CONFIG, folder / WEIGHTS
         for p in (config_path, weights_path):
             if not p.is_file():

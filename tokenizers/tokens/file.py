@@ -115,9 +115,16 @@ def _check_plugins(value: Any) -> bool:
 # header
 # ---------------------------------------------------------------------------
 
-_JSON_FIELDS = ("quantizer_config", "codebook_sizes", "grid", "tokenizer_config", "plugins")
+_JSON_FIELDS = (
+    "quantizer_config",
+    "codebook_sizes",
+    "grid",
+    "tokenizer_config",
+    "plugins",
+    "source_options",
+)
 _REQUIRED = ("quantizer", "quantizer_config", "codebook_sizes", "grid", "tokenizer_sha256")
-_OPTIONAL = ("tokenizer_config", "tokenizer_path", "source", "plugins")
+_OPTIONAL = ("tokenizer_config", "tokenizer_path", "source", "plugins", "source_options")
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,9 @@ class TokenHeader:
     ``plugins`` (new in ``tok.tokens/2``, ``None`` in files of ``tok.tokens/1``)
     says which plugin and distribution provided the architecture and the
     quantizer: ``{"architecture": {"plugin", "distribution", "version"},
-    "quantizer": {...}}``.
+    "quantizer": {...}}``. ``source_options`` (``tok.tokens/2``) are the options
+    that shaped the inputs read from ``source`` (``{"resize": "center-crop", "fps":
+    null}``): a resumed encode must use the same ones.
     """
 
     quantizer: str
@@ -139,6 +148,7 @@ class TokenHeader:
     tokenizer_path: str | None = None
     source: str | None = None
     plugins: dict | None = None
+    source_options: dict | None = None
 
     def __post_init__(self) -> None:
         sizes = _check_sizes(self.codebook_sizes)
@@ -164,13 +174,18 @@ class TokenHeader:
 
     @classmethod
     def for_tokenizer(
-        cls, tokenizer: Any, *, path: str | None = None, source: str | None = None
+        cls,
+        tokenizer: Any,
+        *,
+        path: str | None = None,
+        source: str | None = None,
+        source_options: dict | None = None,
     ) -> TokenHeader:
         """The header of tokens made by ``tokenizer`` (a :class:`tok.models.Tokenizer`).
 
         Its quantizer, codebook sizes, grid, config, weights sha256 and the
-        plugins that provided its parts (``tokenizer.plugins()``); ``path`` and
-        ``source`` are recorded as given. Token files name the weights they
+        plugins that provided its parts (``tokenizer.plugins()``); ``path``,
+        ``source`` and ``source_options`` are recorded as given. Token files name the weights they
         were made with, so a tokenizer that was never saved or loaded (no
         ``weights_sha256`` yet) raises :class:`TokError`.
         """
@@ -189,6 +204,7 @@ class TokenHeader:
             tokenizer_path=path,
             source=source,
             plugins=tokenizer.plugins(),
+            source_options=source_options,
         )
 
     def same_tokenizer(self, other: TokenHeader | str) -> bool:
@@ -273,6 +289,9 @@ class TokenHeader:
         plugins = d.get("plugins")
         if plugins is not None and not _check_plugins(plugins):
             raise bad("plugins", "a JSON object of {plugin, distribution, version} objects")
+        options = d.get("source_options")
+        if options is not None and not isinstance(options, dict):
+            raise bad("source_options", "a JSON object")
         return cls(
             quantizer=d["quantizer"],
             quantizer_config=d["quantizer_config"],
@@ -283,6 +302,7 @@ class TokenHeader:
             tokenizer_path=d.get("tokenizer_path"),
             source=d.get("source"),
             plugins=plugins,
+            source_options=options,
         )
 
     @classmethod

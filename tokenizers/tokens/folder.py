@@ -38,6 +38,12 @@ from .manifest import (
 __all__ = ["TokenDir", "iter_token_dir", "read_token_dir", "load_tokens"]
 
 
+def _options(options: dict | None) -> str:
+    """``--resize center-crop --fps 5``: how encode options read on the command line."""
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items()) or "no options"
+
+
 class TokenDir:
     """A token folder being written: shards ``00000.safetensors``, … plus ``manifest.json``.
 
@@ -148,10 +154,15 @@ class TokenDir:
             problems.append(f"its shard size is {manifest.shard_size}, not {shard_size}")
         if stored.grid != header.grid or stored.codebook_sizes != header.codebook_sizes:
             problems.append("its grid or codebook sizes differ")
+        if (stored.source_options or {}) != (header.source_options or {}):
+            problems.append(
+                f"it was encoded with {_options(stored.source_options)}, "
+                f"not {_options(header.source_options)}"
+            )
         if problems:
             raise OutputDirError(
                 f"cannot resume {out}: " + "; ".join(problems) + ". Choose a new --out folder, "
-                "or rerun with the same source and shard size."
+                "or rerun with the same source, options and shard size."
             )
         removed = remove_stale_tmp(out)
         self = cls(
