@@ -464,6 +464,7 @@ def save_comparison(
     reconstructions: Tensor,
     *,
     cols: int = 8,
+    videos: int = 4,
     scale: int = 2,
     fps: float = 8.0,
     name: str = "recon",
@@ -472,14 +473,14 @@ def save_comparison(
 
     Images ``(n, c, h, w)`` (floats in ``[0, 1]``, c 1 or 3): ``{name}.png``, ``cols``
     images a row, each row of originals above the row of their reconstructions.
-    Videos ``(n, c, t, h, w)``: ``{name}.gif``, the first ``cols`` videos side by side,
+    Videos ``(n, c, t, h, w)``: ``{name}.gif``, the first ``videos`` side by side,
     animated (frame ``t`` of each), and ``{name}_frames.png``, the first video's frames
     left to right. Tiles are at :func:`tile_origin` (``rows=2``).
     """
     folder = Path(folder)
     if isinstance(originals, Tensor) and originals.ndim == 5:
         orig, rec = _pair(originals, reconstructions, 5)
-        orig, rec = orig[:cols], rec[:cols]
+        orig, rec = orig[:videos], rec[:videos]
         frames = [
             layout(
                 [torch.cat([orig[:, :, t], rec[:, :, t]])],
