@@ -74,6 +74,15 @@ def one_error(err: str, *needles: str) -> str:
     return lines[0]
 
 
+def moving_square(t: int, h: int = 28, w: int = 28, c: int = 1) -> torch.Tensor:
+    """uint8 ``(t, c, h, w)``: a white 6x6 square moving down-right over black, plus a grey bar."""
+    video = torch.zeros(t, c, h, w, dtype=torch.uint8)
+    for i in range(t):
+        video[i, :, 2 + i : 8 + i, 3 + i : 9 + i] = 255
+        video[i, :, h - 5 : h - 2, 2:10] = 128
+    return video
+
+
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``folder`` with its bytes and mtime."""
     return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import moving_square
 from PIL import Image
 
 from tok import media
@@ -50,15 +51,6 @@ def _distinctive(*shape: int) -> torch.Tensor:
     """Floats that are exact multiples of 1/255 (they survive uint8 exactly)."""
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, shape, generator=g).float() / 255
-
-
-def moving_square(t: int, h: int = 28, w: int = 28, c: int = 1) -> torch.Tensor:
-    """uint8 ``(t, c, h, w)``: a white 6x6 square moving down-right over black, plus a grey bar."""
-    video = torch.zeros(t, c, h, w, dtype=torch.uint8)
-    for i in range(t):
-        video[i, :, 2 + i : 8 + i, 3 + i : 9 + i] = 255
-        video[i, :, h - 5 : h - 2, 2:10] = 128
-    return video
 
 
 # images -------------------------------------------------------------------------------

@@ -50,6 +50,13 @@ def wheel(tmp_path_factory) -> Path:
     return path
 
 
+def installed(wheel: Path, target: Path) -> Path:
+    """``wheel`` installed with pip into the folder ``target`` (the venv is not touched)."""
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target)]
+    subprocess.run([*cmd, str(wheel)], check=True, capture_output=True)
+    return target
+
+
 def test_wheel_layout(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "tok/__init__.py" in names
@@ -68,22 +75,7 @@ def test_wheel_layout(wheel):
 
 
 def test_installed_wheel_runs_python_m_tok(wheel, tmp_path):
-    target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "-q",
-            "--target",
-            str(target),
-            str(wheel),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    target = installed(wheel, tmp_path / "site")
     env = {**os.environ, "PYTHONPATH": str(target)}
     code = "import tok, json; print(json.dumps([tok.__file__, tok.list_quantizers()]))"
     where, quantizers = json.loads(
@@ -106,22 +98,7 @@ def test_installed_wheel_runs_python_m_tok(wheel, tmp_path):
 
 def test_installed_wheel_lists_and_trains_a_shipped_recipe(wheel, tmp_path):
     """Outside any clone: `tok recipes` lists the shipped recipes, `tok train NAME` runs one."""
-    target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "-q",
-            "--target",
-            str(target),
-            str(wheel),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    target = installed(wheel, tmp_path / "site")
     work = tmp_path / "elsewhere"  # no recipes/ folder here
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}

@@ -82,6 +82,7 @@ PADDING = 2  # white padding around each tile, in input pixels (scaled with the 
 LABEL_HEIGHT = 18  # white label strip above the tiles, in output pixels
 PAIR_GAP = 6  # white rows between two blocks of tiles, in output pixels
 RECON_LABEL = "top: original \u00b7 bottom: reconstruction"
+COMPARISON_FPS = 8.0  # frames per second of recon.gif
 
 _TV_IO_DEPRECATION = r"The image decoding and encoding capabilities of TorchVision are deprecated"
 
@@ -466,15 +467,13 @@ def save_comparison(
     cols: int = 8,
     videos: int = 4,
     scale: int = 2,
-    fps: float = 8.0,
-    name: str = "recon",
 ) -> list[Path]:
     """Draw originals above their reconstructions into ``folder``; return the files written.
 
-    Images ``(n, c, h, w)`` (floats in ``[0, 1]``, c 1 or 3): ``{name}.png``, ``cols``
+    Images ``(n, c, h, w)`` (floats in ``[0, 1]``, c 1 or 3): ``recon.png``, ``cols``
     images a row, each row of originals above the row of their reconstructions.
-    Videos ``(n, c, t, h, w)``: ``{name}.gif``, the first ``videos`` side by side,
-    animated (frame ``t`` of each), and ``{name}_frames.png``, the first video's frames
+    Videos ``(n, c, t, h, w)``: ``recon.gif``, the first ``videos`` side by side,
+    animated (frame ``t`` of each), and ``recon_frames.png``, the first video's frames
     left to right. Tiles are at :func:`tile_origin` (``rows=2``).
     """
     folder = Path(folder)
@@ -497,8 +496,8 @@ def save_comparison(
             scale=scale,
         )
         return [
-            _animate(folder / f"{name}.gif", frames, fps),
-            _save_png(strip, folder / f"{name}_frames.png"),
+            _animate(folder / "recon.gif", frames, COMPARISON_FPS),
+            _save_png(strip, folder / "recon_frames.png"),
         ]
     orig, rec = _pair(originals, reconstructions, 4)
     n, _, h, w = orig.shape
@@ -511,7 +510,7 @@ def save_comparison(
             o, r = torch.cat([o, fill]), torch.cat([r, fill])
         blocks.append(torch.cat([o, r]))
     image = layout(blocks, cols=cols, label=RECON_LABEL, scale=scale)
-    return [_save_png(image, folder / f"{name}.png")]
+    return [_save_png(image, folder / "recon.png")]
 
 
 def save_preview(path: str | Path, videos: Tensor, *, fps: float = 8.0, scale: int = 1) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import moving_square
 
 from tok.data import VideoFolder, VideoShards, VideoSkippedWarning
 from tok.data.folder import ImageSkippedWarning
@@ -29,15 +30,6 @@ def readable(ds, split: str = "test") -> list[str]:
     keys = ds.read(split, ds.keys(split)).keys
     ds.report_skipped(split)
     return keys
-
-
-def moving_square(t: int, h: int = 28, w: int = 28, c: int = 1) -> torch.Tensor:
-    """uint8 ``(t, c, h, w)``: a white 6x6 square moving down-right over black, plus a grey bar."""
-    video = torch.zeros(t, c, h, w, dtype=torch.uint8)
-    for i in range(t):
-        video[i, :, 2 + i : 8 + i, 3 + i : 9 + i] = 255
-        video[i, :, h - 5 : h - 2, 2:10] = 128
-    return video
 
 
 def counter(t: int, h: int = 8, w: int = 8) -> torch.Tensor:
