@@ -42,7 +42,7 @@ from .errors import (
 )
 from .media import VIDEO_FORMATS, save_preview, to_uint8, write_item
 from .models import Tokenizer
-from .tokens import TokenDir, TokenHeader, load_tokens, token_dtype
+from .tokens import TokenDir, TokenHeader, load_tokens, plan_shards, token_dtype
 
 __all__ = ["encode", "decode_files", "PREVIEW_VIDEOS"]
 
@@ -56,10 +56,6 @@ def _check_shape(src: str, run: Any, shape: tuple[int, ...], tokenizer: Tokenize
             f"{src} yields inputs of shape {shape} but the tokenizer in {run} takes "
             f"{tokenizer.input_shape}"
         )
-
-
-def _shards(keys: list[str], shard_size: int) -> list[tuple[int, list[str]]]:
-    return [(i, keys[s : s + shard_size]) for i, s in enumerate(range(0, len(keys), shard_size))]
 
 
 def encode(
@@ -115,7 +111,7 @@ def encode(
         tdir = None
         if out.exists() and (not out.is_dir() or any(out.iterdir())):  # resume, or refuse now
             tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
-        plan = tdir.pending() if tdir else _shards(keys, shard_size)
+        plan = tdir.pending() if tdir else list(enumerate(plan_shards(keys, shard_size)))
         resumed = (tdir.num_shards if tdir else len(plan)) - len(plan)
         held: list[tuple[int, torch.Tensor, list[str], list[str]]] = []
         for index, shard_keys in tqdm(plan, desc="encode", unit="shard", disable=not progress):

@@ -67,7 +67,14 @@ from .file import (
     write_tokens,
 )
 from .folder import TokenDir, iter_token_dir, load_tokens, read_token_dir
-from .manifest import MANIFEST, MANIFEST_FORMAT, MANIFEST_READ_FORMATS, Manifest, ShardEntry
+from .manifest import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    MANIFEST_READ_FORMATS,
+    Manifest,
+    ShardEntry,
+    plan_shards,
+)
 
 __all__ = [
     "FORMAT",
@@ -78,6 +85,7 @@ __all__ = [
     "Manifest",
     "MANIFEST_FORMAT",
     "MANIFEST_READ_FORMATS",
+    "plan_shards",
     "READ_FORMATS",
     "read_token_dir",
     "read_tokens",

@@ -27,6 +27,7 @@ __all__ = [
     "MANIFEST_READ_FORMATS",
     "ShardEntry",
     "Manifest",
+    "plan_shards",
 ]
 
 #: the file name of a token folder's manifest
@@ -48,6 +49,12 @@ OUR_TMP = re.compile(
     + r")\."
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def plan_shards(keys: list[str], shard_size: int) -> list[list[str]]:
+    """``keys`` cut into shards of ``shard_size`` (the last one may be shorter), in order:
+    the one rule by which a token folder's rows are planned."""
+    return [keys[start : start + shard_size] for start in range(0, len(keys), shard_size)]
 
 
 def _shard_name(index: int) -> str:
@@ -174,8 +181,8 @@ class Manifest:
     def plan(cls, *, header: TokenHeader, keys: list[str], shard_size: int) -> Manifest:
         """Return the manifest of a new folder: ``keys`` in shards of ``shard_size``, none done."""
         shards = [
-            ShardEntry(file=_shard_name(i), planned=len(keys[start : start + shard_size]))
-            for i, start in enumerate(range(0, len(keys), shard_size))
+            ShardEntry(file=_shard_name(i), planned=len(chunk))
+            for i, chunk in enumerate(plan_shards(keys, shard_size))
         ]
         return cls(
             format=MANIFEST_FORMAT,
