@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from tok import Quantizer, QuantizerOutput, hookimpl
 from tok.errors import ConfigError
 from tok.helpers import exists
 from tok.metrics import batch_code_metrics
+from tok.quantizer import mask_nonfinite, nonfinite_positions, projection
 
 __all__ = ["FSQ", "PAPER_LEVELS", "levels_for"]
 
@@ -165,8 +166,8 @@ class FSQ(Quantizer):
         size = math.prod(self.levels)
         super().__init__(dim=dim, codebook_sizes=(size,) * num_codebooks)
 
-        self.project_in = nn.Linear(dim, code_dim) if dim != code_dim else nn.Identity()
-        self.project_out = nn.Linear(code_dim, dim) if dim != code_dim else nn.Identity()
+        self.project_in = projection(dim, code_dim)
+        self.project_out = projection(code_dim, dim)
 
         lv = torch.tensor(self.levels, dtype=torch.int64)
         basis = torch.cumprod(torch.tensor([1, *self.levels[:-1]], dtype=torch.int64), 0)
@@ -265,14 +266,16 @@ class FSQ(Quantizer):
         self.check_input(z)
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = self.project_in(z.float())
+            bad = nonfinite_positions(z)  # b ...
             r = round_ste(self.bound(z))  # b ... (c l), integer levels
             indices = self._levels_to_indices(r)  # b ... c
             quantized = self.project_out(self._normalise(r))
+            indices, quantized = mask_nonfinite(bad, indices, quantized)
         return QuantizerOutput(
             quantized=quantized,
             indices=indices,
             aux_loss=quantized.new_zeros(()),
-            metrics=batch_code_metrics(indices, self.codebook_sizes),
+            metrics=batch_code_metrics(indices, self.codebook_sizes, nonfinite=bad),
         )
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:

@@ -50,12 +50,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
 from tok import Quantizer, QuantizerOutput, hookimpl
 from tok.errors import ConfigError
 from tok.helpers import all_reduce_sum, exists, is_distributed
 from tok.metrics import batch_code_metrics
+from tok.quantizer import mask_nonfinite, nonfinite_positions, projection
 
 __all__ = ["LFQ", "binary_entropy", "exact_batch_entropy", "factorised_batch_entropy"]
 
@@ -239,8 +240,8 @@ class LFQ(Quantizer):
         dim = code_dim if dim is None else dim
         super().__init__(dim=dim, codebook_sizes=(2**bits,) * num_codebooks)
 
-        self.project_in = nn.Linear(dim, code_dim) if dim != code_dim else nn.Identity()
-        self.project_out = nn.Linear(code_dim, dim) if dim != code_dim else nn.Identity()
+        self.project_in = projection(dim, code_dim)
+        self.project_out = projection(code_dim, dim)
         # Derived from the config, so not saved with the weights; integer, so
         # ``module.to(dtype)`` leaves them alone.
         self.register_buffer("_shifts", torch.arange(bits), persistent=False)
@@ -314,10 +315,12 @@ class LFQ(Quantizer):
         self.check_input(z)
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = self.project_in(z.float())  # b ... (c k)
+            bad = nonfinite_positions(z)  # b ...
             ones = (z > 0).float()  # a channel at exactly 0 is bit 0
             indices = self._bits_to_indices(ones)  # b ... c
             codes = self._codes(ones)
-            metrics = batch_code_metrics(indices, self.codebook_sizes)
+            indices = indices.masked_fill(bad.unsqueeze(-1), 0)
+            metrics = batch_code_metrics(indices, self.codebook_sizes, nonfinite=bad)
             aux_loss = z.new_zeros(())
             if self.training:
                 if self.entropy_weight > 0:
@@ -331,7 +334,7 @@ class LFQ(Quantizer):
                 # straight-through: ``z - z.detach()`` is exactly zero, so the
                 # values stay exactly ``codes`` while the gradient is the identity
                 codes = codes + (z - z.detach())
-            quantized = self.project_out(codes)
+            indices, quantized = mask_nonfinite(bad, indices, self.project_out(codes))
         return QuantizerOutput(
             quantized=quantized, indices=indices, aux_loss=aux_loss, metrics=metrics
         )

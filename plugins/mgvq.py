@@ -39,6 +39,7 @@ from tok import Quantizer, QuantizerOutput, hookimpl
 from tok.errors import ConfigError
 from tok.metrics import batch_code_metrics
 from tok.plugins.vq import VQ
+from tok.quantizer import nonfinite_positions
 
 __all__ = ["MultiGroupVQ"]
 
@@ -152,7 +153,9 @@ class MultiGroupVQ(Quantizer):
                 quantized = out.quantized.flatten(-2)  # b ... d
                 indices = out.indices.squeeze(-1)  # b ... g
                 aux = out.aux_loss
-                metrics = batch_code_metrics(indices, self.codebook_sizes)
+                metrics = batch_code_metrics(
+                    indices, self.codebook_sizes, nonfinite=nonfinite_positions(x)
+                )
             else:
                 outs = [
                     vq(part) for vq, part in zip(self.vqs, x.chunk(self.groups, -1), strict=True)
@@ -164,6 +167,7 @@ class MultiGroupVQ(Quantizer):
                     key: torch.stack([o.metrics[key] for o in outs]).mean().detach()
                     for key in ("usage", "perplexity")
                 }
+                metrics["nonfinite"] = nonfinite_positions(x).sum().float()
         return QuantizerOutput(quantized=quantized, indices=indices, aux_loss=aux, metrics=metrics)
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:

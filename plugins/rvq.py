@@ -24,6 +24,10 @@ to fine.
   set of parameters and buffers). In train mode it updates its EMA statistics
   once per level, in level order, so a training step moves the shared codebook
   ``depth`` times.
+- k-means initialisation (``kmeans_init``): a level gathers vectors only once
+  the levels before it are initialised (:meth:`tok.plugins.vq.VQ.kmeans_paused`),
+  so no codebook is fitted to residuals of a random one; a shared codebook
+  gathers the first level's inputs only.
 
 Axis legend: ``b`` batch, ``...`` grid axes, ``d`` latent channels, ``q`` levels
 (streams).
@@ -31,6 +35,7 @@ Axis legend: ``b`` batch, ``...`` grid axes, ``d`` latent channels, ``q`` levels
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -39,6 +44,7 @@ from torch import Tensor, nn
 from tok import Quantizer, QuantizerOutput, hookimpl
 from tok.errors import ConfigError
 from tok.plugins.vq import VQ
+from tok.quantizer import nonfinite_positions
 
 __all__ = ["ResidualVQ"]
 
@@ -145,8 +151,13 @@ class ResidualVQ(Quantizer):
             residual = z.float()
             quantized = aux = None
             indices, usage, perplexity = [], [], []
+            ready = True  # whether the levels so far have their k-means initialisation
             for i in range(self.depth):
-                out = self.level(i)(residual)  # b ... d, b ... 1
+                level = self.level(i)
+                # a level learns its k-means codebook only from residuals of initialised levels
+                with contextlib.nullcontext() if ready else level.kmeans_paused():
+                    out = level(residual)  # b ... d, b ... 1
+                ready = ready and bool(level.initted)
                 # the same left-to-right order as indices_to_codes: bit-identical sums
                 quantized = out.quantized if quantized is None else quantized + out.quantized
                 aux = out.aux_loss if aux is None else aux + out.aux_loss
@@ -162,6 +173,7 @@ class ResidualVQ(Quantizer):
             metrics={
                 "usage": torch.stack(usage).mean().detach(),
                 "perplexity": torch.stack(perplexity).mean().detach(),
+                "nonfinite": nonfinite_positions(z).sum().float(),
             },
         )
 

@@ -20,10 +20,29 @@ State (all buffers, so a safetensors file of the state dict restores it):
 Under ``torch.distributed`` the statistics are all-reduced and every random
 choice (k-means, restart) is made on rank 0 and broadcast, so every rank
 holds the identical codebook.
+
+Robustness (the rules of :mod:`tok.quantizer`):
+
+- **k-means sees enough vectors.** Initialisation waits until the training
+  batches seen so far hold at least ``3 k`` vectors (summed over ranks; at most
+  65,536 are kept) and runs k-means on all of them, so a small first batch
+  (``batch_size = 8``: 392 vectors for 1,024 codes) no longer leaves most codes
+  as duplicates. The batches themselves are unchanged; until then the random
+  codebook quantizes and the EMA statistics wait. The vectors gathered so far
+  are not part of the state: a run resumed before initialisation gathers again.
+- **Non-finite vectors** (NaN, ±inf, in the input or after the projection) get
+  index 0 and a NaN ``quantized`` row, are left out of the counts, the EMA
+  statistics, k-means and dead-code restart, and an EMA update whose result
+  would not be finite (an overflow) leaves the codes it touches unchanged.
+- **Cast modules.** The codebook statistics (``codebook`` with EMA,
+  ``cluster_size``, ``embed_sum``) stay float32 when the module is cast to
+  bf16 or fp16, and the projections compute in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -33,6 +52,7 @@ from torch import Tensor, nn
 from tok import Quantizer, QuantizerOutput, hookimpl
 from tok.errors import ConfigError
 from tok.helpers import all_reduce_, broadcast_, exists, is_distributed, rank
+from tok.quantizer import mask_nonfinite, nonfinite_positions, projection
 
 __all__ = ["VQ", "cluster_sums", "kmeans", "kmeans_plus_plus", "nearest"]
 
@@ -40,7 +60,9 @@ __all__ = ["VQ", "cluster_sums", "kmeans", "kmeans_plus_plus", "nearest"]
 # stays in cache; 1 GiB on a GPU.
 _CPU_BLOCK = 1 << 21
 _GPU_BLOCK = 1 << 28
-# k-means uses at most this many vectors (a random subset) from the first batch.
+# k-means waits for at least this many vectors per code (summed over the first batches) …
+KMEANS_VECTORS_PER_CODE = 3
+# … and uses at most this many (a random subset; at least one per code).
 _KMEANS_MAX_SAMPLES = 1 << 16
 
 
@@ -151,8 +173,9 @@ class VQ(Quantizer):
     :param ema: update the codebook by EMA (default); ``False`` makes it a
         parameter learned through the codebook loss ``mse(q, sg[z_e])``.
     :param codebook_weight: weight of that codebook loss (``ema=False`` only).
-    :param kmeans_init: initialise the codebook by k-means++ and k-means on
-        the first training batch.
+    :param kmeans_init: initialise the codebook by k-means++ and k-means on the
+        first training batches — as many as it takes to see ``3 * codebook_size``
+        vectors (:data:`KMEANS_VECTORS_PER_CODE`).
     :param kmeans_iters: Lloyd iterations of that k-means.
     :param restart_after: re-seed a code from a random current encoder output
         when it has been unused for this many training steps (0 or ``None``: never).
@@ -166,6 +189,8 @@ class VQ(Quantizer):
     """
 
     paper = "https://arxiv.org/abs/1711.00937"
+
+    float32_buffers = ("codebook", "cluster_size", "embed_sum")
 
     def __init__(
         self,
@@ -209,8 +234,8 @@ class VQ(Quantizer):
         self.restart_after = int(restart_after or 0)
         self.cosine = cosine
 
-        self.project_in = nn.Linear(dim, cd) if cd != dim else nn.Identity()
-        self.project_out = nn.Linear(cd, dim) if cd != dim else nn.Identity()
+        self.project_in = projection(dim, cd)
+        self.project_out = projection(cd, dim)
 
         codebook = torch.randn(codebook_size, cd)
         if cosine:
@@ -223,6 +248,8 @@ class VQ(Quantizer):
         self.register_buffer("embed_sum", codebook.clone())
         self.register_buffer("unused_steps", torch.zeros(codebook_size, dtype=torch.long))
         self.register_buffer("initted", torch.tensor(not kmeans_init))
+        self._kmeans_pending: list[Tensor] = []  # finite vectors gathered for k-means
+        self._kmeans_paused = False
 
     @classmethod
     def example_config(cls) -> dict[str, Any]:
@@ -263,16 +290,47 @@ class VQ(Quantizer):
         """``(n,)`` indices → float32 codes ``(n, c)`` (no gradient to the codebook)."""
         return self.codebook.detach().float().index_select(0, idx)
 
+    @property
+    def kmeans_vectors_needed(self) -> int:
+        """How many vectors (over all ranks) k-means initialisation waits for: ``3 k``,
+        capped at 65,536 but never below ``k``."""
+        k = self.codebook_size
+        return max(k, min(KMEANS_VECTORS_PER_CODE * k, _KMEANS_MAX_SAMPLES))
+
+    @contextlib.contextmanager
+    def kmeans_paused(self) -> Iterator[None]:
+        """Inside this block a training forward gathers nothing for k-means
+        initialisation (it still quantizes). :class:`tok.plugins.rvq.ResidualVQ` pauses a
+        level until the level before it is initialised, so that no level learns from
+        residuals of a random codebook."""
+        before, self._kmeans_paused = self._kmeans_paused, True
+        try:
+            yield
+        finally:
+            self._kmeans_paused = before
+
+    @torch.no_grad()
+    def _gather_kmeans(self, x: Tensor) -> None:
+        """Keep the finite vectors ``x (m, c)``; once every rank together holds
+        :attr:`kmeans_vectors_needed`, initialise from all of them."""
+        self._kmeans_pending.append(x)
+        held = sum(v.shape[0] for v in self._kmeans_pending)
+        total = all_reduce_(torch.tensor(float(held), device=x.device))
+        if int(total) >= self.kmeans_vectors_needed:
+            pending, self._kmeans_pending = self._kmeans_pending, []
+            self._init_kmeans(torch.cat(pending))
+
     @torch.no_grad()
     def _init_kmeans(self, x: Tensor) -> None:
-        """k-means on the first batch (all ranks' vectors), computed on rank 0 and broadcast."""
-        local = x[torch.randperm(x.shape[0], device=x.device)[:_KMEANS_MAX_SAMPLES]]
+        """k-means on the gathered vectors (all ranks'), computed on rank 0 and broadcast."""
+        cap = max(_KMEANS_MAX_SAMPLES, self.codebook_size)
+        local = x[torch.randperm(x.shape[0], device=x.device)[:cap]]
         if is_distributed():
             world = torch.distributed.get_world_size()
             m = all_reduce_(
                 torch.tensor(local.shape[0], device=x.device), torch.distributed.ReduceOp.MIN
             )
-            m = int(m) if world * int(m) <= _KMEANS_MAX_SAMPLES else _KMEANS_MAX_SAMPLES // world
+            m = int(m) if world * int(m) <= cap else cap // world
             parts = [local.new_empty(m, local.shape[1]) for _ in range(world)]
             torch.distributed.all_gather(parts, local[:m].contiguous())
             local = torch.cat(parts)
@@ -290,35 +348,52 @@ class VQ(Quantizer):
         self.initted.fill_(True)
 
     @torch.no_grad()
-    def _update(self, x: Tensor, idx: Tensor, counts: Tensor) -> None:
-        """One training step of the codebook: EMA statistics, then dead-code restart."""
+    def _update(self, x: Tensor, bad: Tensor, idx: Tensor, counts: Tensor) -> None:
+        """One training step of the codebook: EMA statistics, then dead-code restart.
+
+        ``x (n, c)`` holds zeros in the ``bad`` (non-finite) rows, which ``idx`` sends to
+        code 0 and ``counts`` (the bincount of ``idx``) counts there; neither their
+        zeros nor their count enters the statistics.
+        """
         k = self.codebook_size
+        sums = cluster_sums(x, idx, counts) if self.ema else None
+        counts = counts.float()
+        counts[0] -= bad.sum()  # the non-finite rows' count
         if self.ema:
-            sums = cluster_sums(x, idx, counts)
-            stats = all_reduce_(torch.cat([counts.float()[:, None], sums], 1))
+            stats = all_reduce_(torch.cat([counts[:, None], sums], 1))
             counts, sums = stats[:, 0], stats[:, 1:]
-            self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-            self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-            n = self.cluster_size.sum()
-            smoothed = (self.cluster_size + self.eps) / (n + k * self.eps) * n
-            codebook = self.embed_sum / smoothed[:, None]
+            cluster_size = self.cluster_size * self.decay + counts * (1 - self.decay)
+            embed_sum = self.embed_sum * self.decay + sums * (1 - self.decay)
+            n = cluster_size.sum()
+            smoothed = (cluster_size + self.eps) / (n + k * self.eps) * n
+            codebook = embed_sum / smoothed[:, None]
             if self.cosine:
                 codebook = F.normalize(codebook, dim=-1)
-            self.codebook.copy_(codebook)
+            # an overflow must not reach the state: codes whose update is not finite keep theirs
+            ok = (
+                torch.isfinite(cluster_size)
+                & torch.isfinite(embed_sum).all(-1)
+                & torch.isfinite(codebook).all(-1)
+            )
+            self.cluster_size.copy_(torch.where(ok, cluster_size, self.cluster_size))
+            self.embed_sum.copy_(torch.where(ok[:, None], embed_sum, self.embed_sum))
+            self.codebook.copy_(torch.where(ok[:, None], codebook, self.codebook))
         elif self.restart_after:
-            counts = all_reduce_(counts.float())
+            counts = all_reduce_(counts)
         if self.restart_after:
-            self._restart_dead_codes(x, counts)
+            self._restart_dead_codes(x, bad, counts)
 
     @torch.no_grad()
-    def _restart_dead_codes(self, x: Tensor, counts: Tensor) -> None:
-        """Re-seed codes unused for ``restart_after`` steps from random rows of ``x`` (rank 0's)."""
+    def _restart_dead_codes(self, x: Tensor, bad: Tensor, counts: Tensor) -> None:
+        """Re-seed codes unused for ``restart_after`` steps from random finite rows of ``x``
+        (rank 0's)."""
         self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
         dead = self.unused_steps >= self.restart_after
         num_dead = int(dead.sum())
         if num_dead == 0:
             return
         fresh = self.codebook.detach()[dead].float()  # rank 0 overwrites these
+        x = x[~bad]
         if rank() == 0 and x.shape[0] > 0:
             if x.shape[0] >= num_dead:
                 rows = torch.randperm(x.shape[0], device=x.device)[:num_dead]
@@ -342,12 +417,17 @@ class VQ(Quantizer):
             aux = aux + self.codebook_weight * F.mse_loss(q_learn, x.detach())
         return aux
 
-    def _metrics(self, counts: Tensor, n: int) -> dict[str, Tensor]:
-        """Batch ``usage`` (fraction of codes used) and ``perplexity`` from local counts."""
-        p = counts.float() / max(n, 1)
+    def _metrics(self, counts: Tensor, bad: Tensor) -> dict[str, Tensor]:
+        """Batch ``usage`` (fraction of codes used), ``perplexity`` and ``nonfinite`` from the
+        local counts of every row (``bad`` rows counted at code 0, taken out here)."""
+        nonfinite = bad.sum().float()
+        counts = counts.float()
+        counts[0] -= nonfinite
+        p = counts / (bad.numel() - nonfinite).clamp_min(1)
         return {
             "usage": (counts > 0).float().mean(),
             "perplexity": torch.special.entr(p).sum().exp(),
+            "nonfinite": nonfinite,
         }
 
     def forward(self, z: Tensor) -> QuantizerOutput:
@@ -357,22 +437,26 @@ class VQ(Quantizer):
         update = self.training and torch.is_grad_enabled()
         with torch.autocast(device_type=z.device.type, enabled=False):
             x = self._to_code_space(z)  # n c
-            if update and self.kmeans_init and not bool(self.initted):
-                self._init_kmeans(x.detach())
-            idx = nearest(x.detach(), self.codebook.detach().float())  # n
+            bad = nonfinite_positions(x)  # n
+            clean = x.detach().masked_fill(bad.unsqueeze(-1), 0.0)  # what the codebook sees
+            initted = bool(self.initted)
+            if update and not initted and not self._kmeans_paused:
+                self._gather_kmeans(clean[~bad])
+                initted = bool(self.initted)
+            idx = nearest(clean, self.codebook.detach().float()).masked_fill_(bad, 0)  # n
             q = self._codes(idx)  # n c
             aux = self._aux_loss(x, q, idx)
             counts = torch.bincount(idx, minlength=self.codebook_size)
-            if update:
-                self._update(x.detach(), idx, counts)
+            if update and initted:
+                self._update(clean, bad, idx, counts)
             if x.requires_grad:
                 q = q + (x - x.detach())  # exactly q, with the gradient of x (straight-through)
-            quantized = self.project_out(q)
+            indices, quantized = mask_nonfinite(bad, idx.unsqueeze(-1), self.project_out(q))
         return QuantizerOutput(
             quantized=quantized.view(*lead, self.dim),
-            indices=idx.view(*lead, 1),
+            indices=indices.view(*lead, 1),
             aux_loss=aux,
-            metrics=self._metrics(counts, idx.shape[0]),
+            metrics=self._metrics(counts, bad),
         )
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:

@@ -83,38 +83,57 @@ def codebook_stats(counts: Tensor) -> dict[str, float]:
     }
 
 
-def batch_code_metrics(indices: Tensor, codebook_sizes: tuple[int, ...]) -> dict[str, Tensor]:
-    """Detached ``usage`` and ``perplexity`` of one batch of ``indices (..., s)``, averaged
-    over the streams: what quantizers report in ``QuantizerOutput.metrics``.
+def batch_code_metrics(
+    indices: Tensor, codebook_sizes: tuple[int, ...], *, nonfinite: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Detached ``usage``, ``perplexity`` and ``nonfinite`` of one batch of ``indices
+    (..., s)``: what quantizers report in ``QuantizerOutput.metrics``.
 
-    Cheap and free of host syncs: while the codebooks hold at most 2^20 codes in all,
-    one histogram counts every stream (stream ``s`` offset by the sizes before it;
-    ``scatter_add`` on CUDA, whose ``bincount`` waits for the device); above that, each
-    stream's codes are counted with ``unique``.
+    :param nonfinite: optional bool ``(...)``, the positions whose input held a NaN or
+        ±inf (:func:`tok.quantizer.nonfinite_positions`): they are left out of the
+        counts, and ``nonfinite`` (float32 scalar) says how many there were (0 without).
+
+    ``usage`` (fraction of each stream's codes used) and ``perplexity`` are averaged
+    over the streams. Cheap and free of host syncs: while the codebooks hold at most
+    2^20 codes in all, one weighted histogram counts every stream (stream ``s`` offset
+    by the sizes before it; ``scatter_add`` on CUDA, whose ``bincount`` waits for the
+    device); above that, each stream's codes are counted with ``unique``.
     """
     sizes = tuple(int(k) for k in codebook_sizes)
     flat = indices.detach().reshape(-1, len(sizes))
-    n = max(flat.shape[0], 1)
+    if nonfinite is None:
+        keep = torch.ones(flat.shape[0], device=flat.device)
+        bad = torch.zeros((), device=flat.device)
+    else:
+        keep = (~nonfinite.detach().reshape(-1)).float()
+        bad = flat.shape[0] - keep.sum()
+    n = keep.sum().clamp_min(1)
     if sum(sizes) > _DENSE_LIMIT:
+        rows = flat if nonfinite is None else flat[keep.bool()]
         usage, perplexity = [], []
         for s, k in enumerate(sizes):
-            counts = torch.unique(flat[:, s], return_counts=True)[1].float()
-            usage.append(torch.tensor(counts.numel() / k))
-            perplexity.append(torch.special.entr(counts / n).sum().exp().cpu())
-        return {"usage": torch.stack(usage).mean(), "perplexity": torch.stack(perplexity).mean()}
-    starts = [0]
-    for k in sizes[:-1]:
-        starts.append(starts[-1] + k)
-    ids = (flat + torch.tensor(starts, device=flat.device)).flatten()
-    if ids.is_cuda:
-        ones = torch.ones((), device=ids.device).expand(ids.shape)
-        counts = torch.zeros(sum(sizes), device=ids.device).scatter_add_(0, ids, ones)
+            counts = torch.unique(rows[:, s], return_counts=True)[1].float()
+            usage.append(torch.tensor(counts.numel() / k, device=flat.device))
+            perplexity.append(torch.special.entr(counts / n).sum().exp())
+        usage_t, perplexity_t = torch.stack(usage), torch.stack(perplexity)
     else:
-        counts = torch.bincount(ids, minlength=sum(sizes)).float()
-    streams = counts.split(sizes)
-    usage = torch.stack([(c > 0).float().mean() for c in streams])
-    perplexity = torch.stack([torch.special.entr(c / n).sum().exp() for c in streams])
-    return {"usage": usage.mean(), "perplexity": perplexity.mean()}
+        starts = [0]
+        for k in sizes[:-1]:
+            starts.append(starts[-1] + k)
+        ids = (flat + torch.tensor(starts, device=flat.device)).flatten()
+        weights = keep.repeat_interleave(len(sizes))
+        if ids.is_cuda:
+            counts = torch.zeros(sum(sizes), device=ids.device).scatter_add_(0, ids, weights)
+        else:
+            counts = torch.bincount(ids, weights=weights, minlength=sum(sizes)).float()
+        streams = counts.split(sizes)
+        usage_t = torch.stack([(c > 0).float().mean() for c in streams])
+        perplexity_t = torch.stack([torch.special.entr(c / n).sum().exp() for c in streams])
+    return {
+        "usage": usage_t.mean(),
+        "perplexity": perplexity_t.mean(),
+        "nonfinite": bad.float(),
+    }
 
 
 def batch_stream_stats(indices: Tensor, codebook_sizes: tuple[int, ...]) -> list[dict[str, float]]:

@@ -8,6 +8,20 @@ Shapes (einops legend used across tok):
 A quantizer maps ``z: (b, ..., d)`` to a :class:`QuantizerOutput` whose
 ``indices`` are ``(b, ..., s)`` int64, and maps indices back with
 :meth:`Quantizer.indices_to_codes`.
+
+Robustness rules every quantizer keeps (and :func:`tok.testing.check_quantizer`
+checks), with the helpers here that make them one line each:
+
+- **Non-finite input** (:func:`nonfinite_positions`, :func:`mask_nonfinite`): a
+  position whose input vector holds a NaN or ±inf gets index 0 in every stream
+  whose input it reached and a NaN ``quantized`` vector — indices never leave
+  ``[0, K)``, and the NaN is never hidden. Such positions are left out of the
+  usage metrics, counted in ``metrics["nonfinite"]``, and never reach learned
+  state (EMA statistics, k-means, dead-code restart).
+- **Cast modules** (:class:`Projection`, :attr:`Quantizer.float32_buffers`): after
+  ``module.to(torch.bfloat16)`` or ``.half()`` a quantizer still quantizes in
+  float32 and returns float32 ``quantized``; learned statistics stay float32
+  buffers.
 """
 
 from __future__ import annotations
@@ -16,11 +30,58 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError, IndexRangeError
 
-__all__ = ["Quantizer", "QuantizerOutput"]
+__all__ = [
+    "Quantizer",
+    "QuantizerOutput",
+    "Projection",
+    "projection",
+    "nonfinite_positions",
+    "mask_nonfinite",
+]
+
+
+def nonfinite_positions(z: Tensor) -> Tensor:
+    """Bool ``(b, ...)``: true where the vector ``z[b, ..., :]`` holds a NaN or ±inf."""
+    return ~torch.isfinite(z).all(-1)
+
+
+def mask_nonfinite(bad: Tensor, indices: Tensor, quantized: Tensor) -> tuple[Tensor, Tensor]:
+    """Apply the rule for non-finite inputs: index 0 and a NaN ``quantized`` where ``bad``.
+
+    :param bad: bool ``(b, ...)`` (:func:`nonfinite_positions`).
+    :param indices: int64 ``(b, ..., s)``; whatever they hold at ``bad`` becomes 0.
+    :param quantized: float ``(b, ..., d)``; NaN at ``bad`` (the gradient there is zero).
+    :returns: ``(indices, quantized)``, new tensors, no host synchronisation.
+    """
+    mask = bad.unsqueeze(-1)
+    return indices.masked_fill(mask, 0), quantized.masked_fill(mask, float("nan"))
+
+
+class Projection(nn.Linear):
+    """``nn.Linear`` that computes in float32 whatever dtype its module was cast to.
+
+    Quantizers project into and out of their code space with it, so that
+    ``quantizer.to(torch.bfloat16)`` keeps quantization in float32: the input and
+    the (possibly bf16) weights are promoted, the output is float32. Its state
+    dict is ``nn.Linear``'s (``weight``, ``bias``).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(x.float(), self.weight.float(), bias)
+
+
+def projection(in_features: int, out_features: int) -> nn.Module:
+    """A :class:`Projection` from ``in_features`` to ``out_features`` channels, or
+    ``nn.Identity`` when they are equal."""
+    if in_features == out_features:
+        return nn.Identity()
+    return Projection(in_features, out_features)
 
 
 @dataclass(frozen=True)
@@ -31,7 +92,8 @@ class QuantizerOutput:
       gradients reach ``z``.
     - ``indices``: int64 ``(b, ..., s)``, one index per stream.
     - ``aux_loss``: scalar tensor already weighted (zero where the method has none).
-    - ``metrics``: detached scalar tensors (``usage``, ``perplexity``, …).
+    - ``metrics``: detached scalar tensors (``usage``, ``perplexity``,
+      ``nonfinite`` — how many positions of ``z`` held a NaN or ±inf —, …).
     """
 
     quantized: Tensor
@@ -54,6 +116,11 @@ class Quantizer(nn.Module):
     #: constructor arguments tok fills in when a recipe leaves them out: ``dim`` is the
     #: architecture's ``latent_dim`` (see :mod:`tok.components`).
     supplied_args: ClassVar[tuple[str, ...]] = ("dim",)
+
+    #: buffers holding learned statistics (EMA sums, counts, an EMA codebook): they stay
+    #: float32 when the module is cast (``.to(torch.bfloat16)``, ``.half()``), so the
+    #: statistics keep accumulating at full precision; moves between devices apply.
+    float32_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, dim: int, codebook_sizes: tuple[int, ...]) -> None:
         super().__init__()
@@ -128,6 +195,18 @@ class Quantizer(nn.Module):
                     f"for codebook size {self.codebook_sizes[stream]} (valid: 0..{self.codebook_sizes[stream] - 1})"
                 )
         return indices
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Quantizer:
+        # nn.Module.to / .half / .cuda all go through _apply: keep float32_buffers float32
+        kept = {
+            n: self._buffers[n] for n in self.float32_buffers if self._buffers.get(n) is not None
+        }
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(device=new.device)
+        return self
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())

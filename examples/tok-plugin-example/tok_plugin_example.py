@@ -29,6 +29,7 @@ import torch
 from tok import Quantizer, QuantizerOutput, hookimpl
 from tok.errors import ConfigError
 from tok.metrics import batch_code_metrics
+from tok.quantizer import mask_nonfinite, nonfinite_positions
 from torch import Tensor
 
 __all__ = ["BinaryQuantizer"]
@@ -95,18 +96,20 @@ class BinaryQuantizer(Quantizer):
         """Quantize ``z: (b, ..., d)``; returns ``±1`` codes and ``(b, ..., s)`` indices."""
         self.check_input(z)
         z = z.float()
+        bad = nonfinite_positions(z)  # b ...: a NaN or ±inf somewhere in the vector
         codes = sign_codes(z)  # b ... d
         ones = (codes.detach() > 0).long().unflatten(-1, (self.num_streams, self.bits))  # b ... s k
-        indices = (ones * self._powers).sum(-1)  # b ... s
+        # non-finite vectors: index 0 and a NaN code (tok's rule; the NaN is never hidden)
+        indices, quantized = mask_nonfinite(bad, (ones * self._powers).sum(-1), codes)
         if self.commitment:
             aux_loss = self.commitment * (z - codes).pow(2).mean()
         else:
             aux_loss = z.new_zeros(())
         return QuantizerOutput(
-            quantized=straight_through(z, codes),
+            quantized=straight_through(z, quantized),
             indices=indices,
             aux_loss=aux_loss,
-            metrics=batch_code_metrics(indices, self.codebook_sizes),
+            metrics=batch_code_metrics(indices, self.codebook_sizes, nonfinite=bad),
         )
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:

@@ -260,7 +260,7 @@ def test_metrics_match_tok_metrics() -> None:
             k: torch.tensor(sum(s[k] for s in streams) / len(streams))
             for k in ("usage", "perplexity")
         }
-        assert set(out.metrics) == {"usage", "perplexity"}
+        assert set(out.metrics) == {"usage", "perplexity", "nonfinite"}
         for key, value in ref.items():
             assert out.metrics[key].ndim == 0 and not out.metrics[key].requires_grad
             torch.testing.assert_close(out.metrics[key].cpu(), value.float(), rtol=1e-5, atol=0)

@@ -187,7 +187,7 @@ def test_aux_loss_only_in_training() -> None:
     assert q.train()(z).aux_loss.item() != 0
     out = q.eval()(z)
     assert out.aux_loss.item() == 0 and out.aux_loss.ndim == 0
-    assert set(out.metrics) == {"usage", "perplexity"}
+    assert set(out.metrics) == {"usage", "perplexity", "nonfinite"}
 
 
 def test_gradient_flows_through_the_entropy_loss_and_projection() -> None:

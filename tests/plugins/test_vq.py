@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -153,7 +155,7 @@ def test_state_changes_only_in_train_mode_with_gradients() -> None:
     def unchanged() -> bool:
         return all(torch.equal(v, q.state_dict()[k]) for k, v in state.items())
 
-    z = torch.randn(2, 6, 4)
+    z = torch.randn(3, 6, 4)  # 18 vectors: k-means initialisation waits for 2 * 8
     q.eval()
     q(z)
     assert unchanged()
@@ -325,7 +327,7 @@ def test_metrics_match_tok_metrics() -> None:
     q = VQ(dim=4, codebook_size=32)
     out = q(torch.randn(4, 9, 4))
     ref = batch_code_metrics(out.indices, q.codebook_sizes)
-    assert set(out.metrics) == {"usage", "perplexity"}
+    assert set(out.metrics) == {"usage", "perplexity", "nonfinite"}
     for key, value in ref.items():
         assert out.metrics[key].ndim == 0 and not out.metrics[key].requires_grad
         torch.testing.assert_close(out.metrics[key], value.float(), rtol=1e-5, atol=0)
@@ -389,3 +391,41 @@ def test_indices_equal_vector_quantize_pytorch() -> None:
     their_codes, their_indices, _ = theirs(z)
     assert torch.equal(out.indices[..., 0], their_indices.long())
     torch.testing.assert_close(out.quantized, their_codes, rtol=0, atol=1e-6)
+
+
+def test_kmeans_init_on_tiny_first_batches_reaches_the_usage_of_large_ones() -> None:
+    """k-means initialisation gathers vectors over as many batches as it needs: with batches of
+    8 real MNIST digits (392 vectors of 4x4 patches for 1,024 codes) and no dead-code
+    restart, the test usage right after initialisation matches that of batches of 64. It
+    used to run k-means on the first 392 vectors alone: at most 392 distinct codes (38 %)."""
+    from einops import rearrange
+
+    import tok
+    from tok.plugins.vq import KMEANS_VECTORS_PER_CODE
+
+    mnist = tok.get_dataset("mnist")()
+    train, test = (mnist.images(split)[:4000].float() / 255 for split in ("train", "test"))
+
+    def patches(x: torch.Tensor) -> torch.Tensor:  # (n, 1, 28, 28) -> (n, 7, 7, 16)
+        return rearrange(x, "n c (h p) (w q) -> n h w (c p q)", p=4, q=4)
+
+    def after_init(batch: int) -> tuple[int, float]:
+        torch.manual_seed(0)
+        q = VQ(dim=16, codebook_size=1024, kmeans_init=True, restart_after=0).train()
+        batches = torch.Generator().manual_seed(0)
+        steps = 0
+        while not bool(q.initted):
+            idx = torch.randint(0, len(train), (batch,), generator=batches)
+            out = q(patches(train[idx]).requires_grad_())
+            assert out.indices.shape == (batch, 7, 7, 1)  # every batch is quantized as it comes
+            steps += 1
+        q.eval()
+        with torch.no_grad():
+            used = q(patches(test[:1000])).indices.unique().numel() / 1024
+        return steps, used
+
+    small_steps, small = after_init(8)
+    large_steps, large = after_init(64)
+    assert large_steps == 1  # 64 x 49 = 3,136 vectors >= 3 x 1,024: the first batch suffices
+    assert small_steps == math.ceil(KMEANS_VECTORS_PER_CODE * 1024 / (8 * 49))
+    assert small > 0.95 and abs(small - large) < 0.02, (small, large)

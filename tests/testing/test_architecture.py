@@ -189,7 +189,30 @@ class LatentDimNotInt(TinyConv):
         self.latent_dim = 3.0  # type: ignore[assignment]
 
 
+class GridErrorWithoutTheSize(TinyConv):
+    """Refuses other sizes without saying which size it got."""
+
+    def grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        try:
+            return super().grid(input_shape)
+        except ConfigError:
+            raise ConfigError("tinyconv: wrong input") from None
+
+
+class BreaksWhenCast(TinyConv):
+    """Mixes in a float32 constant kept outside the buffers: fine until the module is cast."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mix = torch.eye(self.latent_dim)  # not a buffer: .to(bfloat16) leaves it float32
+
+    def encode(self, x: Tensor) -> Tensor:
+        return super().encode(x) @ self.mix
+
+
 BROKEN = [
+    (GridErrorWithoutTheSize, "grid(input_shape)'s error names the size it received"),
+    (BreaksWhenCast, "encode and decode work after module.to(bfloat16)"),
     (GridDisagrees, "encode(x) produces the grid that grid(input_shape) states"),
     (NotChannelLast, "channel-last latents (batch, *grid, latent_dim)"),
     (ConfigDoesNotRebuild, "cls(**config()) rebuilds the architecture"),

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 import tok
 from tok import Quantizer, QuantizerOutput, hookimpl
+from tok.quantizer import mask_nonfinite, nonfinite_positions
 from tok.registry import register_plugin, unregister_plugin
 from tok.testing import check_quantizer
 
@@ -23,6 +24,8 @@ def test_every_registered_quantizer_conforms(name: str) -> None:
 
 class TinyVQ(Quantizer):
     """A small but correct nearest-neighbour VQ with an EMA usage buffer."""
+
+    float32_buffers = ("usage_ema",)
 
     def __init__(self, *, dim: int = 4, codebook_size: int = 5) -> None:
         super().__init__(dim=dim, codebook_sizes=(codebook_size,))
@@ -39,7 +42,11 @@ class TinyVQ(Quantizer):
 
     def lookup(self, z: Tensor) -> Tensor:
         flat = z.detach().reshape(-1, self.dim)
-        return torch.cdist(flat, self.codebook.detach()).argmin(-1).reshape(*z.shape[:-1], 1)
+        return (
+            torch.cdist(flat.float(), self.codebook.detach().float())
+            .argmin(-1)
+            .reshape(*z.shape[:-1], 1)
+        )
 
     def update(self, indices: Tensor) -> None:
         if self.training:
@@ -51,19 +58,22 @@ class TinyVQ(Quantizer):
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         self.check_input(z)
-        indices = self.lookup(z)
-        self.update(indices)
-        codes = self.codebook[indices[..., 0]]
+        z = z.float()
+        bad = nonfinite_positions(z)  # such vectors: index 0, a NaN code, no update
+        indices = self.lookup(z.masked_fill(bad.unsqueeze(-1), 0)).masked_fill(bad.unsqueeze(-1), 0)
+        self.update(indices[~bad])
+        codes = self.codebook[indices[..., 0]].float()
+        indices, codes = mask_nonfinite(bad, indices, codes)
         return QuantizerOutput(
             quantized=self.straight_through(z, codes),
             indices=indices,
             aux_loss=(z - codes.detach()).pow(2).mean() * 0.25,
-            metrics={"usage": (self.usage_ema > 0).float().mean()},
+            metrics={"usage": (self.usage_ema > 0).float().mean(), "nonfinite": bad.sum().float()},
         )
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         indices = self.check_indices(indices)
-        return self.codebook[indices[..., 0]]
+        return self.codebook[indices[..., 0]].float()
 
 
 def test_tiny_vq_conforms() -> None:
@@ -193,7 +203,7 @@ class LowPrecisionUnderAutocast(TinyVQ):
 
     def lookup(self, z: Tensor) -> Tensor:
         flat = z.detach().reshape(-1, self.dim)
-        codebook = self.codebook.detach()
+        codebook = self.codebook.detach().float()
         if torch.is_autocast_enabled(flat.device.type):
             flat = flat.to(torch.float8_e4m3fn).float()
             codebook = codebook.to(torch.float8_e4m3fn).float()
@@ -206,7 +216,7 @@ class Bf16UnderAutocast(TinyVQ):
 
     def lookup(self, z: Tensor) -> Tensor:
         flat = z.detach().reshape(-1, self.dim)
-        codebook = self.codebook.detach()
+        codebook = self.codebook.detach().float()
         if torch.is_autocast_enabled(flat.device.type):
             flat, codebook = flat.bfloat16().float(), codebook.bfloat16().float()
         return torch.cdist(flat, codebook).argmin(-1).reshape(*z.shape[:-1], 1)
@@ -229,7 +239,73 @@ class CodesInBf16UnderAutocast(TinyVQ):
         return F.embedding(indices[..., 0], self.codebook) @ torch.eye(self.dim)
 
 
+class NonfiniteIntoState(TinyVQ):
+    """Keeps an EMA of the batch mean without leaving non-finite vectors out."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.register_buffer("mean_ema", torch.zeros(self.dim))
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        if self.training:
+            self.mean_ema.mul_(0.9).add_(z.detach().float().reshape(-1, self.dim).mean(0) * 0.1)
+        return super().forward(z)
+
+
+class HidesNonfinite(TinyVQ):
+    """Gives a non-finite vector a finite code (the NaN silently disappears)."""
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        out = super().forward(z)
+        return QuantizerOutput(
+            out.quantized.nan_to_num(0.0), out.indices, out.aux_loss, out.metrics
+        )
+
+
+class NonfiniteIndices(TinyVQ):
+    """Turns a NaN into an index, as ``nan.long()`` does: far outside the codebook."""
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        out = super().forward(z)
+        wild = nonfinite_positions(z.float()).unsqueeze(-1)
+        return QuantizerOutput(
+            out.quantized, out.indices.masked_fill(wild, -(2**63)), out.aux_loss, out.metrics
+        )
+
+
+class NoNonfiniteMetric(TinyVQ):
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        out = super().forward(z)
+        metrics = {k: v for k, v in out.metrics.items() if k != "nonfinite"}
+        return QuantizerOutput(out.quantized, out.indices, out.aux_loss, metrics)
+
+
+class StatisticsCast(TinyVQ):
+    """Does not list its EMA buffer in ``float32_buffers``: ``.to(bfloat16)`` rounds it."""
+
+    float32_buffers = ()
+
+
+class ProjectionInModuleDtype(TinyVQ):
+    """Projects with a plain ``nn.Linear`` after ``z.float()``: breaks once the module is cast."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.project = nn.Linear(self.dim, self.dim)
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        self.check_input(z)
+        with torch.autocast(device_type=z.device.type, enabled=False):  # float32 … until cast
+            return super().forward(self.project(z.float()))
+
+
 BROKEN = [
+    (NonfiniteIntoState, "non-finite input never reaches learned state"),
+    (HidesNonfinite, "non-finite quantized vector (never hidden)"),
+    (NonfiniteIndices, "indices lie in [0, codebook_sizes[s])"),
+    (NoNonfiniteMetric, 'metrics["nonfinite"] counts'),
+    (StatisticsCast, "learned statistics stay float32"),
+    (ProjectionInModuleDtype, "works after module.to(bfloat16)"),
     (WrapsIndices, "never wrap"),
     (WrongErrorForBadIndices, "IndexRangeError"),
     (CodesDiffer, "indices_to_codes(indices) equals quantized exactly"),

@@ -7,6 +7,7 @@ Every promise of the Architecture contract (``docs/plugins.md``,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -67,9 +68,14 @@ def check_architecture(
     - other input sizes — one more channel, each other axis (height, width
       and, for video, frames) one longer: ``grid(shape)`` either raises a
       :class:`tok.TokError` (normally ``ConfigError``) or returns the grid
-      ``encode`` then really produces; it never raises another exception; and
-      ``encode`` of an input that ``grid`` refuses raises a ``TokError`` too,
-      never a raw torch error.
+      ``encode`` then really produces; it never raises another exception; the
+      error names the size it received (the number that changed appears in the
+      message); and ``encode`` of an input that ``grid`` refuses raises a
+      ``TokError`` too, never a raw torch error;
+    - the module cast to bf16 and to fp16 (``.to(dtype)``) encodes an input of
+      that dtype and decodes the latents, with finite outputs of the right
+      shapes (a :class:`tok.models.Tokenizer` casts its inputs and latents to
+      the architecture's dtype and returns float32).
     """
     cls, check, cfg = start(
         cls_or_name, "architectures", Architecture, "tok.models.Architecture", config, {}
@@ -144,6 +150,31 @@ def _check_all(
     _check_rebuild(check, cls, arch, x, z, y, device)
     _check_autocast(check, arch, x, z, grid, device)
     _check_other_sizes(check, arch, shape, device)
+    for dtype in (torch.bfloat16, torch.float16):
+        _check_cast(check, arch, x, grid, dtype)
+
+
+def _check_cast(
+    check: Check, arch: Architecture, x: Tensor, grid: tuple[int, ...], dtype: torch.dtype
+) -> None:
+    """A copy of ``arch`` cast to ``dtype`` encodes and decodes inputs of that dtype."""
+    import copy
+
+    name = str(dtype).removeprefix("torch.")
+    promise = f"encode and decode work after module.to({name})"
+    low = copy.deepcopy(arch).eval()
+    _call(check, lambda: low.to(dtype), promise, f".to({name})")
+    xin = x.to(dtype)
+    with torch.no_grad():
+        z = _call(check, lambda: low.encode(xin), promise, f"encode of a {name} input")
+        y = _call(check, lambda: low.decode(z), promise, "decode of its latents")
+    _check_shapes(check, low, xin, z, y, grid, f"module cast to {name}")
+    for what, t in (("encode", z), ("decode", y)):
+        check.expect(
+            bool(torch.isfinite(t.float()).all()),
+            f"encode and decode give finite values after module.to({name})",
+            f"{what} has non-finite values",
+        )
 
 
 def _check_shapes(
@@ -292,7 +323,14 @@ def _check_other_sizes(
         x = torch.rand(1, *other, device=device) * 2 - 1
         try:
             grid = arch.grid(other)
-        except TokError:
+        except TokError as exc:
+            changed = next(n for n, m in zip(other, shape, strict=True) if n != m)
+            check.expect(
+                re.search(rf"(?<!\d){changed}(?!\d)", str(exc)) is not None,
+                "grid(input_shape)'s error names the size it received",
+                f"grid({other}) ({what}) raised {type(exc).__name__}: {exc} — "
+                f"without the {what.split()[0]} it got ({changed})",
+            )
             with torch.no_grad():
                 check.expect_raises(
                     lambda x=x: arch.encode(x),

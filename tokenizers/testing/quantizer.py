@@ -172,7 +172,20 @@ def check_quantizer(
       outputs;
     - ``indices_to_codes`` raises :class:`tok.errors.IndexRangeError` for an
       index equal to the codebook size and for ``-1`` (per stream), never wraps;
-    - an input with the wrong last dimension raises a :class:`tok.TokError`.
+    - an input with the wrong last dimension raises a :class:`tok.TokError`;
+    - non-finite input (a NaN and a +inf at two positions): in eval mode the
+      indices stay in range, ``quantized`` is non-finite at those positions and
+      every other position is quantized as without them; in train mode (after
+      two clean batches, so that k-means-style initialisation has happened)
+      ``metrics["nonfinite"]`` counts the two positions, the indices stay in
+      range, every buffer and parameter stays finite, and a clean eval-mode
+      input afterwards gives finite ``quantized``;
+    - the module cast to bf16 and to fp16 (``.to(dtype)``): float32 and cast
+      inputs give float32 (or wider) ``quantized`` with in-range indices that
+      ``indices_to_codes`` maps back exactly in eval mode; a training forward
+      and backward run, and every floating-point buffer the training forward
+      changes is still float32 or wider (learned statistics accumulate at full
+      precision: list them in ``float32_buffers``).
     """
     cls, check, cfg = start(
         cls_or_name, "quantizers", Quantizer, "tok.Quantizer", config, _DEFAULT_CONFIG
@@ -273,6 +286,133 @@ def _check_all(
 
     _check_rebuild(check, cls, q, inputs, grids, reference, device)
     _check_errors(check, q, reference[0].indices, batch, grids[0], device)
+    _check_nonfinite(check, cls, cfg, device)
+    for dtype in (torch.bfloat16, torch.float16):
+        _check_cast(check, cls, cfg, dtype, device)
+
+
+# the input of the robustness checks: 4 images of 6×6 positions (144 vectors); a NaN at
+# position (0, 0, 0) and a +inf at (1, 2, 3)
+_ROBUST_SHAPE = (4, 6, 6)
+_BAD = ((0, 0, 0), (1, 2, 3))
+
+
+def _with_nonfinite(z: Tensor) -> Tensor:
+    z = z.clone()
+    z[_BAD[0]][0] = float("nan")
+    z[_BAD[1]][-1] = float("inf")
+    return z
+
+
+def _check_nonfinite(check: Check, cls: type, cfg: dict[str, Any], device: torch.device) -> None:
+    """NaN and ±inf inputs: indices in range, NaN never hidden, never in the learned state."""
+    q = check.build(cls, cfg, "it builds from its config").to(device)
+    clean = torch.randn(*_ROBUST_SHAPE, q.dim, device=device)
+    z = _with_nonfinite(clean)
+    bad = torch.zeros(_ROBUST_SHAPE, dtype=torch.bool, device=device)
+    for pos in _BAD:
+        bad[pos] = True
+    q.eval()
+    with torch.no_grad():
+        ref, out = q(clean), q(z)
+    where = "eval mode, a NaN and a +inf in the input"
+    _check_range(check, q, out.indices, where)
+    check.expect(
+        not bool(torch.isfinite(out.quantized[bad]).all()),
+        "a non-finite input vector gives a non-finite quantized vector (never hidden)",
+        f"quantized is finite at the non-finite positions ({where})",
+    )
+    check.expect(
+        torch.equal(out.indices[~bad], ref.indices[~bad])
+        and torch.equal(out.quantized[~bad], ref.quantized[~bad]),
+        "non-finite input at some positions leaves the other positions' output unchanged",
+        f"indices {diff(out.indices[~bad], ref.indices[~bad])} ({where})",
+    )
+    q.train()
+    for _ in range(2):  # k-means-style initialisation sees clean data first
+        q(torch.randn(*_ROBUST_SHAPE, q.dim, device=device).requires_grad_(True))
+    out = q(z.clone().requires_grad_(True))
+    where = "train mode, a NaN and a +inf in the input"
+    _check_range(check, q, out.indices, where)
+    count = out.metrics.get("nonfinite")
+    check.expect(
+        isinstance(count, Tensor) and count.numel() == 1 and float(count) == len(_BAD),
+        'train-mode metrics["nonfinite"] counts the positions whose input is not finite',
+        f"got {count!r} for {len(_BAD)} such positions ({where})",
+    )
+    for name, t in [*q.named_buffers(), *q.named_parameters()]:
+        if t.is_floating_point():
+            check.expect(
+                bool(torch.isfinite(t).all()),
+                "non-finite input never reaches learned state (EMA statistics, k-means, restart)",
+                f"{name} holds non-finite values after a training forward ({where})",
+            )
+    q.eval()
+    with torch.no_grad():
+        after = q(clean)
+    _check_range(check, q, after.indices, "eval mode after the non-finite training batch")
+    check.expect(
+        bool(torch.isfinite(after.quantized).all()),
+        "non-finite input never reaches learned state (EMA statistics, k-means, restart)",
+        "a clean input gives non-finite quantized after the non-finite training batch",
+    )
+
+
+def _check_cast(
+    check: Check, cls: type, cfg: dict[str, Any], dtype: torch.dtype, device: torch.device
+) -> None:
+    """The module cast to ``dtype``: quantization stays float32, statistics stay float32."""
+    name = str(dtype).removeprefix("torch.")
+    promise = f"the quantizer works after module.to({name}); quantized stays float32"
+    q = check.build(cls, cfg, "it builds from its config").to(device)
+    try:
+        q = q.to(dtype)
+    except Exception as exc:  # noqa: BLE001 - the broken promise
+        check.fail(promise, f".to({name}) raised {type(exc).__name__}: {exc}")
+    z = torch.randn(*_ROBUST_SHAPE, q.dim, device=device)
+    q.eval()
+    for zin, what in ((z, "float32 input"), (z.to(dtype), f"{name} input")):
+        where = f"module cast to {name}, {what}, eval mode"
+        with torch.no_grad():
+            out = _call(check, lambda zin=zin: q(zin), promise, f"forward ({where})")
+            _check_output(check, q, zin, out, where, mode="eval")
+            codes = _call(
+                check, lambda o=out: q.indices_to_codes(o.indices), promise, "indices_to_codes"
+            )
+        check.expect(
+            torch.equal(codes, out.quantized),
+            "indices_to_codes(indices) equals quantized exactly in eval mode",
+            diff(codes, out.quantized) + f" ({where})",
+        )
+    q.train()
+    before = {k: v.clone() for k, v in q.named_buffers() if v.is_floating_point()}
+    zt = z.clone().requires_grad_(True)
+    where = f"module cast to {name}, train mode"
+    out = _call(check, lambda: q(zt), promise, f"forward ({where})")
+    _check_output(check, q, zt, out, where, mode="train")
+    _call(check, lambda: (out.quantized.sum() + out.aux_loss).backward(), promise, "backward")
+    check.expect(
+        zt.grad is not None and bool(torch.isfinite(zt.grad).all()),
+        promise,
+        f"z.grad is {'None' if zt.grad is None else 'not finite'} ({where})",
+    )
+    buffers = dict(q.named_buffers())
+    for key, old in before.items():
+        new = buffers[key]
+        if not torch.equal(new, old):
+            check.expect(
+                torch.finfo(new.dtype).bits >= 32,
+                "learned statistics stay float32 when the module is cast (float32_buffers)",
+                f"buffer {key} changes in training and was cast to {new.dtype} ({where})",
+            )
+
+
+def _call(check: Check, fn: Any, promise: str, what: str) -> Any:
+    """``fn()``; an exception fails ``promise``."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - reported as the broken promise
+        check.fail(promise, f"{what} raised {type(exc).__name__}: {exc}")
 
 
 def _check_train(check: Check, q: Quantizer, z0: Tensor, where: str) -> None:
