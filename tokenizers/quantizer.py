@@ -46,8 +46,13 @@ __all__ = [
 
 
 def nonfinite_positions(z: Tensor) -> Tensor:
-    """Bool ``(b, ...)``: true where the vector ``z[b, ..., :]`` holds a NaN or ±inf."""
-    return ~torch.isfinite(z).all(-1)
+    """Bool ``(b, ...)``: true where the vector ``z[b, ..., :]`` holds a NaN or ±inf.
+
+    ``isnan(sum(z * 0))``: ``0 * x`` is 0 for finite ``x`` and NaN for NaN and ±inf, so
+    the sum is exact (it cannot overflow); on a CPU it is over ten times faster than
+    ``isfinite(z).all(-1)``, whose boolean reduction over a short last axis is slow.
+    """
+    return torch.isnan(z.detach().mul(0).sum(-1))
 
 
 def mask_nonfinite(bad: Tensor, indices: Tensor, quantized: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,8 +61,12 @@ def mask_nonfinite(bad: Tensor, indices: Tensor, quantized: Tensor) -> tuple[Ten
     :param bad: bool ``(b, ...)`` (:func:`nonfinite_positions`).
     :param indices: int64 ``(b, ..., s)``; whatever they hold at ``bad`` becomes 0.
     :param quantized: float ``(b, ..., d)``; NaN at ``bad`` (the gradient there is zero).
-    :returns: ``(indices, quantized)``, new tensors, no host synchronisation.
+    :returns: ``(indices, quantized)``: new tensors, or the same ones on a CPU when
+        nothing is ``bad`` (there the check is cheaper than the masking; on other devices
+        the masking always runs, to avoid a host synchronisation).
     """
+    if bad.device.type == "cpu" and not bool(bad.any()):
+        return indices, quantized
     mask = bad.unsqueeze(-1)
     return indices.masked_fill(mask, 0), quantized.masked_fill(mask, float("nan"))
 
