@@ -24,12 +24,11 @@ holds the identical codebook.
 Robustness (the rules of :mod:`tok.quantizer`):
 
 - **k-means sees enough vectors.** Initialisation waits until the training
-  batches seen so far hold at least ``3 k`` vectors (summed over ranks; at most
-  65,536 are kept) and runs k-means on all of them, so a small first batch
-  (``batch_size = 8``: 392 vectors for 1,024 codes) no longer leaves most codes
-  as duplicates. The batches themselves are unchanged; until then the random
-  codebook quantizes and the EMA statistics wait. The vectors gathered so far
-  are not part of the state: a run resumed before initialisation gathers again.
+  batches so far hold ``3 k`` vectors (summed over ranks; at most 65,536 kept)
+  and runs on all of them, so a small first batch (392 vectors for 1,024 codes)
+  no longer leaves most codes duplicates. Until then the random codebook
+  quantizes and the EMA waits; the gathered vectors are not state (a run
+  resumed before initialisation gathers again).
 - **Non-finite vectors** (NaN, ±inf, in the input or after the projection) get
   index 0 and a NaN ``quantized`` row, are left out of the counts, the EMA
   statistics, k-means and dead-code restart, and an EMA update whose result

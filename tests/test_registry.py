@@ -21,6 +21,7 @@ from tok.components import build
 from tok.data import Dataset, Samples
 from tok.errors import DuplicateNameError, PluginError, RecipeError, UnknownNameError
 from tok.models import Architecture, Tokenizer
+from tok.quantizer import mask_nonfinite, nonfinite_positions
 from tok.recipe import parse_recipe
 from tok.registry import (
     PluginWarning,
@@ -84,10 +85,16 @@ class Sign(Quantizer):
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         self.check_input(z)
+        z = z.float()
+        bad = nonfinite_positions(z)
         codes = torch.where(z >= 0, 1.0, -1.0)
         indices = ((codes > 0).long() * self.powers).sum(-1, keepdim=True)
+        indices, codes = mask_nonfinite(bad, indices, codes)
         return QuantizerOutput(
-            quantized=codes + (z - z.detach()), indices=indices, aux_loss=z.new_zeros(())
+            quantized=codes + (z - z.detach()),
+            indices=indices,
+            aux_loss=z.new_zeros(()),
+            metrics={"nonfinite": bad.sum().float()},
         )
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:

@@ -155,7 +155,7 @@ def test_state_changes_only_in_train_mode_with_gradients() -> None:
     def unchanged() -> bool:
         return all(torch.equal(v, q.state_dict()[k]) for k, v in state.items())
 
-    z = torch.randn(3, 6, 4)  # 18 vectors: k-means initialisation waits for 2 * 8
+    z = torch.randn(4, 6, 4)  # 24 vectors: k-means initialisation waits for 3 * 8
     q.eval()
     q(z)
     assert unchanged()

@@ -49,6 +49,13 @@ class Check:
                 promise, f"{cls.__name__}(**{dict(cfg)!r}) raised {type(exc).__name__}: {exc}"
             )
 
+    def call(self, fn: Callable[[], Any], promise: str, what: str) -> Any:
+        """``fn()``; an exception fails ``promise`` (naming ``what`` raised it)."""
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - reported as the broken promise
+            self.fail(promise, f"{what} raised {type(exc).__name__}: {exc}")
+
     def expect_raises(
         self, fn: Callable[[], Any], error: type[BaseException], promise: str, what: str
     ) -> None:

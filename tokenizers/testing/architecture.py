@@ -94,14 +94,6 @@ def _is_grid(grid: Any) -> bool:
     )
 
 
-def _call(check: Check, fn: Any, promise: str, what: str) -> Any:
-    """``fn()``; an exception fails ``promise``."""
-    try:
-        return fn()
-    except Exception as exc:  # noqa: BLE001 - reported as the broken promise
-        check.fail(promise, f"{what} raised {type(exc).__name__}: {exc}")
-
-
 def _check_all(
     check: Check,
     cls: type,
@@ -118,8 +110,7 @@ def _check_all(
             f"{attr} is an int ≥ 1",
             f"got {value!r}",
         )
-    grid = _call(
-        check,
+    grid = check.call(
         lambda: arch.grid(shape),
         "grid(input_shape) gives the latent grid of the example input",
         f"grid({shape})",
@@ -163,11 +154,11 @@ def _check_cast(
     name = str(dtype).removeprefix("torch.")
     promise = f"encode and decode work after module.to({name})"
     low = copy.deepcopy(arch).eval()
-    _call(check, lambda: low.to(dtype), promise, f".to({name})")
+    check.call(lambda: low.to(dtype), promise, f".to({name})")
     xin = x.to(dtype)
     with torch.no_grad():
-        z = _call(check, lambda: low.encode(xin), promise, f"encode of a {name} input")
-        y = _call(check, lambda: low.decode(z), promise, "decode of its latents")
+        z = check.call(lambda: low.encode(xin), promise, f"encode of a {name} input")
+        y = check.call(lambda: low.decode(z), promise, "decode of its latents")
     _check_shapes(check, low, xin, z, y, grid, f"module cast to {name}")
     for what, t in (("encode", z), ("decode", y)):
         check.expect(
@@ -214,8 +205,8 @@ def _check_shapes(
 
 def _check_train(check: Check, arch: Architecture, x0: Tensor, grid: tuple[int, ...]) -> None:
     x = x0.clone().requires_grad_(True)
-    z = _call(check, lambda: arch.encode(x), "encode(x) takes the example input", "encode")
-    y = _call(check, lambda: arch.decode(z), "decode(z) takes encode's latents", "decode")
+    z = check.call(lambda: arch.encode(x), "encode(x) takes the example input", "encode")
+    y = check.call(lambda: arch.decode(z), "decode(z) takes encode's latents", "decode")
     _check_shapes(check, arch, x, z, y, grid, "train mode")
     check.expect(
         y.requires_grad,
@@ -286,9 +277,9 @@ def _check_autocast(
     promise = "encode and decode run under torch.autocast (bf16)"
     arch.train()
     with torch.autocast(device_type=device.type, dtype=autocast_dtype(device)):
-        z = _call(check, lambda: arch.encode(x), promise, "encode")
-        y = _call(check, lambda: arch.decode(z), promise, "decode of encode's output")
-        y32 = _call(check, lambda: arch.decode(z32), promise, "decode of float32 latents")
+        z = check.call(lambda: arch.encode(x), promise, "encode")
+        y = check.call(lambda: arch.decode(z), promise, "decode of encode's output")
+        y32 = check.call(lambda: arch.decode(z32), promise, "decode of float32 latents")
     _check_shapes(check, arch, x, z, y, grid, "under autocast")
     _check_shapes(check, arch, x, z, y32, grid, "under autocast, float32 latents")
     for what, t in (("encode", z), ("decode", y), ("decode of float32 latents", y32)):
@@ -298,7 +289,7 @@ def _check_autocast(
             f"{what} has non-finite values",
         )
     if y.requires_grad:
-        _call(check, lambda: (y.float().sum() + y32.float().sum()).backward(), promise, "backward")
+        check.call(lambda: (y.float().sum() + y32.float().sum()).backward(), promise, "backward")
     arch.zero_grad(set_to_none=True)
     arch.eval()
 
@@ -349,8 +340,7 @@ def _check_other_sizes(
         promise = "grid(input_shape) agrees with encode for other input sizes"
         check.expect(_is_grid(grid), promise, f"grid({other}) ({what}) returned {grid!r}")
         with torch.no_grad():
-            z = _call(
-                check,
+            z = check.call(
                 lambda x=x: arch.encode(x),
                 promise,
                 f"grid({other}) ({what}) returned {grid}, but encode of a {tuple(x.shape)} input",

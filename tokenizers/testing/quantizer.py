@@ -374,10 +374,10 @@ def _check_cast(
     for zin, what in ((z, "float32 input"), (z.to(dtype), f"{name} input")):
         where = f"module cast to {name}, {what}, eval mode"
         with torch.no_grad():
-            out = _call(check, lambda zin=zin: q(zin), promise, f"forward ({where})")
+            out = check.call(lambda zin=zin: q(zin), promise, f"forward ({where})")
             _check_output(check, q, zin, out, where, mode="eval")
-            codes = _call(
-                check, lambda o=out: q.indices_to_codes(o.indices), promise, "indices_to_codes"
+            codes = check.call(
+                lambda o=out: q.indices_to_codes(o.indices), promise, "indices_to_codes"
             )
         check.expect(
             torch.equal(codes, out.quantized),
@@ -388,9 +388,9 @@ def _check_cast(
     before = {k: v.clone() for k, v in q.named_buffers() if v.is_floating_point()}
     zt = z.clone().requires_grad_(True)
     where = f"module cast to {name}, train mode"
-    out = _call(check, lambda: q(zt), promise, f"forward ({where})")
+    out = check.call(lambda: q(zt), promise, f"forward ({where})")
     _check_output(check, q, zt, out, where, mode="train")
-    _call(check, lambda: (out.quantized.sum() + out.aux_loss).backward(), promise, "backward")
+    check.call(lambda: (out.quantized.sum() + out.aux_loss).backward(), promise, "backward")
     check.expect(
         zt.grad is not None and bool(torch.isfinite(zt.grad).all()),
         promise,
@@ -405,14 +405,6 @@ def _check_cast(
                 "learned statistics stay float32 when the module is cast (float32_buffers)",
                 f"buffer {key} changes in training and was cast to {new.dtype} ({where})",
             )
-
-
-def _call(check: Check, fn: Any, promise: str, what: str) -> Any:
-    """``fn()``; an exception fails ``promise``."""
-    try:
-        return fn()
-    except Exception as exc:  # noqa: BLE001 - reported as the broken promise
-        check.fail(promise, f"{what} raised {type(exc).__name__}: {exc}")
 
 
 def _check_train(check: Check, q: Quantizer, z0: Tensor, where: str) -> None:
