@@ -448,3 +448,34 @@ def test_usage_errors_are_one_line_naming_the_commands_help(capsys, args, needle
     line = one_error(err, needle)
     command = args[0] if args[0] != "nosuchcommand" else None
     assert f"`tok {command} --help`" in line if command else "`tok --help`" in line
+
+
+# robustness: the reported cases, tried from the command line ------------------------
+
+
+def test_nonfinite_loss_is_one_error_line_and_nothing_is_kept(tmp_path):
+    """``tok train recipes/vq_mnist.toml --set train.lr=1e30``: it used to go on training on
+    a NaN loss, print ``test psnr nan dB``, exit 0 and save NaN weights."""
+    out = tmp_path / "run"
+    proc = tok_subprocess(
+        "train", "vq_mnist", "--no-progress", "--set", "train.lr=1e30",
+        "--set", "train.warmup_steps=0", "--set", "train.batch_size=8",
+        "--set", f"output.dir='{out}'",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    one_error(proc.stderr, "training diverged at step", "nothing was saved", "train.lr")
+    assert not out.exists()
+
+
+def test_incompatible_resume_is_one_error_line(tmp_path, trained_run):
+    """``tok train --resume RUN --set model.channels=[8,16,32]`` printed 20–40 lines of
+    state-dict size mismatches."""
+    before = snapshot(trained_run)
+    for change, key in (
+        ("model.channels=[8,16,32]", "model.channels"),
+        ("model.latent_dim=8", "model.latent_dim"),
+    ):
+        proc = tok_subprocess("train", "--resume", trained_run, "--set", change)
+        assert proc.returncode == 1, proc.stderr
+        one_error(proc.stderr, f"cannot resume {trained_run}: {key} (", "cannot change on resume")
+    assert snapshot(trained_run) == before

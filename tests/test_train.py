@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tok.errors import CheckpointError, OutputDirError
+from tok.errors import CheckpointError, OutputDirError, TrainingError
 from tok.models import Tokenizer
 from tok.recipe import load_recipe
 from tok.run import Run
@@ -117,13 +117,14 @@ def test_lr_schedule(tmp_path):
 
 
 def test_collapse_warning_names_the_stream(tmp_path):
-    # 32768 codes, 16 test images x 49 positions: at most 2.4 % can be used
+    # 32768 codes, 16 test images x 49 positions: a 6-step run uses about 40 % of the 784
+    # codes those tokens could show at most (used / min(K, N)), below the threshold of 50 %
     recipe = tiny(
         tmp_path,
         "quantizer.levels=[8, 8, 8, 8, 8]",
         "model.latent_dim=5",
         "train.eval_samples=16",
-        "train.collapse_threshold=0.1",
+        "train.collapse_threshold=0.5",
     )
     with pytest.warns(CollapseWarning, match=r"stream 0 .* of 32768 codes") as caught:
         train(recipe, progress=False)
@@ -234,3 +235,60 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_p
     finally:
         unregister_plugin("explodes-plugin")
     assert (tmp_path / "run").is_dir() and not list((tmp_path / "run").iterdir())
+
+
+# ---------------------------------------------------------------------------------------
+# Robustness: a non-finite loss, and a resume that changes what cannot change.
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()}
+
+
+def test_nonfinite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+    run = train(tiny(tmp_path), progress=False, stop_after=3).run_dir
+    before = _files(run)
+    diverging = Run.open(run).recipe(["train.lr=1e30"])
+    with pytest.raises(TrainingError) as info:
+        train(diverging, resume=True, progress=False)
+    message = str(info.value)
+    assert "training diverged at step" in message and "the loss is nan" in message.lower()
+    assert "the checkpoint of step 3 is kept" in message
+    assert f"tok train --resume {run}" in message
+    after = _files(run)
+    for name in ("state.safetensors", "state.json", "model.safetensors", "tokenizer.json"):
+        assert after[name] == before[name], name  # the last finite checkpoint, untouched
+    for name in ("model.safetensors", "state.safetensors"):
+        assert all(torch.isfinite(t).all() for t in load_file(run / name).values()), name
+    # … and it resumes
+    assert train(Run.open(run).recipe(), resume=True, progress=False).step == 6
+
+
+def test_nonfinite_loss_before_the_first_checkpoint_leaves_nothing(tmp_path):
+    with pytest.raises(TrainingError, match=r"at step 2: .*nothing was saved"):
+        train(tiny(tmp_path, "train.lr=1e30", "train.warmup_steps=0"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_incompatible_resume_names_the_keys_and_leaves_the_run_untouched(tmp_path):
+    run = train(tiny(tmp_path), progress=False, stop_after=3).run_dir
+    before = _files(run)
+    for change, needle in (
+        ("model.channels=[8, 16, 32]", "model.channels ([8, 16, 32] here, [8, 16, 16] in the run)"),
+        ("model.latent_dim=8", "model.latent_dim (8 here, 4 in the run)"),
+        ("quantizer.levels=[5, 5, 5]", "quantizer.levels ([5, 5, 5] here, [8, 5, 5, 5] in"),
+        ("train.seed=1", "train.seed (1 here, 0 in the run)"),
+    ):
+        with pytest.raises(CheckpointError) as info:
+            train(Run.open(run).recipe([change]), resume=True, progress=False)
+        message = str(info.value)
+        assert needle in message and "cannot change on resume" in message
+        assert "train.steps" in message  # what may change
+        assert _files(run) == before
+    # what may change does
+    result = train(
+        Run.open(run).recipe(["train.steps=8", "train.lr=1e-3", "train.eval_every=4"]),
+        resume=True,
+        progress=False,
+    )
+    assert result.step == 8

@@ -23,7 +23,28 @@ def _umask() -> int:
     return mask
 
 
-__all__ = ["TMP_PREFIX", "atomic_path", "write_json", "write_text", "remove_stale_tmp"]
+__all__ = [
+    "TMP_PREFIX",
+    "atomic_path",
+    "write_json",
+    "write_text",
+    "remove_stale_tmp",
+    "nonfinite_tensors",
+]
+
+
+def nonfinite_tensors(tensors: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``tensors`` that hold a NaN or ±inf, each
+    with its count (``"encoder.0.weight (12 of 864)"``): what must never be saved."""
+    import torch
+
+    found = []
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                found.append(f"{name} ({bad} of {t.numel()})")
+    return found
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ __all__ = [
     "TokenizerMismatchError",
     "OutputDirError",
     "CheckpointError",
+    "TrainingError",
 ]
 
 
@@ -94,3 +95,7 @@ class OutputDirError(TokError):
 
 class CheckpointError(TokError):
     """A run folder or checkpoint is missing, incomplete or unreadable."""
+
+
+class TrainingError(TokError):
+    """Training cannot go on (a non-finite loss): the run keeps its last checkpoint."""

@@ -38,7 +38,7 @@ from typing import Any, Literal, get_type_hints
 import tomli_w
 
 from .components import problems as component_problems
-from .errors import RecipeError, TokError
+from .errors import CheckpointError, RecipeError, TokError
 from .registry import registry
 from .signatures import check_value, describe_type
 
@@ -53,6 +53,9 @@ __all__ = [
     "list_recipes",
     "apply_overrides",
     "dumps_toml",
+    "RESUMABLE_KEYS",
+    "resume_conflicts",
+    "check_resume",
 ]
 
 TABLES = ("data", "model", "quantizer", "losses", "train", "output")
@@ -301,6 +304,78 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     if problems:
         raise RecipeError(problems)
     return data
+
+
+#: Recipe keys a resumed run may change (``tok train --resume RUN --set KEY=VALUE``): the
+#: schedule and the optimizer's hyperparameters, how often things happen, where and how
+#: fast it runs, what it shows. Everything else — the data (but its ``root``), the model,
+#: the quantizer, the ``[losses.*]`` tables, ``train.loss`` and ``train.seed`` — is fixed
+#: when the run starts: the checkpoint holds weights and state shaped by them.
+RESUMABLE_KEYS = (
+    "data.root",
+    "train.steps",
+    "train.batch_size",
+    "train.lr",
+    "train.min_lr",
+    "train.warmup_steps",
+    "train.schedule",
+    "train.weight_decay",
+    "train.betas",
+    "train.grad_clip",
+    "train.device",
+    "train.precision",
+    "train.threads",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_samples",
+    "train.checkpoint_every",
+    "train.collapse_threshold",
+    "output.dir",
+    "output.samples",
+)
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_conflicts(run_recipe: Recipe, recipe: Recipe) -> list[str]:
+    """What ``recipe`` changes, compared with ``run_recipe`` (a run's ``recipe.toml``),
+    that a resume cannot: one ``"KEY (VALUE here, VALUE in the run)"`` per key outside
+    :data:`RESUMABLE_KEYS` whose value differs (``absent`` where one side lacks it)."""
+    before, after = _flat(run_recipe.to_dict()), _flat(recipe.to_dict())
+    conflicts = []
+    for key in sorted(set(before) | set(after)):
+        if key in RESUMABLE_KEYS or before.get(key, _ABSENT) == after.get(key, _ABSENT):
+            continue
+        here, there = (_shown(side.get(key, _ABSENT)) for side in (after, before))
+        conflicts.append(f"{key} ({here} here, {there} in the run)")
+    return conflicts
+
+
+def check_resume(run_recipe: Recipe, recipe: Recipe, *, run: str | Path) -> None:
+    """Raise :class:`CheckpointError` (one line) when ``recipe`` changes what a resume of
+    the run in ``run`` (whose ``recipe.toml`` is ``run_recipe``) cannot change, naming
+    each key with both values and the keys that may change."""
+    conflicts = resume_conflicts(run_recipe, recipe)
+    if conflicts:
+        raise CheckpointError(
+            f"cannot resume {run}: {'; '.join(conflicts)} — these cannot change on resume "
+            f"(only {', '.join(RESUMABLE_KEYS)} can); the run is untouched"
+        )
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    return "absent" if value is _ABSENT else repr(value)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import media, plots
-from ._io import atomic_path, write_json, write_text
+from ._io import atomic_path, nonfinite_tensors, write_json, write_text
 from .components import build
 from .data import Dataset, Samples
 from .errors import CheckpointError, OutputDirError, RecipeError, TokError
@@ -346,6 +346,13 @@ class Run:
                     f"loss/{name}/optim/{opt_name}", opt
                 )
                 tensors.update(more)
+        bad = nonfinite_tensors(tensors)
+        if bad:  # never replace a sound checkpoint with a diverged one
+            raise CheckpointError(
+                f"refusing to write a checkpoint of {self.path} at step {step}: non-finite "
+                f"values in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}; the last "
+                f"checkpoint on disk is kept"
+            )
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.batches"] = parts.generator.get_state()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -382,7 +389,14 @@ class Run:
                 f"resumes {', '.join(READABLE_STATES)}"
             )
         model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        parts.tokenizer.load_state_dict(model)
+        try:
+            parts.tokenizer.load_state_dict(model)
+        except RuntimeError as exc:  # shapes that do not fit: the recipe check missed a change
+            detail = str(exc).strip().splitlines()[-1].strip()
+            raise CheckpointError(
+                f"cannot resume {self.path}: its checkpoint does not fit the recipe's "
+                f"tokenizer ({detail})"
+            ) from exc
         _load_optimizer(parts.optimizer, tensors, "optim", scalars["param_groups"])
         loss_groups = scalars.get("loss_param_groups", {})
         for name, loss in parts.losses.items():

@@ -26,11 +26,12 @@ from tqdm.auto import tqdm
 from .components import Facts, build
 from .data import Samples
 from .device import autocast, resolve_device, resolve_precision
+from .errors import TrainingError
 from .health import CollapseWarning, warn_collapse
 from .losses import Loss, LossInputs
 from .metrics import batch_stream_stats
 from .models import Tokenizer
-from .recipe import Recipe
+from .recipe import Recipe, check_resume
 from .run import Checkpoint, MetricsLog, Run, evaluate
 
 __all__ = ["train", "build_parts", "build_tokenizer", "lr_at", "RunResult", "CollapseWarning"]
@@ -123,7 +124,10 @@ def train(
     :param stop_after: stop (with a checkpoint) after this many steps of this
         call, as if the process had been stopped there — ``--resume`` continues.
     :returns: the run folder, the step reached and the last evaluation.
-    :raises TokError: for a bad recipe, missing data, an unusable run folder.
+    :raises TokError: for a bad recipe, missing data, an unusable run folder, a resume
+        that changes what cannot change (:data:`tok.recipe.RESUMABLE_KEYS`);
+        :class:`tok.errors.TrainingError` at the first non-finite loss, before the
+        optimizer steps on it (the run keeps its last checkpoint).
     """
     run = Run.open(recipe.run_dir) if resume else Run.create(recipe.run_dir)
     try:
@@ -138,6 +142,8 @@ def _train(
     run: Run, recipe: Recipe, *, resume: bool, progress: bool, stop_after: int | None
 ) -> RunResult:
     t = recipe.train
+    if resume:
+        check_resume(run.recipe(), recipe, run=run.path)  # before any work
     if t.threads:
         torch.set_num_threads(t.threads)
     device = resolve_device(t.device)
@@ -147,7 +153,9 @@ def _train(
     if resume:
         step, elapsed = run.load_checkpoint(parts.checkpoint())
         run.truncate_log(step)
-    run.write_recipe(recipe)
+    saved = step if resume else None  # the step of the checkpoint on disk
+    if not resume:  # a resume rewrites recipe.toml with its first checkpoint
+        run.write_recipe(recipe)
 
     precision = resolve_precision(t.precision, device)
     if progress:
@@ -173,6 +181,8 @@ def _train(
                 batch = LossInputs(x, out.reconstruction.float(), tokenizer, step)
                 terms = {name: loss(batch) for name, loss in parts.losses.items()}
             loss = sum(term.loss for term in terms.values()) + out.aux_loss
+            if not torch.isfinite(loss):  # a host sync per step: small next to a step
+                raise _diverged(run, recipe, step, loss, terms[t.loss].loss, out, saved)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip:
@@ -207,10 +217,40 @@ def _train(
                 run.save_checkpoint(
                     step, parts.checkpoint(), elapsed=time.perf_counter() - start_time
                 )
+                run.write_recipe(recipe)  # the recipe of the state on disk
+                saved = step
     if step == t.steps and not last_eval:  # a resume of a finished run
         last_eval = evaluate_and_show(run, recipe, tokenizer, parts.eval_set, step, None)
     run.save_curves()
     return RunResult(run_dir=run.path, step=step, eval=last_eval)
+
+
+def _diverged(
+    run: Run, recipe: Recipe, step: int, loss: Any, recon: Any, out: Any, saved: int | None
+) -> TrainingError:
+    """The one-line error for a non-finite loss at (0-based) ``step``."""
+    nonfinite = int(out.metrics.get("nonfinite", 0))
+    parts = [
+        f"reconstruction {float(recon.detach()):.4g}",
+        f"quantizer aux {float(out.aux_loss.detach()):.4g}",
+    ]
+    if nonfinite:
+        parts.append(f"{nonfinite} non-finite latents")
+    if saved is None:
+        kept = (
+            f"nothing was saved (no checkpoint before step {step + 1}; the run folder is removed)"
+        )
+        how = f"rerun with a lower train.lr (now {recipe.train.lr:g}) or train.grad_clip"
+    else:
+        kept = f"the checkpoint of step {saved} is kept"
+        how = (
+            f"resume with a lower learning rate: tok train --resume {run.path} "
+            f"--set train.lr={recipe.train.lr / 10:g}"
+        )
+    return TrainingError(
+        f"training diverged at step {step + 1}: the loss is {float(loss.detach())} "
+        f"({', '.join(parts)}); {kept}; {how}"
+    )
 
 
 def evaluate_and_show(

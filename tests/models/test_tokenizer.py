@@ -156,7 +156,10 @@ def test_weights_that_do_not_fit_the_config(run_copy):
     (run_copy / "tokenizer.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError) as info:
         Tokenizer.load(run_copy)
-    assert "model.safetensors" in str(info.value) and "size mismatch" in str(info.value)
+    message = str(info.value)
+    assert "model.safetensors" in message and "size mismatch" not in message
+    assert "architecture.config.channels is [16, 64, 128] in tokenizer.json" in message
+    assert "but [32, 64, 128] in the weights" in message  # what the run was trained with
 
 
 def test_unknown_component_in_the_config(run_copy):
@@ -234,3 +237,120 @@ def test_a_pickle_in_place_of_the_weights_is_refused_without_running_it(run_copy
     with pytest.raises(CheckpointError, match=str(weights)):
         Tokenizer.load(run_copy)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Robustness: the fault kinds of non-finite values, dtypes and input sizes, for every
+# registered architecture (its example config and input shape) under one FSQ.
+
+
+def _example(name: str) -> tuple[Tokenizer, tuple[int, ...]]:
+    cls = tok.get_architecture(name)
+    shape = tuple(cls.example_input_shape())
+    config = {
+        "architecture": {"name": name, "config": cls.example_config()},
+        "quantizer": {"name": "fsq", "config": {"levels": [5, 5, 5]}},
+        "input_shape": list(shape),
+    }
+    torch.manual_seed(0)
+    return Tokenizer.from_config(config).eval(), shape
+
+
+@pytest.mark.parametrize("name", tok.list_architectures())
+def test_nonfinite_input_is_refused_naming_how_many_and_where(name):
+    tokenizer, shape = _example(name)
+    x = torch.rand(2, *shape)
+    x[1].view(-1)[5] = float("nan")
+    x[1].view(-1)[9] = float("inf")
+    for method in (tokenizer.encode, tokenizer.reconstruct):
+        with pytest.raises(TokError) as info:
+            method(x)
+        message = str(info.value)
+        assert "2 non-finite value(s) (1 NaN, 1 ±inf)" in message
+        assert "item 1 at channel 0" in message
+
+
+def test_nonfinite_latents_from_damaged_weights_are_refused(images):
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.from_config(CONFIG).eval()
+    with torch.no_grad():
+        tokenizer.architecture.encoder[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(TokError, match="non-finite latents for finite images"):
+        tokenizer.encode(images)
+
+
+def test_nonfinite_weights_are_never_saved_nor_loaded(tmp_path, images):
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.from_config(CONFIG).eval()
+    good = tokenizer.save(tmp_path / "good")
+    with torch.no_grad():
+        tokenizer.architecture.decoder[0].weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(CheckpointError, match=r"architecture\.decoder\.0\.weight \(1 of "):
+        tokenizer.save(tmp_path / "bad")
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
+    # a damaged file written by something else is refused on load, naming the tensor
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in tokenizer.state_dict().items()}
+    save_file(state, str(good / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"damaged: non-finite values in architecture"):
+        Tokenizer.load(good)
+
+
+@pytest.mark.parametrize("name", tok.list_architectures())
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_dtype_a_cast_tokenizer_encodes_and_decodes_in_float32(name, dtype):
+    tokenizer, shape = _example(name)
+    x = torch.rand(2, *shape)
+    reference = tokenizer.encode(x)
+    tokenizer = tokenizer.to(dtype)
+    indices = tokenizer.encode(x)
+    assert indices.shape == reference.shape and indices.dtype == torch.int64
+    for out in (tokenizer.decode(indices), tokenizer.reconstruct(x)):
+        assert out.dtype == torch.float32 and out.shape == x.shape
+        assert bool(torch.isfinite(out).all()) and 0 <= float(out.min()) <= float(out.max()) <= 1
+    tokenizer.train()
+    out = tokenizer(x)
+    assert out.reconstruction.dtype == torch.float32
+    out.reconstruction.sum().backward()
+
+
+def _other_sizes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    sizes = [(shape[0] + 2, *shape[1:])]
+    for axis in range(1, len(shape)):
+        other = list(shape)
+        other[axis] += 1
+        sizes.append(tuple(other))
+    return sizes
+
+
+@pytest.mark.parametrize("name", tok.list_architectures())
+def test_input_sizes_the_architecture_refuses_are_named(name):
+    tokenizer, shape = _example(name)
+    for other in _other_sizes(shape):
+        size = "x".join(map(str, other))
+        for method in (tokenizer.encode, tokenizer.reconstruct):
+            with pytest.raises(TokError) as info:
+                method(torch.rand(1, *other))
+            message = str(info.value)
+            assert f"cannot take {size} inputs" in message
+            assert "x".join(map(str, shape)) in message  # what it was trained on
+    with pytest.raises(TokError, match="takes float images in \\[0, 1\\], got torch.uint8"):
+        tokenizer.encode(torch.zeros(1, *shape, dtype=torch.uint8))
+    with pytest.raises(TokError, match="takes a batch"):
+        tokenizer.encode(torch.rand(*shape))
+
+
+def test_input_sizes_conv_takes_any_multiple_of_its_stride(images):
+    """The reported case: built for 1x28x28 (7x7 grid with three stages), 30x30 and 29x27
+    were accepted silently; now they are refused and 32x32 / 56x84 work."""
+    torch.manual_seed(0)
+    config = {**CONFIG, "architecture": {"name": "conv", "config": {"channels": [8, 16, 16]}}}
+    tokenizer = Tokenizer.from_config(config).eval()
+    for h, w in ((30, 30), (29, 27)):
+        with pytest.raises(TokError, match=f"cannot take 1x{h}x{w} inputs.*multiples of 4"):
+            tokenizer.encode(torch.rand(1, 1, h, w))
+    with pytest.raises(TokError, match="built for 1-channel images.*got 3 channels"):
+        tokenizer.encode(torch.rand(1, 3, 28, 28))
+    assert tokenizer.encode(torch.rand(1, 1, 32, 32)).shape == (1, 8, 8, 1)
+    assert tokenizer.encode(torch.rand(1, 1, 56, 84)).shape == (1, 14, 21, 1)

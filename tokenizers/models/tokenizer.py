@@ -2,8 +2,10 @@
 
 Images go in and come out as floats in ``[0, 1]``, ``(b, c, h, w)``; tokens
 are int64 ``(b, *grid, s)``. A saved tokenizer is a folder with
-``model.safetensors`` (weights only, no metadata, so ``sha256sum`` of the file
-is the fingerprint recorded in token files) and ``tokenizer.json`` (the
+``model.safetensors`` (the weights, plus one metadata entry, ``tok.config``: the
+architecture and quantizer configs they were trained with, so that weights and a
+``tokenizer.json`` that disagree are named key by key; ``sha256sum`` of the file is
+the fingerprint recorded in token files) and ``tokenizer.json`` (the
 registry names and configs that rebuild it). Nothing is ever unpickled.
 """
 
@@ -19,9 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .._io import atomic_path, write_json
+from .._io import atomic_path, nonfinite_tensors, write_json
 from ..components import Facts, build
-from ..errors import CheckpointError, TokError, UnknownNameError
+from ..errors import CheckpointError, ConfigError, TokError, UnknownNameError
 from ..quantizer import Quantizer
 from ..registry import missing_plugin, provenance, registry
 from .base import Architecture
@@ -29,6 +31,8 @@ from .base import Architecture
 __all__ = ["Tokenizer", "TokenizerOutput", "WEIGHTS", "CONFIG", "TOKENIZER_FORMAT"]
 
 WEIGHTS = "model.safetensors"
+#: the metadata key of ``model.safetensors`` that records the configs the weights belong to
+WEIGHTS_CONFIG = "tok.config"
 CONFIG = "tokenizer.json"
 TOKENIZER_FORMAT = "tok.tokenizer/2"
 #: formats :meth:`Tokenizer.load` reads: 1 lacks ``plugins`` (which distribution
@@ -49,6 +53,50 @@ class TokenizerOutput:
     indices: Tensor
     aux_loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return "x".join(str(int(n)) for n in shape)
+
+
+def _where(position: tuple[int, ...]) -> str:
+    names = (
+        ("channel", "frame", "row", "column")
+        if len(position) == 4
+        else ("channel", "row", "column")
+    )
+    return ", ".join(f"{n} {i}" for n, i in zip(names, position, strict=False))
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _config_differences(weights_path: Path, tokenizer: Tokenizer) -> str:
+    """The config keys on which ``tokenizer`` (built from tokenizer.json) and the record in
+    the weights file (``tok.config``) disagree, as ``"KEY is A in tokenizer.json but B
+    in the weights"``; empty when the file has no record (saved by tok before 0.1)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            recorded = json.loads((f.metadata() or {})[WEIGHTS_CONFIG])
+    except Exception:  # noqa: BLE001 - no record, or an unreadable one: nothing to compare
+        return ""
+    ours, theirs = _flat(tokenizer._own_config(), ""), _flat(recorded, "")
+    missing = object()
+    differ = [
+        f"{key} is {ours.get(key, missing)!r} in {CONFIG} but {theirs.get(key, missing)!r} "
+        f"in the weights"
+        for key in sorted(set(ours) | set(theirs))
+        if ours.get(key, missing) != theirs.get(key, missing)
+    ]
+    return "; ".join(differ).replace(repr(missing), "absent")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -131,6 +179,11 @@ class Tokenizer(nn.Module):
             "plugins": self.plugins(),
         }
 
+    def _own_config(self) -> dict[str, Any]:
+        """What the weights depend on: architecture, quantizer and input shape."""
+        config = self.config()
+        return {k: config[k] for k in ("architecture", "quantizer", "input_shape")}
+
     def plugins(self) -> dict[str, dict[str, str | None]]:
         """Which plugin and distribution (and version) provided the architecture and the
         quantizer (:func:`tok.registry.provenance`); empty for unregistered classes."""
@@ -161,29 +214,96 @@ class Tokenizer(nn.Module):
 
     # the model -----------------------------------------------------------------
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The architecture's floating-point dtype (float32 unless the module was cast):
+        inputs and latents are cast to it; outputs are float32 whatever it is."""
+        for p in self.architecture.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
+
+    def check_input(self, images: Tensor, *, finite: bool = True) -> None:
+        """Raise a :class:`tok.errors.ConfigError` unless ``images`` is a float tensor
+        ``(b, *input_shape)`` whose sizes the architecture takes (``Architecture.grid``:
+        e.g. any multiple of the stride for ``conv``, the trained size for ``seq1d``) and,
+        with ``finite``, whose values are all finite — the message says how many are
+        not and where the first one is."""
+        if not isinstance(images, Tensor) or not images.is_floating_point():
+            got = images.dtype if isinstance(images, Tensor) else type(images).__name__
+            raise ConfigError(
+                f"a tokenizer takes float images in [0, 1], got {got} (divide uint8 images by 255)"
+            )
+        shape = tuple(images.shape)
+        if images.ndim != len(self.input_shape) + 1:
+            axes = "c, t, h, w" if len(self.input_shape) == 4 else "c, h, w"
+            raise ConfigError(
+                f"a tokenizer built for {_size(self.input_shape)} inputs takes a batch "
+                f"(b, {axes}), got a tensor of shape {shape}"
+            )
+        try:
+            self.architecture.grid(shape[1:])
+        except TokError as exc:
+            raise ConfigError(
+                f"this tokenizer (trained on {_size(self.input_shape)}) cannot take "
+                f"{_size(shape[1:])} inputs: {exc}"
+            ) from exc
+        if finite:
+            bad = ~torch.isfinite(images)
+            count = int(bad.sum())
+            if count:
+                first = tuple(int(i) for i in bad.nonzero()[0])
+                nan = int(torch.isnan(images).sum())
+                raise ConfigError(
+                    f"the input holds {count} non-finite value(s) ({nan} NaN, "
+                    f"{count - nan} ±inf) out of {images.numel()}; the first is in item "
+                    f"{first[0]} at {_where(first[1:])}"
+                )
+
     def forward(self, images: Tensor) -> TokenizerOutput:
-        """Reconstruct ``images`` (``(b, c, h, w)`` in ``[0, 1]``) through the tokens."""
-        z = self.architecture.encode(images * 2 - 1)
+        """Reconstruct ``images`` (``(b, c, h, w)`` in ``[0, 1]``) through the tokens.
+
+        Sizes are checked (:meth:`check_input`), values are not (training calls this
+        every step). The reconstruction is float32 whatever :attr:`dtype` is.
+        """
+        self.check_input(images, finite=False)
+        dtype = self.dtype
+        z = self.architecture.encode((images * 2 - 1).to(dtype))
         q = self.quantizer(z)
-        recon = self.architecture.decode(q.quantized) * 0.5 + 0.5
+        recon = self.architecture.decode(q.quantized.to(dtype)).float() * 0.5 + 0.5
         return TokenizerOutput(
             reconstruction=recon, indices=q.indices, aux_loss=q.aux_loss, metrics=q.metrics
         )
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
-        """Images ``(b, c, h, w)`` in ``[0, 1]`` → token indices ``(b, *grid, s)``."""
-        return self.quantizer(self.architecture.encode(images * 2 - 1)).indices
+        """Images ``(b, c, h, w)`` in ``[0, 1]`` → token indices ``(b, *grid, s)``.
+
+        :raises ConfigError: for images the tokenizer cannot take (:meth:`check_input`):
+            not float, another channel count or a size the architecture refuses, or
+            non-finite values; and when the encoder's latents are not finite (damaged
+            weights), instead of returning meaningless tokens.
+        """
+        self.check_input(images)
+        z = self.architecture.encode((images * 2 - 1).to(self.dtype))
+        if not bool(torch.isfinite(z).all()):
+            raise ConfigError(
+                "the encoder gave non-finite latents for finite images: the tokenizer's "
+                "weights are damaged (saved from a diverged run?)"
+            )
+        return self.quantizer(z).indices
 
     @torch.no_grad()
     def decode(self, indices: Tensor) -> Tensor:
-        """Token indices ``(b, *grid, s)`` → images ``(b, c, h, w)`` clamped to ``[0, 1]``."""
+        """Token indices ``(b, *grid, s)`` → float32 images ``(b, c, h, w)`` clamped to ``[0, 1]``."""
         codes = self.quantizer.indices_to_codes(indices)
-        return (self.architecture.decode(codes) * 0.5 + 0.5).clamp(0, 1)
+        return (self.architecture.decode(codes.to(self.dtype)).float() * 0.5 + 0.5).clamp(0, 1)
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor) -> Tensor:
-        """``decode(encode(images))`` in one pass, clamped to ``[0, 1]``."""
+        """``decode(encode(images))`` in one pass, clamped to ``[0, 1]``; the same
+        checks as :meth:`encode`."""
+        self.check_input(images)
         return self(images).reconstruction.clamp(0, 1)
 
     # files ---------------------------------------------------------------------
@@ -196,8 +316,14 @@ class Tokenizer(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        bad = nonfinite_tensors(state)
+        if bad:
+            raise CheckpointError(
+                f"refusing to save the tokenizer into {folder}: non-finite weights in "
+                f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} (a diverged run?)"
+            )
         with atomic_path(folder / WEIGHTS) as tmp:
-            save_file(state, tmp)
+            save_file(state, tmp, metadata={WEIGHTS_CONFIG: json.dumps(self._own_config())})
         self.weights_sha256 = file_sha256(folder / WEIGHTS)
         write_json(folder / CONFIG, {**self.config(), "weights_sha256": self.weights_sha256})
         return folder
@@ -257,12 +383,22 @@ class Tokenizer(nn.Module):
         except RuntimeError as exc:  # shape mismatches
             detail = str(exc).strip().splitlines()[-1].strip()
             raise CheckpointError(
-                f"weights in {weights_path} do not fit {config_path.name}: {detail}"
+                f"weights in {weights_path} do not fit {config_path.name}: "
+                + (_config_differences(weights_path, tokenizer) or detail)
             ) from exc
         if missing or unexpected:
             raise CheckpointError(
-                f"weights in {weights_path} do not fit the config: "
-                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+                f"weights in {weights_path} do not fit {config_path.name}: "
+                + (
+                    _config_differences(weights_path, tokenizer)
+                    or f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+                )
+            )
+        bad = nonfinite_tensors(state)
+        if bad:
+            raise CheckpointError(
+                f"weights in {weights_path} are damaged: non-finite values in "
+                f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}"
             )
         tokenizer.weights_sha256 = file_sha256(weights_path)
         return tokenizer.eval()
