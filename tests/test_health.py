@@ -14,7 +14,15 @@ from PIL import Image
 
 from tok import cli
 from tok.data import Samples
-from tok.health import inspect_run, usage_history
+from tok.health import (
+    CollapseWarning,
+    collapsed_streams,
+    inspect_run,
+    percent,
+    stream_table,
+    usage_history,
+    warn_collapse,
+)
 from tok.metrics import batch_stream_stats, codebook_stats
 from tok.models import Tokenizer
 from tok.run import Run, evaluate
@@ -98,10 +106,75 @@ def test_usage_history_has_one_point_per_test_row():
             {"usage": 0.3, "perplexity_ratio": 0.6}, {"usage": 0.5, "perplexity_ratio": 0.7}]},
         {"step": 20, "split": "test", "usage": 0.2},  # an older row without streams
     ]  # fmt: skip
+    rows[1]["streams"][1]["attainable_usage"] = 0.9  # fewer tokens than codes
     history = usage_history(rows)
-    assert history[0] == {"step": [10, 20], "usage": [0.3, 0.2], "perplexity_ratio": [0.6, None]}
-    assert history[1] == {"step": [10], "usage": [0.5], "perplexity_ratio": [0.7]}
+    assert history[0] == {
+        "step": [10, 20],
+        "usage": [0.3, 0.2],
+        "attainable_usage": [0.3, 0.2],  # rows without it: the usage, as the alarm does
+        "perplexity_ratio": [0.6, None],
+    }
+    assert history[1] == {
+        "step": [10],
+        "usage": [0.5],
+        "attainable_usage": [0.9],
+        "perplexity_ratio": [0.7],
+    }
     assert usage_history([]) == []
+
+
+# the collapse alarm ------------------------------------------------------------------
+
+
+def stream(size: int, used: int, tokens: int) -> dict:
+    """codebook_stats of ``used`` codes sharing ``tokens`` tokens as evenly as they can."""
+    counts = torch.full((used,), tokens // used)
+    counts[: tokens % used] += 1
+    return codebook_stats(counts, size=size)
+
+
+def test_collapse_alarm_is_judged_on_the_codes_the_tokens_could_use():
+    # 4 test images x 49 positions = 196 tokens cannot use 10 % of 4096 codes: usage says
+    # collapse whatever the tokenizer does; used / min(K, N) does not
+    healthy, collapsed = stream(4096, 150, 196), stream(4096, 10, 196)
+    assert healthy["usage"] < 0.1 and healthy["attainable_usage"] == 150 / 196
+    assert collapsed["attainable_usage"] == 10 / 196
+    # enough tokens for the codebook: the usage itself, as before
+    small = stream(1000, 50, 5000)
+    assert small["attainable_usage"] == small["usage"] == 0.05
+    # 2^40 codes: 3000 tokens on 2900 codes is healthy, on 100 codes collapsed
+    huge_ok, huge_bad = stream(1 << 40, 2900, 3000), stream(1 << 40, 100, 3000)
+    streams = [healthy, collapsed, small, huge_ok, huge_bad]
+    assert collapsed_streams(streams, 0.1) == [1, 2, 4]
+    assert collapsed_streams(streams, 0.0) == []
+    # a record from before attainable_usage existed is judged on its usage
+    assert collapsed_streams([{"usage": 0.05, "size": 1000}], 0.1) == [0]
+
+
+def test_collapse_warning_says_what_the_tokens_could_use(recwarn):
+    streams = [stream(4096, 150, 196), stream(4096, 10, 196), stream(1000, 50, 5000)]
+    warn_collapse(streams, 0.1, recipe="r", run="runs/r", step=7, images=4)
+    messages = [str(w.message) for w in recwarn if issubclass(w.category, CollapseWarning)]
+    assert len(messages) == 2
+    assert messages[0] == (
+        "tok: codebook collapse in recipe r (runs/r), stream 1 at step 7: 10 codes used by "
+        "196 tokens (5.1% of the 196 they could use at most, of 4096 codes) on 4 test images "
+        "(threshold train.collapse_threshold = 10%); see `tok inspect runs/r`"
+    )
+    assert "stream 2 at step 7: 50 of 1000 codes used (5.0%) by 5000 tokens on 4 " in messages[1]
+
+
+def test_stream_table_prints_huge_codebooks_exactly():
+    huge = stream(1 << 40, 2900, 3000)
+    headers, rows = stream_table([huge], threshold=0.1)
+    assert headers[-2:] == ["USED/MIN(K,N)", "STATUS"]
+    assert rows[0][:3] == ["0", "1099511627776", f"{2900 / (1 << 40) * 100:.2g}%"]
+    assert rows[0][1] == str(1 << 40) and rows[0][6] == str((1 << 40) - 2900)  # exact
+    assert rows[0][4] == f"{huge['perplexity'] / (1 << 40):.2g}"  # not 0.000
+    assert rows[0][-2:] == [percent(2900 / 3000), "ok"]
+    assert percent(0.5) == "50.0%" and percent(0) == "0.0%" and percent(3e-9) == "3e-07%"
+    headers, rows = stream_table([huge])  # tok eval: no alarm columns
+    assert headers[-1] == "DEAD" and len(rows[0]) == len(headers)
 
 
 # inspect ---------------------------------------------------------------------------
@@ -125,7 +198,8 @@ def test_inspect_numbers_match_evaluate(trained_run, tmp_path):
     for key, value in want.items():
         assert stream[key] == pytest.approx(value), key
     assert stream["size"] == 1000
-    assert stream["dead"] == 1000 - int((expected["counts"][0] > 0).sum())
+    assert stream["dead"] == 1000 - expected["counts"].used(0)
+    assert stream["tokens"] == 200 * 49 and stream["used"] == expected["counts"].used(0)
     assert stream["perplexity_ratio"] == pytest.approx(
         math.log2(want["perplexity"]) / math.log2(1000)
     )
@@ -152,7 +226,9 @@ def test_inspect_cli_writes_into_the_run_folder(capsys, trained_run, tmp_path):
     report = json.loads((run / HEALTH_JSON).read_text())
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("STREAM"))
-    for column in ("CODES", "USAGE", "PERPLEXITY", "PPL/K", "LOG2-RATIO", "DEAD", "STATUS"):
+    for column in (
+        "CODES", "USAGE", "PERPLEXITY", "PPL/K", "LOG2-RATIO", "DEAD", "USED/MIN(K,N)", "STATUS",
+    ):  # fmt: skip
         assert column in header
     s = report["streams"][0]
     row = lines[lines.index(header) + 2].split()
@@ -164,8 +240,11 @@ def test_inspect_cli_writes_into_the_run_folder(capsys, trained_run, tmp_path):
         f"{s['perplexity_fraction']:.3f}",
         f"{s['perplexity_ratio']:.3f}",
         str(s["dead"]),
+        f"{s['attainable_usage']:.1%}",
         "COLLAPSED" if s["collapsed"] else "ok",
     ]
+    assert s["attainable_usage"] == s["usage"]  # 4900 tokens, 1000 codes: the usage
+    assert "N = 4900 tokens per stream" in lines[0]
     # the usage-over-time chart has one point per test row of the log
     assert len(report["history"][0]["step"]) == len(logged_test_rows(run)) >= 1
 
@@ -174,33 +253,49 @@ def test_inspect_cli_writes_into_the_run_folder(capsys, trained_run, tmp_path):
     assert json.loads(out_json)["streams"] == report["streams"]
 
 
-def test_inspect_flags_a_starved_codebook(capsys, starved_run, tmp_path):
+def test_inspect_does_not_flag_a_codebook_for_outnumbering_the_tokens(
+    capsys, starved_run, tmp_path
+):
     out = tmp_path / "health"
-    # 16 images x 49 positions can use at most 784 of 32768 codes (2.4 %)
+    # 16 images x 49 positions = 784 tokens can use at most 784 of 32768 codes (2.4 %):
+    # below the 10 % threshold in usage, whatever the tokenizer; judged on min(K, N) instead
     code, text, err = tok_cli(capsys, "inspect", starved_run, "--samples", "16", "--out", out)
     assert code == 0, err
     report = json.loads((out / HEALTH_JSON).read_text())
     assert report["threshold"] == pytest.approx(0.1)
-    assert report["collapsed"] == [0, 1]
+    streams = report["streams"]
+    for s in streams:
+        assert s["size"] == 32768 and s["tokens"] == 784 and s["usage"] < 0.024
+        assert s["attainable_usage"] == s["used"] / 784
+        assert s["collapsed"] == (s["attainable_usage"] < 0.1)
+    assert report["collapsed"] == [s["stream"] for s in streams if s["collapsed"]]
+    if not report["collapsed"]:  # (20 steps spread 784 tokens over some 130-180 codes)
+        assert "every stream uses at least 10% of the min(K, N) codes" in text
+    # two evaluations during training: two points per stream over time
+    assert [h["step"] for h in report["history"]] == [[10, 20], [10, 20]]
+    assert len(logged_test_rows(starved_run)) == 2
+    assert all(h["attainable_usage"] != h["usage"] for h in report["history"])
+    # one panel per stream: the histogram is taller than a one-stream chart
+    assert png_size(out / HEALTH_PNG)[1] > png_size(out / USAGE_PNG)[1]
+
+    # a threshold above both streams' figure flags both, and says why
+    above = f"{max(s['attainable_usage'] for s in streams) + 0.01:.3f}"
+    code, text, err = tok_cli(
+        capsys, "inspect", starved_run, "--samples", "16", "--out", out, "--threshold", above
+    )
+    assert code == 0, err
+    assert json.loads((out / HEALTH_JSON).read_text())["collapsed"] == [0, 1]
     lines = text.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("STREAM"))
     table = [line.split() for line in lines[header + 2 : header + 4]]
     assert [r[0] for r in table] == ["0", "1"]
     assert all(r[1] == "32768" and r[-1] == "COLLAPSED" for r in table)
-    for s in (0, 1):
-        assert any(line.startswith(f"COLLAPSED: stream {s} ") for line in lines), text
-    # two evaluations during training: two points per stream over time
-    assert [h["step"] for h in report["history"]] == [[10, 20], [10, 20]]
-    assert len(logged_test_rows(starved_run)) == 2
-    # one panel per stream: the histogram is taller than a one-stream chart
-    assert png_size(out / HEALTH_PNG)[1] > png_size(out / USAGE_PNG)[1]
-    # a lower threshold flags nothing
-    code, text, err = tok_cli(
-        capsys, "inspect", starved_run, "--samples", "16", "--out", out, "--threshold", "0.001"
-    )
-    assert code == 0, err
-    assert "COLLAPSED" not in text
-    assert json.loads((out / HEALTH_JSON).read_text())["collapsed"] == []
+    for s in streams:
+        want = (
+            f"COLLAPSED: stream {s['stream']}: {s['used']} codes used by 784 tokens "
+            f"({s['attainable_usage']:.1%} of the 784 they could use at most, of 32768 codes)"
+        )
+        assert any(line.startswith(want) for line in lines), text
 
 
 def test_eval_prints_a_row_per_stream(capsys, starved_run):
@@ -210,6 +305,7 @@ def test_eval_prints_a_row_per_stream(capsys, starved_run):
     header = next(i for i, line in enumerate(lines) if line.startswith("STREAM"))
     assert "STATUS" not in lines[header]
     assert [line.split()[:2] for line in lines[header + 2 :]] == [["0", "32768"], ["1", "32768"]]
+    assert "tokens (N)      784 per stream" in out
 
 
 @pytest.mark.parametrize("what", ["missing", "empty", "other files"])

@@ -14,6 +14,7 @@ from PIL import Image
 
 from tok import plots
 from tok._io import TMP_PREFIX
+from tok.metrics import CodeCounts
 
 
 @pytest.fixture(autouse=True)
@@ -122,6 +123,65 @@ def test_bin_sorted_keeps_total_and_caps_bars():
     bars, bin_size = plots._bin_sorted(counts)
     assert bin_size == 3 and bars.numel() == 342 and float(bars[-1]) == 2.0
     assert float(bars.sum()) == 1025.0
+
+
+def _drawn_figure(monkeypatch) -> list:
+    """Collect each matplotlib figure ``plots`` saves (then saved as usual)."""
+    figures = []
+    save = plots._save_figure
+
+    def keep(fig, path):
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save_figure", keep)
+    return figures
+
+
+def test_usage_histogram_of_a_huge_codebook_ranks_the_codes_seen(tmp_path, monkeypatch):
+    """K = 2^40 cannot be drawn as K ranks (nor counted as K counters): the panel ranks
+    the codes seen, and the title and the x-axis say so."""
+    huge = 1 << 40
+    counts = CodeCounts((huge,))
+    g = torch.Generator().manual_seed(0)
+    codes = (torch.rand(3000, generator=g).sqrt() * 300).long() << 30  # ~300 codes, skewed
+    counts.update(codes.unsqueeze(-1))
+    used = counts.used(0)
+    figures = _drawn_figure(monkeypatch)
+    out = plots.save_usage_histogram(tmp_path / "h.png", counts, title="usage at step 4")
+    im = _open(out)
+    assert im.size == (640, 400)
+    (fig,) = figures
+    (ax,) = fig.axes
+    assert fig._suptitle.get_text() == (
+        "usage at step 4\n(codebook too large to draw every code: ranks of the codes seen only)"
+    )
+    assert ax.get_xlim() == (0, used)  # the codes seen, not K
+    assert ax.get_xlabel() == f"rank of the {used:,} codes seen (most used first)"
+    assert ax.get_title(loc="left") == plots.usage_caption(counts.seen(0)[1], huge)
+    assert ax.get_title(loc="left").startswith(f"used {used}/{huge} (")
+    # the bars reach across the panel: every seen code is used, so no zero bars at the end
+    cols = _bar_columns(im)
+    assert int(cols.max()) - int(cols.min()) > 400
+    # a dense stream of the same counter type is drawn as before: K ranks, no note
+    small = CodeCounts((1000,))
+    small.update(torch.arange(10).unsqueeze(-1))
+    plots.save_usage_histogram(tmp_path / "s.png", small, title="t")
+    assert figures[-1]._suptitle.get_text() == "t"
+    assert figures[-1].axes[0].get_xlim() == (0, 1000)
+    same = _open(plots.save_usage_histogram(tmp_path / "d.png", small.histogram(0), title="t"))
+    assert torch.equal(_pixels(same), _pixels(_open(tmp_path / "s.png")))
+    # nothing seen: an empty panel, not an error
+    plots.save_usage_histogram(tmp_path / "e.png", CodeCounts((huge, huge)), title="t")
+    assert _open(tmp_path / "e.png").size == (640, 400 + 180)
+
+
+def test_usage_caption_of_the_codes_seen():
+    seen = torch.tensor([7, 7, 7])
+    assert plots.usage_caption(seen, 1 << 40) == "used 3/1099511627776 (2.7e-10%), perplexity 3.0"
+    hist = torch.zeros(1000, dtype=torch.long)
+    hist[:3] = 7
+    assert plots.usage_caption(seen, 1000) == plots.usage_caption(hist)
 
 
 # --------------------------------------------------------------------------- line plot

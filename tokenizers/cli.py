@@ -39,6 +39,7 @@ def _fmt_table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .health import percent
     from .recipe import load_recipe
     from .run import Run
     from .train import train
@@ -58,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run folder: {result.run_dir}  (step {result.step})")
     if ev:
         print(
-            f"test psnr {ev['psnr']:.2f} dB  usage {ev['usage']:.1%}  "
+            f"test psnr {ev['psnr']:.2f} dB  usage {percent(ev['usage'])}  "
             f"perplexity {ev['perplexity']:.1f}  bits/pixel {ev['bits_per_pixel']:.3f}  "
             f"({ev['images']} images)"
         )
@@ -134,7 +135,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .device import resolve_device
-    from .health import stream_table
+    from .health import percent, stream_table
     from .run import Run
 
     device = resolve_device(args.device, option="--device")
@@ -146,8 +147,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{args.run}: {result['images']} {args.split} images")
     print(f"  psnr            {result['psnr']:.2f} dB")
     print(f"  bits per pixel  {result['bits_per_pixel']:.3f}")
-    print(f"  codebook usage  {result['usage']:.1%}")
+    print(f"  codebook usage  {percent(result['usage'])}")
     print(f"  perplexity      {result['perplexity']:.1f}")
+    print(f"  tokens (N)      {result['streams'][0]['tokens']} per stream")
     headers, rows = stream_table(result["streams"])
     print()
     print(_fmt_table(rows, headers))
@@ -156,7 +158,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .device import resolve_device
-    from .health import inspect_run, stream_table
+    from .health import collapse_summary, inspect_run, stream_table
 
     report = inspect_run(
         args.run,
@@ -171,8 +173,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{args.run}: codebook health of {report['recipe']} on {report['images']} "
-        f"{report['split']} images (psnr {report['psnr']:.2f} dB, "
-        f"{report['bits_per_pixel']:.3f} bits/pixel)"
+        f"{report['split']} images, N = {report['streams'][0]['tokens']} tokens per stream "
+        f"(psnr {report['psnr']:.2f} dB, {report['bits_per_pixel']:.3f} bits/pixel)"
     )
     headers, rows = stream_table(report["streams"], report["threshold"])
     print()
@@ -180,13 +182,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print()
     threshold = f"{report['threshold'] * 100:g}%"
     for i in report["collapsed"]:
-        s = report["streams"][i]
         print(
-            f"COLLAPSED: stream {i} uses {s['usage']:.1%} of its {s['size']} codes, "
-            f"below the collapse threshold {threshold}"
+            f"COLLAPSED: stream {i}: {collapse_summary(report['streams'][i])}, below the "
+            f"collapse threshold {threshold} of min(K, N)"
         )
     if not report["collapsed"]:
-        print(f"every stream uses at least {threshold} of its codes (the collapse threshold)")
+        print(
+            f"every stream uses at least {threshold} of the min(K, N) codes its tokens could "
+            "use (the collapse threshold)"
+        )
     evals = len(report["history"][0]["step"]) if report["history"] else 0
     print(f"usage over {evals} evaluation(s) during training: {report['files']['usage_over_time']}")
     print(f"usage histogram: {report['files']['histogram']}")
@@ -350,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "src",
-        help="a folder of PNG/JPEG images; for a video tokenizer a folder of videos "
+        help="a folder of images (PNG, JPEG, BMP, GIF, TIFF, WebP); for a video tokenizer a folder of videos "
         "(mp4, avi, gif, webm, mkv, mov) or .tar shards; or DATASET:SPLIT (e.g. mnist:test)",
     )
     p.add_argument(
@@ -443,7 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="measure a trained tokenizer",
-        description="Print test PSNR, codebook usage, perplexity and bits per pixel of a run.",
+        description="Print test PSNR, codebook usage, perplexity and bits per pixel of a run, "
+        "and a per-stream table: K codes, usage (codes used / K), perplexity, PPL/K, "
+        "LOG2-RATIO (log2 perplexity / log2 K) and dead codes (K - used, exact for any K). "
+        "Codes are counted sparsely for codebooks above 2^20 codes, so memory follows the "
+        "codes seen, not K. Every figure is defined in docs/codebook-health.md.",
     )
     p.add_argument("run", help="run folder written by `tok train`")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
@@ -458,10 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         help="codebook health of a trained tokenizer",
         description="Evaluate a run's tokenizer and show its codebook health per stream: usage, "
-        "perplexity, its ratios to K and log2 K, dead codes, and which streams are below the "
-        "collapse threshold. Writes health.png (usage histograms), usage_over_time.png (test "
-        "usage and perplexity ratio at each evaluation during training) and health.json into "
-        "the run folder, or into --out.",
+        "perplexity, its ratios to K and log2 K, dead codes, and the collapse alarm: "
+        "USED/MIN(K,N), the codes used over the most that the evaluation's N tokens could "
+        "use, COLLAPSED below the threshold (so a codebook larger than the evaluation is "
+        "not flagged for its size). Writes health.png (usage histograms; for codebooks above "
+        "2^20 codes the ranks of the codes seen only), usage_over_time.png (test usage and "
+        "perplexity ratio at each evaluation during training) and health.json into the run "
+        "folder, or into --out. Every figure is defined in docs/codebook-health.md.",
     )
     p.add_argument("run", help="run folder written by `tok train`")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
@@ -473,8 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="FRACTION",
-        help="flag streams using fewer than this fraction of their codes "
-        "(default: the run's train.collapse_threshold)",
+        help="flag streams using fewer than this fraction of the min(K, N) codes their N "
+        "tokens could use (default: the run's train.collapse_threshold)",
     )
     p.add_argument(
         "--out", help="folder for health.png, usage_over_time.png and health.json (default: RUN)"

@@ -5,7 +5,8 @@ object-oriented API only, so ``import tok`` stays fast, no display is needed
 and pyplot's global state is never touched. (Pictures made of pixels —
 reconstruction grids, video previews — are :mod:`tok.media`'s.)
 
-- :func:`save_usage_histogram`: rank-frequency bars of codebook usage, one panel per stream.
+- :func:`save_usage_histogram`: rank-frequency bars of codebook usage, one panel per stream
+  (for a codebook too large to draw every code, the ranks of the codes seen only).
 - :func:`save_line_plot`: several ``(x, y)`` series on one chart (losses, usage over time).
 - :func:`usage_caption`: the ``"used X/K (Y%), perplexity P"`` text of one histogram.
 
@@ -25,7 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from ._io import atomic_path
-from .metrics import codebook_stats
+from .metrics import CodeCounts, codebook_stats
 
 __all__ = ["MAX_BARS", "save_usage_histogram", "save_line_plot", "usage_caption"]
 
@@ -149,14 +150,16 @@ def _style(ax) -> None:
 # ----------------------------------------------------------------------------- usage histogram
 
 
-def usage_caption(counts: Tensor) -> str:
-    """``"used X/K (Y%), perplexity P"`` for one stream's code counts (length ``K``).
+def usage_caption(counts: Tensor, size: int | None = None) -> str:
+    """``"used X/K (Y%), perplexity P"`` for one stream's code counts: the whole
+    histogram (length ``K``), or the counts of the codes seen and ``size=K``
+    (:func:`tok.metrics.codebook_stats`).
 
     ``Y`` has one decimal (two significant digits below 0.1%, never rounded up to 100
     unless every code is used); ``P`` is ``exp`` of the code entropy, one decimal.
     """
     counts = torch.as_tensor(counts).reshape(-1)
-    stats = codebook_stats(counts)
+    stats = codebook_stats(counts, size)
     size = int(stats["size"])
     used = size - int(stats["dead"])
     return (
@@ -175,9 +178,25 @@ def _bin_sorted(counts: Tensor) -> tuple[Tensor, int]:
     return ranked, bin_size
 
 
+def _streams(counts: CodeCounts | Sequence[Tensor] | Tensor) -> list[tuple[int, Tensor, bool]]:
+    """``(K, counts of the codes seen, sparse)`` per stream of what
+    :func:`save_usage_histogram` takes."""
+    if isinstance(counts, CodeCounts):
+        return [(k, counts.seen(s)[1], not counts.is_dense(s)) for s, k in enumerate(counts.sizes)]
+    if isinstance(counts, Tensor):
+        streams = [counts] if counts.dim() <= 1 else list(counts.reshape(counts.shape[0], -1))
+    else:
+        streams = list(counts)
+    out = []
+    for c in streams:
+        c = torch.as_tensor(c).detach().cpu().reshape(-1)
+        out.append((c.numel(), c[c > 0], False))
+    return out
+
+
 def save_usage_histogram(
     path: PathLike,
-    counts: Sequence[Tensor] | Tensor,
+    counts: CodeCounts | Sequence[Tensor] | Tensor,
     *,
     title: str = "codebook usage",
     names: Sequence[str] | None = None,
@@ -185,20 +204,20 @@ def save_usage_histogram(
 ) -> Path:
     """Write a rank-frequency bar chart of code usage, one panel per stream; return its path.
 
-    ``counts`` is one integer histogram of length ``K`` per stream (a list, or a single 1-D
-    tensor, or a 2-D ``(streams, K)`` tensor). Each panel shows the counts sorted from the
-    most to the least used code on a linear axis, titled with the stream's name and
-    :func:`usage_caption`. When ``K`` > :data:`MAX_BARS`, adjacent ranks are summed into
-    bars (the x-axis label says how many per bar). Panels are stacked vertically; the image
-    is ``size`` for one stream and 180 px taller per extra stream.
+    ``counts`` is a :class:`tok.metrics.CodeCounts`, or one integer histogram of length
+    ``K`` per stream (a list, or a single 1-D tensor, or a 2-D ``(streams, K)`` tensor).
+    Each panel shows the counts sorted from the most to the least used code on a linear
+    axis, titled with the stream's name and :func:`usage_caption`. When there are more
+    than :data:`MAX_BARS` ranks, adjacent ranks are summed into bars (the x-axis label
+    says how many per bar). A stream that ``CodeCounts`` counts sparsely (more than
+    :data:`tok.metrics.DENSE_COUNT_LIMIT` codes) cannot show its ``K`` ranks: its panel
+    ranks the codes seen only, and the figure's title and the x-axis label say so.
+    Panels are stacked vertically; the image is ``size`` for one stream and 180 px
+    taller per extra stream.
     """
-    if isinstance(counts, Tensor):
-        streams = [counts] if counts.dim() <= 1 else list(counts.reshape(counts.shape[0], -1))
-    else:
-        streams = list(counts)
+    streams = _streams(counts)
     if not streams:
         raise ValueError("counts is empty")
-    streams = [torch.as_tensor(c).detach().cpu().reshape(-1) for c in streams]
     if names is None:
         names = [f"stream {i}" for i in range(len(streams))] if len(streams) > 1 else [""]
     elif len(names) != len(streams):
@@ -207,30 +226,39 @@ def save_usage_histogram(
     from matplotlib.ticker import MaxNLocator
 
     fig = _figure(size[0], size[1] + _STREAM_HEIGHT * (len(streams) - 1))
+    if any(sparse for _, _, sparse in streams):
+        title += "\n(codebook too large to draw every code: ranks of the codes seen only)"
     fig.suptitle(title, wrap=True)
     axes = fig.subplots(len(streams), 1, squeeze=False)[:, 0]
     colour = _rgb(_BAR)
-    for ax, c, name in zip(axes, streams, names, strict=True):
-        caption = usage_caption(c)
+    for ax, (k, seen, sparse), name in zip(axes, streams, names, strict=True):
+        caption = usage_caption(seen, k)
         ax.set_title(f"{name}: {caption}" if name else caption, fontsize="medium", loc="left")
-        bars, bin_size = _bin_sorted(c)
-        k = c.numel()
-        edges = [min(j * bin_size, k) for j in range(bars.numel() + 1)]
+        # a dense stream ranks all K codes (the unused ones as zero bars at the end)
+        ranks = seen.numel() if sparse else k
+        ranked = torch.cat([seen, seen.new_zeros(ranks - seen.numel())])
+        bars, bin_size = _bin_sorted(ranked)
+        edges = [min(j * bin_size, ranks) for j in range(bars.numel() + 1)]
         values = bars.tolist()
         if 0 < len(values) <= 64:  # few bars: draw them apart
             widths = [0.8 * (b - a) for a, b in zip(edges, edges[1:], strict=False)]
             ax.bar(edges[:-1], values, width=widths, align="edge", color=colour, linewidth=0)
         elif values:  # many (binned) bars side by side: one filled step outline, crisp at 1 px
             ax.stairs(values, edges, fill=True, color=colour, linewidth=0)
-        ax.set_xlim(0, max(k, 1))
+        ax.set_xlim(0, max(ranks, 1))
         ax.set_ylim(0, max(max(values, default=0.0), 1.0) * 1.05)
         _style(ax)
         ax.grid(False, axis="x")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
-        xlabel = "code rank (most used first)"
-        if bin_size > 1:
-            xlabel += f"; each bar sums {bin_size} adjacent ranks"
+        if sparse:  # the caption above says how many of the K codes these are
+            xlabel = f"rank of the {ranks:,} codes seen (most used first)"
+            if bin_size > 1:
+                xlabel += f"; each bar sums {bin_size} ranks"
+        else:
+            xlabel = "code rank (most used first)"
+            if bin_size > 1:
+                xlabel += f"; each bar sums {bin_size} adjacent ranks"
         ax.set_xlabel(xlabel, fontsize="small", color=_LABEL)
         ax.set_ylabel(
             "count" if bin_size == 1 else f"count per {bin_size} codes",

@@ -42,7 +42,7 @@ from ._io import atomic_path, nonfinite_tensors, write_json, write_text
 from .components import build
 from .data import Dataset, Samples
 from .errors import CheckpointError, OutputDirError, RecipeError, TokError
-from .metrics import code_counts, codebook_stats, psnr
+from .metrics import CodeCounts, psnr
 from .models import Tokenizer
 from .models.tokenizer import CONFIG, WEIGHTS
 from .recipe import Recipe, apply_overrides, dumps_toml, parse_recipe
@@ -67,16 +67,17 @@ def evaluate(
 
     Returns ``psnr`` (mean dB over items, reconstructions clamped to
     ``[0, 1]``), ``mse``, per-stream ``streams``
-    (:func:`tok.metrics.codebook_stats`: ``usage``, ``perplexity``,
-    ``perplexity_ratio``, ``dead``, ``size`` …), their means ``usage`` and
-    ``perplexity``, ``bits_per_pixel``, ``images`` (the item count) and the raw
-    ``counts`` (one int64 histogram per stream).
+    (:func:`tok.metrics.codebook_stats`: ``usage``, ``attainable_usage``,
+    ``perplexity``, ``perplexity_ratio``, ``used``, ``tokens``, ``dead``, ``size`` …),
+    their means ``usage`` and ``perplexity``, ``bits_per_pixel``, ``images`` (the item
+    count) and the raw ``counts`` (a :class:`tok.metrics.CodeCounts`: memory bounded by
+    the codes seen, whatever the codebook size).
     """
     device = torch.device(device) if device is not None else next(tokenizer.parameters()).device
     was_training = tokenizer.training
     tokenizer.eval()
     sizes = tokenizer.quantizer.codebook_sizes
-    counts = [torch.zeros(k, dtype=torch.long) for k in sizes]
+    counts = CodeCounts(sizes)
     scores, mses = [], []
     for start in range(0, len(samples), batch_size):
         x = samples.floats(slice(start, start + batch_size)).to(device)
@@ -84,10 +85,9 @@ def evaluate(
         recon = out.reconstruction.clamp(0, 1)
         scores.append(psnr(recon, x).cpu())
         mses.append((recon - x).pow(2).flatten(1).mean(1).cpu())
-        for c, new in zip(counts, code_counts(out.indices.cpu(), sizes), strict=True):
-            c += new
+        counts.update(out.indices)
     tokenizer.train(was_training)
-    streams = [codebook_stats(c) for c in counts]
+    streams = counts.stats()
     return {
         "psnr": torch.cat(scores).mean().item(),
         "mse": torch.cat(mses).mean().item(),
@@ -424,8 +424,8 @@ class Run:
         ``recon.png`` for images, ``recon.gif`` + ``recon_frames.png`` for videos."""
         return media.save_comparison(self.path, originals, reconstructions)
 
-    def save_usage(self, counts: list[torch.Tensor], step: int) -> None:
-        """``usage.png``: the codebook-usage histogram of an evaluation."""
+    def save_usage(self, counts: CodeCounts, step: int) -> None:
+        """``usage.png``: the codebook-usage histogram of an evaluation (its ``counts``)."""
         plots.save_usage_histogram(
             self.file(self.USAGE_PNG), counts, title=f"codebook usage at step {step}"
         )
