@@ -1,4 +1,6 @@
-"""tok.media: real PNG, mp4 and GIF files written and read back; the one layout, pixel-exact."""
+"""tok.media: real PNG, mp4 and GIF files written and read back; the one layout, pixel-exact.
+
+(Reading every bit depth and mode of image: tests/test_media_image_modes.py.)"""
 
 from __future__ import annotations
 
@@ -68,11 +70,11 @@ def test_probe_finds_truncated_and_foreign_files_without_decoding(tmp_path):
     data = media.write_png(tmp_path / "a.png", torch.zeros(1, 30, 30, dtype=torch.uint8))
     (tmp_path / "half.png").write_bytes(data.read_bytes()[: len(data.read_bytes()) // 2])
     (tmp_path / "text.png").write_text("not an image")
-    Image.new("RGB", (4, 4)).save(tmp_path / "b.bmp")
+    Image.new("RGB", (4, 4)).save(tmp_path / "b.png", format="PPM")  # a format tok does not read
     for name, needle in [
         ("half.png", "cannot decode"),
-        ("text.png", "cannot decode"),
-        ("b.bmp", "BMP"),
+        ("text.png", "cannot decode: not a PNG, JPEG"),
+        ("b.png", "cannot decode: not a PNG, JPEG, BMP, GIF, TIFF or WebP image"),
     ]:
         with pytest.raises(MediaReadError) as info:
             media.probe_image(tmp_path / name)

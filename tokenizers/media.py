@@ -3,8 +3,12 @@
 Reading (uint8 tensors):
 
 - :func:`probe_image` / :func:`probe_video`: height and width from the file's
-  header — no pixel is decoded, so a folder can be checked before it is read;
-- :func:`read_image` (``(c, h, w)``, decoded by ``torchvision.io``) and
+  header — no pixel is decoded, so a folder can be checked before it is read
+  (an image's as shown, after its EXIF orientation);
+- :func:`read_image` (``(c, h, w)``, decoded by Pillow: PNG, JPEG, BMP, GIF,
+  TIFF, WebP in any bit depth and mode, by the policy in ``docs/media.md`` —
+  upright by EXIF orientation, first frame, 16 bits scaled by 65535, alpha
+  composited over white, Pillow's CMYK→RGB, ITU-R 601-2 luma for gray) and
   :func:`read_video` (``(t, 3, h, w)``, decoded by PyAV, optionally resampled
   to a frame rate by nearest timestamp).
 
@@ -35,7 +39,9 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -74,7 +80,8 @@ __all__ = [
     "reason",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+#: what an image folder reads; a file is decoded by what it holds, not by its name
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".gif", ".webm", ".mkv", ".mov")
 VIDEO_FORMATS = ("mp4", "gif")
 
@@ -131,47 +138,179 @@ def to_uint8(images: Tensor) -> Tensor:
 # images -------------------------------------------------------------------------------
 
 
-def probe_image(path: str | Path) -> MediaInfo:
-    """The size of a PNG or JPEG from its header, without decoding pixels.
+#: the only Pillow decoders a file is offered to (a JPEG holding several pictures, MPO,
+#: opens as JPEG): nothing else — EPS, whose decoder runs Ghostscript, among others — is tried
+_IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+_FORMAT_NAMES = "PNG, JPEG, BMP, GIF, TIFF or WebP"
+#: EXIF orientation → the Pillow transpose that shows the picture upright (as
+#: ``PIL.ImageOps.exif_transpose``); 5–8 swap height and width
+_UPRIGHT = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
+#: Pillow's modes for 16-bit gray (PNG, TIFF; "I" also from older Pillows): scaled by 65535
+_GRAY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+#: ITU-R 601-2 luma, as Pillow's RGB → "L"
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+#: what Pillow raises on a file it cannot decode (struct.error, KeyError…: malformed TIFF tags)
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    struct.error,
+    zlib.error,
+)
 
-    A PNG's chunk checksums are verified too (which finds truncated files);
-    raises :class:`MediaReadError` for anything that is not a readable PNG/JPEG.
+
+@contextlib.contextmanager
+def _open_image(path: str | Path) -> Iterator:
+    """The Pillow image of ``path``, its header read; whatever goes wrong in the block — a
+    foreign format, a decompression bomb, broken data — is a :class:`MediaReadError`.
+
+    A picture of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is refused (Pillow
+    itself only warns up to twice that): set that to change the limit.
     """
     from PIL import Image, UnidentifiedImageError
 
+    name = str(path)
     try:
-        with warnings.catch_warnings():  # only the header is read: no pixels to guard
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-        with image:
-            if image.format not in ("PNG", "JPEG"):
-                raise MediaReadError(str(path), f"a {image.format} file, not PNG/JPEG")
-            width, height = image.size
-            if image.format == "PNG":
-                image.verify()
-    except MediaReadError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise MediaReadError(str(path), f"refused: {reason(exc)}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise MediaReadError(str(path), f"cannot decode: {reason(exc)}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=_IMAGE_FORMATS) as image:
+                yield image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        limit = Image.MAX_IMAGE_PIXELS
+        raise MediaReadError(
+            name, f"refused: over {limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
+        ) from None
+    except UnidentifiedImageError:
+        raise MediaReadError(name, f"cannot decode: not a {_FORMAT_NAMES} image") from None
+    except _DECODE_ERRORS as exc:
+        raise MediaReadError(name, f"cannot decode: {reason(exc)}") from None
+
+
+def _orientation(image) -> int:
+    """The EXIF orientation (1–8) tok applies to an opened image, from what precedes its
+    pixels: the EXIF block (JPEG, WebP, a PNG's eXIf chunk before its pixels) or XMP; 1 when
+    there is none or it is malformed (as image viewers do), and for TIFF, whose orientation
+    Pillow applies itself (``Image.open`` reports the upright size, ``load`` turns the pixels)."""
+    from PIL import Image
+
+    if image.format == "TIFF":
+        return 1
+    try:
+        # the base method: PngImageFile.getexif decodes every pixel to look behind them
+        value = Image.Image.getexif(image).get(0x0112, 1)
+    except Exception:  # malformed metadata must not make a readable picture unreadable
+        return 1
+    return value if isinstance(value, int) and value in _UPRIGHT else 1
+
+
+def _shown_size(image) -> tuple[int, int, int]:
+    """``(orientation, width, height)`` of an opened image, the size as shown (upright)."""
+    orientation = _orientation(image)
+    width, height = image.size
+    return (orientation, height, width) if orientation >= 5 else (orientation, width, height)
+
+
+def _samples(image, channels: int) -> tuple[np.ndarray, bool]:
+    """Pillow's part of decoding: a loaded, upright image as ``(h, w, k)`` and whether its last
+    layer is alpha — uint8 with ``k = channels`` (8-bit opaque pictures, converted by Pillow:
+    palette and CMYK to RGB, RGB to gray by luma) or float32 in ``[0, 1]`` (16-bit and float
+    gray; anything with alpha or a transparent colour, as gray or RGB plus alpha)."""
+    mode = image.mode
+    if mode in _GRAY_16 or mode == "F":
+        gray = np.array(image, dtype=np.float32)
+        if mode == "F":
+            np.nan_to_num(gray, copy=False)
+        else:
+            gray /= 65535
+        return gray[..., None], False
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in image.info:
+        gray = mode in ("1", "L", "LA", "La")
+        layers = np.array(image.convert("LA" if gray else "RGBA"), dtype=np.float32)
+        layers /= 255
+        return layers, True
+    if mode not in ("1", "L", "RGB"):
+        image = image.convert("RGB")
+    array = np.array(image.convert("L" if channels == 1 else "RGB"))
+    return (array[..., None] if array.ndim == 2 else array), False
+
+
+def _to_uint8(samples: np.ndarray, alpha: bool, channels: int) -> np.ndarray:
+    """:func:`_samples`' float pixels composited over white, brought to ``channels`` (gray
+    replicated, RGB by luma) and rounded — once — to uint8 ``(h, w, channels)``."""
+    x = samples
+    if alpha:
+        a = x[..., -1:]
+        x = x[..., :-1] * a
+        x += 1 - a
+    if x.shape[-1] == 3 and channels == 1:
+        x = (x @ _LUMA)[..., None]
+    x *= 255
+    u8 = np.rint(np.clip(x, 0, 255, out=x), out=x).astype(np.uint8)
+    return np.repeat(u8, 3, axis=-1) if u8.shape[-1] == 1 and channels == 3 else u8
+
+
+def probe_image(path: str | Path) -> MediaInfo:
+    """The size of an image as shown (after its EXIF orientation) from its header,
+    without decoding pixels.
+
+    A PNG's chunk checksums are verified too (which finds truncated files). Raises
+    :class:`MediaReadError` for anything that is not a PNG, JPEG, BMP, GIF, TIFF or
+    WebP image tok can open (by content, whatever its name), and for a picture of more
+    than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels.
+    """
+    with _open_image(path) as image:
+        _, width, height = _shown_size(image)
+        if image.format == "PNG":
+            image.verify()
     return MediaInfo(height=height, width=width)
 
 
 def read_image(path: str | Path, *, channels: int) -> Tensor:
-    """Decode a PNG/JPEG into uint8 ``(channels, h, w)`` (1: grayscale by luma, 3: RGB).
+    """Decode an image file into uint8 ``(channels, h, w)``, ``channels`` 1 (gray) or 3 (RGB).
 
-    Raises :class:`MediaReadError` when the file cannot be decoded.
+    PNG, JPEG, BMP, GIF, TIFF and WebP in any bit depth and mode, by the policy of
+    ``docs/media.md``: upright by its EXIF orientation; the first frame of a multi-frame
+    file; 16-bit samples scaled by 65535 and rounded once, to 8 bits (what the
+    tokenizers consume: ``uint8 / 255`` is then within half a step of ``value / 65535``);
+    alpha and transparent colours composited over white; CMYK, palette and other modes
+    converted to RGB by Pillow; gray replicated to RGB; RGB to gray by ITU-R 601-2 luma
+    (as Pillow's ``"L"``).
+
+    Raises :class:`MediaReadError` (naming the file and the reason) when the file cannot
+    be decoded — broken data never crashes the process — and ``ValueError`` for
+    ``channels`` other than 1 or 3.
     """
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image
 
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-    try:
-        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
-        with quiet_torchvision_io():
-            return decode_image(data, mode=mode)
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise MediaReadError(str(path), f"cannot decode: {reason(exc)}") from None
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    with _open_image(path) as image:
+        orientation, width, height = _shown_size(image)
+        image.load()
+        if orientation in _UPRIGHT:
+            image = image.transpose(Image.Transpose[_UPRIGHT[orientation]])
+        if image.size != (width, height):  # e.g. Pillow 13 on an uncompressed turned TIFF
+            got = f"{image.size[1]}x{image.size[0]}"
+            raise MediaReadError(
+                str(path), f"cannot decode: Pillow gave {got} pixels, its header {height}x{width}"
+            )
+        samples, alpha = _samples(image, channels)
+    if samples.dtype != np.uint8:
+        samples = _to_uint8(samples, alpha, channels)
+    # numpy's transpose: torch's permute(...).contiguous() of uint8 is ~100x slower here
+    return torch.from_numpy(np.ascontiguousarray(samples.transpose(2, 0, 1)))
 
 
 def write_png(path: str | Path, image: Tensor) -> Path:

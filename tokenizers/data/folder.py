@@ -4,15 +4,20 @@ Policy (also in the README):
 
 - Files are found recursively and sorted; a key is the path relative to the
   folder without its extension (``digits/7/00012``).
-- Hidden files (``.name``) are ignored. Any other file that is not a
-  readable image — a ``.txt``, a truncated PNG — is **skipped, and reported
-  in one warning** that names it (``strict = true`` makes it an error
-  instead). A folder with no readable image is an error.
+- Images are ``.png .jpg .jpeg .bmp .gif .tif .tiff .webp`` files, decoded by
+  what they hold (:func:`tok.media.read_image`). Hidden files (``.name``) are
+  ignored. Any other file that is not a readable image — a ``.txt``, a
+  truncated PNG, a PNG whose compressed data is broken — is **skipped, and
+  reported in one warning** that names it (``strict = true`` makes it an
+  error instead). A folder with no readable image is an error.
 - A ``train``/``test`` subfolder serves that split; a folder without such
   subfolders serves every split; a folder that has them but lacks the
   requested one is an error (the whole folder would mix the splits).
 - Two files with one key (``a.png`` and ``a.jpg``) are an error.
-- Grayscale and RGB(A) images are converted to the requested channels.
+- Every bit depth and mode reaches the tokenizer at the same scale, upright and
+  with the requested channels (docs/media.md): 8 and 16 bits; gray, RGB,
+  palette, CMYK; alpha composited over white; EXIF orientation applied; the
+  first frame of a GIF. So one folder may mix them all.
 - Size: ``resize = "error"`` (default) requires every image to have the same
   size (``size`` if given); ``"resize"`` resizes to ``size``;
   ``"center-crop"`` scales the short side to ``size`` and crops the centre.
@@ -321,9 +326,10 @@ def _shown(what: list[str]) -> str:
 
 
 class ImageFolder(FileDataset):
-    """Images in a folder (recursively). A ``train``/``test`` subfolder is used for that
-    split when present, else (when there are no such subfolders) the whole folder serves
-    every split.
+    """Images in a folder (recursively): PNG, JPEG, BMP, GIF (first frame), TIFF, WebP, any
+    bit depth and mode (see :func:`tok.media.read_image`). A ``train``/``test`` subfolder
+    is used for that split when present, else (when there are no such subfolders) the
+    whole folder serves every split.
 
     :param path: the folder.
     :param channels: 1 (grayscale) or 3 (RGB).
@@ -369,9 +375,10 @@ class ImageFolder(FileDataset):
     def _scan(self, split: str) -> tuple[dict[str, Path], list[str]]:
         """The image files of ``split`` by key, and the other files (to be reported as skipped)."""
         folder = self.folder(split)
-        files, skipped = scan_folder(folder, IMAGE_EXTENSIONS, "a PNG/JPEG file")
+        files, skipped = scan_folder(folder, IMAGE_EXTENSIONS, "an image file")
         if not files:
-            raise self._nothing_found(split, f"no PNG/JPEG images in {folder}", skipped)
+            message = f"no PNG/JPEG images (nor BMP, GIF, TIFF or WebP) in {folder}"
+            raise self._nothing_found(split, message, skipped)
         return files, skipped
 
     def _name(self, item: Path, where: Path) -> str:
