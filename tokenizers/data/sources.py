@@ -122,7 +122,9 @@ def source_media(src: str) -> str | None:
             )
             for media in ("image", "video")
         }
-        best = max(counts, key=counts.get)
+        # a tie (a folder of GIFs only, which both kinds read) goes to video, as it did
+        # before images could be GIFs: ``max`` keeps the first of equal counts
+        best = max(("video", "image"), key=counts.get)
         return best if counts[best] else None
     name, sep, _ = src.partition(":")
     if sep and name in registry("datasets"):
