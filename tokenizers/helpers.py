@@ -6,6 +6,8 @@
   one process is running, a no-op otherwise, so a quantizer's statistics are
   the same code with one process or many.
 - :func:`make_norm`: the normalisation layer the conv architectures build.
+- :func:`differing_keys`: where two nested configs differ, by dotted key (a resume's
+  recipe against the run's, a ``tokenizer.json`` against its weights' record).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ __all__ = [
     "broadcast_",
     "Norm",
     "make_norm",
+    "ABSENT",
+    "differing_keys",
 ]
 
 T = TypeVar("T")
@@ -115,3 +119,34 @@ def make_norm(kind: Norm, channels: int) -> nn.Module:
     if kind == "none":
         return nn.Identity()
     raise ConfigError(f"unknown norm {kind!r}: use 'group', 'batch' or 'none'")
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "absent"
+
+
+#: stands for the value of a key that one side of :func:`differing_keys` lacks (shown as
+#: ``absent``)
+ABSENT = _Absent()
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value in a, value in b)`` for every leaf of the nested dicts ``a`` and
+    ``b`` whose values differ, sorted by key; :data:`ABSENT` where one side lacks it."""
+    fa, fb = _flat(a), _flat(b)
+    return [
+        (key, fa.get(key, ABSENT), fb.get(key, ABSENT))
+        for key in sorted(set(fa) | set(fb))
+        if fa.get(key, ABSENT) != fb.get(key, ABSENT)
+    ]

@@ -39,6 +39,7 @@ import tomli_w
 
 from .components import problems as component_problems
 from .errors import CheckpointError, RecipeError, TokError
+from .helpers import differing_keys
 from .registry import registry
 from .signatures import check_value, describe_type
 
@@ -335,28 +336,15 @@ RESUMABLE_KEYS = (
 )
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def resume_conflicts(run_recipe: Recipe, recipe: Recipe) -> list[str]:
     """What ``recipe`` changes, compared with ``run_recipe`` (a run's ``recipe.toml``),
     that a resume cannot: one ``"KEY (VALUE here, VALUE in the run)"`` per key outside
     :data:`RESUMABLE_KEYS` whose value differs (``absent`` where one side lacks it)."""
-    before, after = _flat(run_recipe.to_dict()), _flat(recipe.to_dict())
-    conflicts = []
-    for key in sorted(set(before) | set(after)):
-        if key in RESUMABLE_KEYS or before.get(key, _ABSENT) == after.get(key, _ABSENT):
-            continue
-        here, there = (_shown(side.get(key, _ABSENT)) for side in (after, before))
-        conflicts.append(f"{key} ({here} here, {there} in the run)")
-    return conflicts
+    return [
+        f"{key} ({here!r} here, {there!r} in the run)"
+        for key, there, here in differing_keys(run_recipe.to_dict(), recipe.to_dict())
+        if key not in RESUMABLE_KEYS
+    ]
 
 
 def check_resume(run_recipe: Recipe, recipe: Recipe, *, run: str | Path) -> None:
@@ -369,13 +357,6 @@ def check_resume(run_recipe: Recipe, recipe: Recipe, *, run: str | Path) -> None
             f"cannot resume {run}: {'; '.join(conflicts)} — these cannot change on resume "
             f"(only {', '.join(RESUMABLE_KEYS)} can); the run is untouched"
         )
-
-
-_ABSENT = object()
-
-
-def _shown(value: Any) -> str:
-    return "absent" if value is _ABSENT else repr(value)
 
 
 @dataclass(frozen=True)

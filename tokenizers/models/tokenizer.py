@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .._io import atomic_path, nonfinite_tensors, write_json
 from ..components import Facts, build
 from ..errors import CheckpointError, ConfigError, TokError, UnknownNameError
+from ..helpers import differing_keys
 from ..quantizer import Quantizer
 from ..registry import missing_plugin, provenance, registry
 from .base import Architecture
@@ -68,15 +69,6 @@ def _where(position: tuple[int, ...]) -> str:
     return ", ".join(f"{n} {i}" for n, i in zip(names, position, strict=False))
 
 
-def _flat(value: Any, prefix: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        return {prefix: value}
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
 def _config_differences(weights_path: Path, tokenizer: Tokenizer) -> str:
     """The config keys on which ``tokenizer`` (built from tokenizer.json) and the record in
     the weights file (``tok.config``) disagree, as ``"KEY is A in tokenizer.json but B
@@ -88,15 +80,10 @@ def _config_differences(weights_path: Path, tokenizer: Tokenizer) -> str:
             recorded = json.loads((f.metadata() or {})[WEIGHTS_CONFIG])
     except Exception:  # noqa: BLE001 - no record, or an unreadable one: nothing to compare
         return ""
-    ours, theirs = _flat(tokenizer._own_config(), ""), _flat(recorded, "")
-    missing = object()
-    differ = [
-        f"{key} is {ours.get(key, missing)!r} in {CONFIG} but {theirs.get(key, missing)!r} "
-        f"in the weights"
-        for key in sorted(set(ours) | set(theirs))
-        if ours.get(key, missing) != theirs.get(key, missing)
-    ]
-    return "; ".join(differ).replace(repr(missing), "absent")
+    return "; ".join(
+        f"{key} is {ours!r} in {CONFIG} but {theirs!r} in the weights"
+        for key, ours, theirs in differing_keys(tokenizer._own_config(), recorded)
+    )
 
 
 def file_sha256(path: str | Path) -> str:
