@@ -26,16 +26,17 @@ Robustness (the rules of :mod:`tok.quantizer`):
 - **k-means sees enough vectors.** Initialisation waits until the training
   batches so far hold ``3 k`` vectors (summed over ranks; at most 65,536 kept)
   and runs on all of them, so a small first batch (392 vectors for 1,024 codes)
-  no longer leaves most codes duplicates. Until then the random codebook
-  quantizes and the EMA waits; the gathered vectors are not state (a run
-  resumed before initialisation gathers again).
+  no longer leaves most codes duplicates. Until then a training forward passes
+  its input on unquantized, detached, with no aux loss, so the encoder waits
+  (vectors of a moving encoder fit no codebook, and a commitment to random codes
+  collapses it onto a few), and the EMA waits; the gathered vectors are not
+  state (a run resumed before initialisation gathers again).
 - **Non-finite vectors** (NaN, ±inf, in the input or after the projection) get
   index 0 and a NaN ``quantized`` row, are left out of the counts, the EMA
   statistics, k-means and dead-code restart, and an EMA update whose result
   would not be finite (an overflow) leaves the codes it touches unchanged.
-- **Cast modules.** The codebook statistics (``codebook`` with EMA,
-  ``cluster_size``, ``embed_sum``) stay float32 when the module is cast to
-  bf16 or fp16, and the projections compute in float32.
+- **Cast modules.** ``codebook`` (with EMA), ``cluster_size`` and ``embed_sum``
+  stay float32 under ``.to(bf16)``; the projections compute in float32.
 """
 
 from __future__ import annotations
@@ -298,10 +299,8 @@ class VQ(Quantizer):
 
     @contextlib.contextmanager
     def kmeans_paused(self) -> Iterator[None]:
-        """Inside this block a training forward gathers nothing for k-means
-        initialisation (it still quantizes). :class:`tok.plugins.rvq.ResidualVQ` pauses a
-        level until the level before it is initialised, so that no level learns from
-        residuals of a random codebook."""
+        """Inside this block a training forward gathers nothing for k-means: ResidualVQ
+        pauses a level until the one before it is initialised."""
         before, self._kmeans_paused = self._kmeans_paused, True
         try:
             yield
@@ -310,8 +309,7 @@ class VQ(Quantizer):
 
     @torch.no_grad()
     def _gather_kmeans(self, x: Tensor) -> None:
-        """Keep the finite vectors ``x (m, c)``; once every rank together holds
-        :attr:`kmeans_vectors_needed`, initialise from all of them."""
+        """Keep ``x (m, c)``; once all ranks hold :attr:`kmeans_vectors_needed`, initialise."""
         self._kmeans_pending.append(x)
         held = sum(v.shape[0] for v in self._kmeans_pending)
         total = all_reduce_(torch.tensor(float(held), device=x.device))
@@ -384,8 +382,7 @@ class VQ(Quantizer):
 
     @torch.no_grad()
     def _restart_dead_codes(self, x: Tensor, bad: Tensor, counts: Tensor) -> None:
-        """Re-seed codes unused for ``restart_after`` steps from random finite rows of ``x``
-        (rank 0's)."""
+        """Re-seed codes unused for ``restart_after`` steps from random finite rows of ``x``."""
         self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
         dead = self.unused_steps >= self.restart_after
         num_dead = int(dead.sum())
@@ -443,13 +440,16 @@ class VQ(Quantizer):
                 self._gather_kmeans(clean[~bad])
                 initted = bool(self.initted)
             idx = nearest(clean, self.codebook.detach().float()).masked_fill_(bad, 0)  # n
-            q = self._codes(idx)  # n c
-            aux = self._aux_loss(x, q, idx)
             counts = torch.bincount(idx, minlength=self.codebook_size)
-            if update and initted:
-                self._update(clean, bad, idx, counts)
-            if x.requires_grad:
-                q = q + (x - x.detach())  # exactly q, with the gradient of x (straight-through)
+            if update and not initted:  # no codebook yet: the encoder waits for it (see above)
+                q, aux = x.detach(), x.new_zeros(())
+            else:
+                q = self._codes(idx)  # n c
+                aux = self._aux_loss(x, q, idx)
+                if update:
+                    self._update(clean, bad, idx, counts)
+                if x.requires_grad:
+                    q = q + (x - x.detach())  # exactly q, with the gradient of x (straight-through)
             indices, quantized = mask_nonfinite(bad, idx.unsqueeze(-1), self.project_out(q))
         return QuantizerOutput(
             quantized=quantized.view(*lead, self.dim),

@@ -292,3 +292,38 @@ def test_incompatible_resume_names_the_keys_and_leaves_the_run_untouched(tmp_pat
         progress=False,
     )
     assert result.step == 8
+
+
+def test_kmeans_init_batch_size_8_reaches_the_usage_of_batch_size_64():
+    """vq_mnist without dead-code restart: k-means initialisation waits for 3 x 1,024
+    vectors, and until then the encoder waits too (the quantizer passes its input on
+    detached, with no commitment to random codes), so the 8 batches of 8 digits it gathers
+    come from one encoder, as the first batch of 64 does. Test usage right after
+    initialisation is then the same; it used to be k-means on the first 392 vectors."""
+    from tok.train import build_parts
+
+    def usage_right_after_init(batch: int) -> tuple[int, float]:
+        recipe = load_recipe(
+            ROOT / "recipes/vq_mnist.toml",
+            [f"train.batch_size={batch}", "quantizer.restart_after=0", "train.eval_samples=1000"],
+        )
+        torch.manual_seed(0)
+        parts = build_parts(recipe, torch.device("cpu"))
+        tokenizer, steps = parts.tokenizer.train(), 0
+        while not bool(tokenizer.quantizer.initted):
+            idx = torch.randint(0, len(parts.images), (batch,), generator=parts.generator)
+            out = tokenizer(parts.images[idx].float() / 255)
+            steps += 1
+            if not bool(tokenizer.quantizer.initted):  # gathering: the encoder gets no gradient
+                assert float(out.aux_loss) == 0.0
+                out.reconstruction.mean().backward()
+                assert all(p.grad is None for p in tokenizer.architecture.encoder.parameters())
+                tokenizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            codes = tokenizer.eval().encode(parts.eval_set.floats(slice(0, 1000))).unique()
+        return steps, codes.numel() / 1024
+
+    small_steps, small = usage_right_after_init(8)
+    large_steps, large = usage_right_after_init(64)
+    assert (small_steps, large_steps) == (8, 1)  # 3,072 vectors: 8 x 392, or 1 x 3,136
+    assert small > 0.9 and abs(small - large) < 0.02, (small, large)

@@ -26,6 +26,8 @@ _DEFAULT_CONFIG: dict[str, Any] = {"dim": 8}
 #: (8 × 32 × 32 = 8,192 vectors, a batch of 32×32 latent grids).
 REALISTIC_BATCH = 8
 REALISTIC_GRID = (32, 32)
+#: the first training forward, before the train-mode checks: ``(WARMUP_VECTORS, 1, dim)``
+WARMUP_VECTORS = 8192
 
 
 def _same_output(check: Check, a: QuantizerOutput, b: QuantizerOutput, promise: str) -> None:
@@ -147,7 +149,9 @@ def check_quantizer(
 
     - the class subclasses :class:`tok.Quantizer`; ``num_streams`` equals
       ``len(codebook_sizes)``, every size a positive int;
-    - train mode: ``forward`` returns a :class:`tok.QuantizerOutput`;
+    - train mode, after one training forward on ``(8192, 1, dim)`` (so that a
+      data-dependent initialisation such as k-means has run): ``forward``
+      returns a :class:`tok.QuantizerOutput`;
       ``quantized`` is float32 (or wider) and shaped like ``z``; ``indices`` are
       int64 ``(batch, *grid, num_streams)`` inside ``[0, K_s)``; ``aux_loss``
       is a finite scalar tensor; ``metrics`` are detached scalar tensors;
@@ -261,8 +265,10 @@ def _check_all(
     dim = q.dim
     inputs = [torch.randn(batch, *g, dim, device=device) for g in grids]
 
-    # train mode: shapes, dtypes, ranges, gradient flow
+    # train mode: shapes, dtypes, ranges, gradient flow — after one training forward on a
+    # realistic batch, so that data-dependent initialisation (k-means) has happened
     q.train()
+    q(torch.randn(WARMUP_VECTORS, 1, dim, device=device))
     for z0, grid in zip(inputs, grids, strict=True):
         _check_train(check, q, z0, f"grid {grid}")
 
