@@ -167,7 +167,8 @@ class MultiGroupVQ(Quantizer):
                     key: torch.stack([o.metrics[key] for o in outs]).mean().detach()
                     for key in ("usage", "perplexity")
                 }
-                metrics["nonfinite"] = nonfinite_positions(x).sum().float()
+            # positions the groups gave a NaN: the input's, and any projection's overflow
+            metrics["nonfinite"] = nonfinite_positions(quantized).sum().float()
         return QuantizerOutput(quantized=quantized, indices=indices, aux_loss=aux, metrics=metrics)
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:

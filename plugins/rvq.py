@@ -173,7 +173,8 @@ class ResidualVQ(Quantizer):
             metrics={
                 "usage": torch.stack(usage).mean().detach(),
                 "perplexity": torch.stack(perplexity).mean().detach(),
-                "nonfinite": nonfinite_positions(z).sum().float(),
+                # positions the levels gave a NaN: the input's, and any level's overflow
+                "nonfinite": nonfinite_positions(quantized).sum().float(),
             },
         )
 

@@ -479,3 +479,18 @@ def test_incompatible_resume_is_one_error_line(tmp_path, trained_run):
         assert proc.returncode == 1, proc.stderr
         one_error(proc.stderr, f"cannot resume {trained_run}: {key} (", "cannot change on resume")
     assert snapshot(trained_run) == before
+
+
+def test_a_bad_set_on_resume_names_the_set_values_and_output_dir_cannot_move(
+    tmp_path, trained_run, capsys
+):
+    before = snapshot(trained_run)
+    code, _, err = tok_cli(capsys, "train", "--resume", trained_run, "--set", "train.steps=-5")
+    assert code == 1
+    one_error(err, "recipe.toml with --set train.steps=-5", "steps: must be a number ≥ 1")
+    code, _, err = tok_cli(
+        capsys, "train", "--resume", trained_run, "--set", f"output.dir='{tmp_path / 'x'}'"
+    )
+    assert code == 1
+    one_error(err, "--set output.dir cannot move a resumed run", str(trained_run))
+    assert snapshot(trained_run) == before

@@ -11,9 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tok import hookimpl
 from tok.errors import CheckpointError, OutputDirError, TrainingError
+from tok.losses import Loss, LossInputs, LossOutput
 from tok.models import Tokenizer
 from tok.recipe import load_recipe
+from tok.registry import register_plugin, unregister_plugin
 from tok.run import Run
 from tok.train import CollapseWarning, lr_at, train
 
@@ -184,7 +187,9 @@ def test_a_newline_in_a_recipe_string_survives_resume(tmp_path):
     "setting, needle",
     [
         ("train.eval_every=0", "[train] eval_every: must be a number ≥ 1"),
-        ("train.lr=nan", "[train] lr: must be a number > 0"),
+        ("train.lr=nan", "[train] lr: must be a number in (0, 1e30]"),
+        ("train.lr=1e38", "[train] lr: must be a number in (0, 1e30]"),
+        ("train.weight_decay=2", "[train] weight_decay: must be a number in [0, 1]"),
         ("train.betas=[2, 3]", "[train] betas: must be two numbers in [0, 1)"),
         ("output.samples=0", "[output] samples: must be a number ≥ 1"),
         ("train.collapse_threshold=5", "[train] collapse_threshold: must be a fraction"),
@@ -327,3 +332,81 @@ def test_kmeans_init_batch_size_8_reaches_the_usage_of_batch_size_64():
     large_steps, large = usage_right_after_init(64)
     assert (small_steps, large_steps) == (8, 1)  # 3,072 vectors: 8 x 392, or 1 x 3,136
     assert small > 0.9 and abs(small - large) < 0.02, (small, large)
+
+
+class Poison(Loss):
+    """A loss plugin that adds nothing to the loss, and after the optimizer step of
+    ``at_step`` (0-based) writes an inf into the encoder: a finite loss, then non-finite
+    weights, as an overflowing optimizer step leaves them."""
+
+    def __init__(self, *, weight: float = 1.0, at_step: int = 3) -> None:
+        super().__init__(weight=weight)
+        self.at_step = at_step
+
+    def forward(self, batch: LossInputs) -> LossOutput:
+        return LossOutput(loss=batch.reconstruction.new_zeros(()))
+
+    def update(self, batch: LossInputs) -> dict[str, float]:
+        if batch.step == self.at_step:
+            with torch.no_grad():
+                next(batch.tokenizer.architecture.parameters()).view(-1)[0] = float("inf")
+        return {}
+
+
+class PoisonPlugin:
+    @hookimpl
+    def register_losses(register):
+        register(Poison, name="poison")
+
+
+def test_nonfinite_weights_after_a_step_are_neither_shown_nor_saved(tmp_path):
+    """The evaluation after such a step drew black reconstructions and logged psnr NaN;
+    now training stops before it, and the pictures and checkpoint of step 3 stay."""
+    register_plugin(PoisonPlugin, name="poison-plugin")
+    try:
+        recipe = tiny(tmp_path, "train.eval_every=1", "losses.poison={at_step = 3}")
+        with pytest.raises(TrainingError, match="at step 4: its optimizer step left non-finite"):
+            train(recipe, progress=False)
+    finally:
+        unregister_plugin("poison-plugin")
+    run = recipe.run_dir
+    assert json.loads((run / "state.json").read_text())["step"] == 3
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "test"] == [1, 2, 3]
+    assert all(math.isfinite(r["psnr"]) for r in rows if r["split"] == "test")
+    assert all(torch.isfinite(t).all() for t in load_file(run / "model.safetensors").values())
+
+
+def test_nonfinite_values_in_a_checkpoint_are_refused_on_resume(tmp_path):
+    from safetensors.torch import save_file
+
+    run = train(tiny(tmp_path), progress=False, stop_after=3).run_dir
+    state = load_file(run / "state.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(run / "state.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+    key = next(k for k in state if k.startswith("model.architecture"))
+    state[key].view(-1)[0] = float("nan")
+    save_file(state, str(run / "state.safetensors"), metadata=metadata)
+    with pytest.raises(CheckpointError, match=f"damaged, with non-finite values in {key}"):
+        train(Run.open(run).recipe(["train.steps=8"]), resume=True, progress=False)
+
+
+def test_incompatible_resume_of_a_hand_edited_recipe_names_the_key(tmp_path):
+    """Editing recipe.toml itself gets past the comparison of the recipe with itself; the
+    weights' own record of their config catches it."""
+    run = train(tiny(tmp_path), progress=False, stop_after=3).run_dir
+    import tomllib
+
+    import tomli_w
+
+    data = tomllib.loads((run / "recipe.toml").read_text())
+    assert data["quantizer"]["levels"] == [8, 5, 5, 5]
+    data["quantizer"]["levels"] = [8, 5, 5, 4]
+    (run / "recipe.toml").write_text(tomli_w.dumps(data))
+    with pytest.raises(CheckpointError) as info:
+        train(Run.open(run).recipe(), resume=True, progress=False)
+    assert "quantizer.config.levels is [8, 5, 5, 4] in recipe.toml but [8, 5, 5, 5]" in str(
+        info.value
+    )

@@ -20,7 +20,7 @@ import warnings
 from typing import Any, NoReturn
 
 from . import __version__
-from .errors import TokError
+from .errors import RecipeError, TokError
 
 EPILOG = "Run `tok COMMAND --help` for a command's options. Docs: README.md, docs/."
 
@@ -47,7 +47,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.recipe:
             raise TokError("give either a recipe or --resume RUN, not both")
-        recipe = Run.open(args.resume).recipe(args.set)
+        if any(item.split("=", 1)[0].strip() == "output.dir" for item in args.set):
+            raise TokError(
+                f"--set output.dir cannot move a resumed run: it stays in {args.resume} "
+                f"(move the folder itself, then resume it there)"
+            )
+        try:
+            recipe = Run.open(args.resume).recipe(args.set)
+        except RecipeError as exc:  # name the --set values, not only the file they amend
+            if not args.set:
+                raise
+            where = f"{exc.source} with --set {' '.join(args.set)}"
+            raise RecipeError(exc.problems, source=where) from None
     elif args.recipe:
         recipe = load_recipe(args.recipe, args.set)
     else:

@@ -173,11 +173,12 @@ _BOUNDS: dict[str, dict[str, tuple[str, Any]]] = {
     "train": {
         "steps": _at_least(1),
         "batch_size": _at_least(1),
-        "lr": ("a number > 0", lambda v: v > 0 and math.isfinite(v)),
-        "weight_decay": _at_least(0),
+        # torch's optimizers compute lr / (1 - beta1^t) and 1 - lr * weight_decay as float32
+        "lr": ("a number in (0, 1e30]", lambda v: 0 < v <= 1e30),
+        "weight_decay": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
         "betas": ("two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
         "warmup_steps": _at_least(0),
-        "min_lr": _at_least(0),
+        "min_lr": ("a number in [0, 1e30]", lambda v: 0 <= v <= 1e30),
         "grad_clip": _at_least(0),
         "threads": _at_least(0),
         "log_every": _at_least(1),

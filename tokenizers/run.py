@@ -44,7 +44,7 @@ from .data import Dataset, Samples
 from .errors import CheckpointError, OutputDirError, RecipeError, TokError
 from .metrics import CodeCounts, psnr
 from .models import Tokenizer
-from .models.tokenizer import CONFIG, WEIGHTS
+from .models.tokenizer import CONFIG, WEIGHTS, config_differences, recorded_config
 from .recipe import Recipe, apply_overrides, dumps_toml, parse_recipe
 from .registry import missing_plugin
 
@@ -388,6 +388,18 @@ class Run:
                 f"{path} was written in checkpoint format {found!r}; this version of tok "
                 f"resumes {', '.join(READABLE_STATES)}"
             )
+        bad = nonfinite_tensors(tensors)
+        if bad:
+            raise CheckpointError(
+                f"cannot resume {self.path}: its checkpoint {path.name} is damaged, with "
+                f"non-finite values in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}"
+            )
+        recorded = recorded_config(self.file(self.WEIGHTS))
+        differ = recorded and config_differences(
+            parts.tokenizer.model_config(), recorded, self.RECIPE
+        )
+        if differ:  # recipe.toml edited by hand: the resume check compares it with itself
+            raise CheckpointError(f"cannot resume {self.path}: {differ}")
         model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         try:
             parts.tokenizer.load_state_dict(model)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ._io import nonfinite_tensors
 from .components import Facts, build
 from .data import Samples
 from .device import autocast, resolve_device, resolve_precision
@@ -182,7 +183,8 @@ def _train(
                 terms = {name: loss(batch) for name, loss in parts.losses.items()}
             loss = sum(term.loss for term in terms.values()) + out.aux_loss
             if not torch.isfinite(loss):  # a host sync per step: small next to a step
-                raise _diverged(run, recipe, step, loss, terms[t.loss].loss, out, saved)
+                what = _loss_terms(loss, terms[t.loss].loss, out)
+                raise _diverged(run, recipe, step + 1, what, saved)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip:
@@ -211,8 +213,17 @@ def _train(
                     }
                 log.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", batch_usage=f"{row.get('usage', 0):.2f}")
-            if step % t.eval_every == 0 or step == t.steps:
-                last_eval = evaluate_and_show(run, recipe, tokenizer, parts.eval_set, step, log)
+            shown = step % t.eval_every == 0 or step == t.steps
+            if (shown or step % t.checkpoint_every == 0 or step == end) and (
+                bad := nonfinite_tensors(tokenizer.state_dict())
+            ):  # a finite loss, then a step to non-finite weights: show and save nothing
+                what = f"its optimizer step left non-finite weights ({', '.join(bad[:2])})"
+                raise _diverged(run, recipe, step, what, saved)
+            if shown:
+                try:
+                    last_eval = evaluate_and_show(run, recipe, tokenizer, parts.eval_set, step, log)
+                except _NonFinite as exc:
+                    raise _diverged(run, recipe, step, str(exc), saved) from None
             if step % t.checkpoint_every == 0 or step == end:
                 run.save_checkpoint(
                     step, parts.checkpoint(), elapsed=time.perf_counter() - start_time
@@ -225,32 +236,28 @@ def _train(
     return RunResult(run_dir=run.path, step=step, eval=last_eval)
 
 
-def _diverged(
-    run: Run, recipe: Recipe, step: int, loss: Any, recon: Any, out: Any, saved: int | None
-) -> TrainingError:
-    """The one-line error for a non-finite loss at (0-based) ``step``."""
-    nonfinite = int(out.metrics.get("nonfinite", 0))
-    parts = [
-        f"reconstruction {float(recon.detach()):.4g}",
-        f"quantizer aux {float(out.aux_loss.detach()):.4g}",
-    ]
-    if nonfinite:
-        parts.append(f"{nonfinite} non-finite latents")
+class _NonFinite(TrainingError):
+    """An evaluation gave non-finite reconstructions (raised before anything is written)."""
+
+
+def _diverged(run: Run, recipe: Recipe, step: int, what: str, saved: int | None) -> TrainingError:
+    """The one-line error for divergence at (1-based) ``step``: ``what`` went non-finite."""
     if saved is None:
-        kept = (
-            f"nothing was saved (no checkpoint before step {step + 1}; the run folder is removed)"
-        )
+        kept = f"nothing was saved (no checkpoint before step {step}; the run folder is removed)"
         how = f"rerun with a lower train.lr (now {recipe.train.lr:g}) or train.grad_clip"
     else:
         kept = f"the checkpoint of step {saved} is kept"
-        how = (
-            f"resume with a lower learning rate: tok train --resume {run.path} "
-            f"--set train.lr={recipe.train.lr / 10:g}"
-        )
-    return TrainingError(
-        f"training diverged at step {step + 1}: the loss is {float(loss.detach())} "
-        f"({', '.join(parts)}); {kept}; {how}"
-    )
+        how = f"resume with a lower learning rate: tok train --resume {run.path} --set train.lr="
+        how += f"{recipe.train.lr / 10:g}"
+    return TrainingError(f"training diverged at step {step}: {what}; {kept}; {how}")
+
+
+def _loss_terms(loss: Any, recon: Any, out: Any) -> str:
+    """``the loss is nan (reconstruction …, quantizer aux …[, N non-finite latents])``."""
+    terms = f"reconstruction {float(recon.detach()):.4g}, quantizer aux {float(out.aux_loss.detach()):.4g}"
+    nonfinite = int(out.metrics.get("nonfinite", 0))
+    terms += f", {nonfinite} non-finite latents" if nonfinite else ""
+    return f"the loss is {float(loss.detach())} ({terms})"
 
 
 def evaluate_and_show(
@@ -265,6 +272,8 @@ def evaluate_and_show(
     the reconstructions and the usage histogram into the run folder."""
     device = next(tokenizer.parameters()).device
     result = evaluate(tokenizer, eval_set, device=device)
+    if not math.isfinite(result["psnr"]):  # neither logged nor drawn
+        raise _NonFinite(f"its evaluation gave non-finite reconstructions (psnr {result['psnr']})")
     if log is not None:
         keys = ("psnr", "mse", "usage", "perplexity", "streams")
         log.write({"step": step, "split": "test", **{k: result[k] for k in keys}})

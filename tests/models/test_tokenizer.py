@@ -354,3 +354,13 @@ def test_input_sizes_conv_takes_any_multiple_of_its_stride(images):
         tokenizer.encode(torch.rand(1, 3, 28, 28))
     assert tokenizer.encode(torch.rand(1, 1, 32, 32)).shape == (1, 8, 8, 1)
     assert tokenizer.encode(torch.rand(1, 1, 56, 84)).shape == (1, 14, 21, 1)
+
+
+def test_weights_with_the_same_shapes_but_another_config_are_refused(run_copy):
+    """FSQ levels [8, 5, 5, 4] instead of [8, 5, 5, 5]: every tensor has the same shape, so
+    the weights loaded and encoded an 800-code codebook; the weights' record names it."""
+    config = json.loads((run_copy / "tokenizer.json").read_text())
+    config["quantizer"]["config"]["levels"] = [8, 5, 5, 4]
+    (run_copy / "tokenizer.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"quantizer\.config\.levels is \[8, 5, 5, 4\]"):
+        Tokenizer.load(run_copy)

@@ -434,3 +434,19 @@ def test_the_guides_example_config_builds_the_guides_quantizer() -> None:
     with_example: dict[str, Any] = {"Quantizer": namespace["BinaryQuantizer"]}
     exec(compile(snippet, "docs/plugins.md", "exec"), with_example)
     check_quantizer(with_example["BinaryQuantizer"])
+
+
+@pytest.mark.parametrize("name", ["fsq", "vq", "rvq", "mgvq", "lfq"])
+def test_nonfinite_from_an_overflowing_projection_is_counted(name: str) -> None:
+    """A finite input whose projection overflows (3e38) gives a NaN position: it is counted
+    in metrics["nonfinite"] like a NaN input, never a silent NaN."""
+    cls = tok.get_quantizer(name)
+    torch.manual_seed(0)
+    q = cls(**cls.example_config()).eval()
+    z = torch.randn(2, 3, q.dim)
+    z[0, 0, :] = 3e38
+    with torch.no_grad():
+        out = q(z)
+    nan_positions = int((~torch.isfinite(out.quantized)).any(-1).sum())
+    assert int(out.metrics["nonfinite"]) == nan_positions
+    assert int(out.indices.min()) >= 0

@@ -69,21 +69,33 @@ def _where(position: tuple[int, ...]) -> str:
     return ", ".join(f"{n} {i}" for n, i in zip(names, position, strict=False))
 
 
-def _config_differences(weights_path: Path, tokenizer: Tokenizer) -> str:
-    """The config keys on which ``tokenizer`` (built from tokenizer.json) and the record in
-    the weights file (``tok.config``) disagree, as ``"KEY is A in tokenizer.json but B
-    in the weights"``; empty when the file has no record (saved by tok before 0.1)."""
+def recorded_config(weights_path: str | Path) -> dict[str, Any] | None:
+    """The configs a ``model.safetensors`` records (``tok.config``, see
+    :meth:`Tokenizer.model_config`); ``None`` for a file without the record (written
+    before tok recorded it) or one that cannot be read."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(weights_path), framework="pt") as f:
-            recorded = json.loads((f.metadata() or {})[WEIGHTS_CONFIG])
+            return json.loads((f.metadata() or {})[WEIGHTS_CONFIG])
     except Exception:  # noqa: BLE001 - no record, or an unreadable one: nothing to compare
-        return ""
+        return None
+
+
+def config_differences(config: dict[str, Any], recorded: dict[str, Any], where: str) -> str:
+    """``"KEY is A in WHERE but B in the weights"`` for each key of two
+    :meth:`Tokenizer.model_config` dicts that differ, joined by ``; `` (empty: none)."""
     return "; ".join(
-        f"{key} is {ours!r} in {CONFIG} but {theirs!r} in the weights"
-        for key, ours, theirs in differing_keys(tokenizer._own_config(), recorded)
+        f"{key} is {ours!r} in {where} but {theirs!r} in the weights"
+        for key, ours, theirs in differing_keys(config, recorded)
     )
+
+
+def _config_differences(weights_path: Path, tokenizer: Tokenizer) -> str:
+    recorded = recorded_config(weights_path)
+    if recorded is None:
+        return ""
+    return config_differences(tokenizer.model_config(), recorded, CONFIG)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -166,8 +178,9 @@ class Tokenizer(nn.Module):
             "plugins": self.plugins(),
         }
 
-    def _own_config(self) -> dict[str, Any]:
-        """What the weights depend on: architecture, quantizer and input shape."""
+    def model_config(self) -> dict[str, Any]:
+        """What the weights depend on — ``architecture``, ``quantizer`` and ``input_shape``
+        of :meth:`config` —, as ``model.safetensors`` records it (``tok.config``)."""
         config = self.config()
         return {k: config[k] for k in ("architecture", "quantizer", "input_shape")}
 
@@ -218,9 +231,8 @@ class Tokenizer(nn.Module):
         not and where the first one is."""
         if not isinstance(images, Tensor) or not images.is_floating_point():
             got = images.dtype if isinstance(images, Tensor) else type(images).__name__
-            raise ConfigError(
-                f"a tokenizer takes float images in [0, 1], got {got} (divide uint8 images by 255)"
-            )
+            hint = " (divide uint8 images by 255)" if got == torch.uint8 else ""
+            raise ConfigError(f"a tokenizer takes float images in [0, 1], got {got}{hint}")
         shape = tuple(images.shape)
         if images.ndim != len(self.input_shape) + 1:
             axes = "c, t, h, w" if len(self.input_shape) == 4 else "c, h, w"
@@ -274,9 +286,11 @@ class Tokenizer(nn.Module):
         self.check_input(images)
         z = self.architecture.encode((images * 2 - 1).to(self.dtype))
         if not bool(torch.isfinite(z).all()):
+            dtype = str(self.dtype).removeprefix("torch.")
             raise ConfigError(
-                "the encoder gave non-finite latents for finite images: the tokenizer's "
-                "weights are damaged (saved from a diverged run?)"
+                f"the encoder gave non-finite latents for finite images (values "
+                f"{float(images.min()):.3g} to {float(images.max()):.3g}; a tokenizer takes "
+                f"[0, 1]): input far out of range for its {dtype} weights, or damaged weights"
             )
         return self.quantizer(z).indices
 
@@ -310,7 +324,7 @@ class Tokenizer(nn.Module):
                 f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} (a diverged run?)"
             )
         with atomic_path(folder / WEIGHTS) as tmp:
-            save_file(state, tmp, metadata={WEIGHTS_CONFIG: json.dumps(self._own_config())})
+            save_file(state, tmp, metadata={WEIGHTS_CONFIG: json.dumps(self.model_config())})
         self.weights_sha256 = file_sha256(folder / WEIGHTS)
         write_json(folder / CONFIG, {**self.config(), "weights_sha256": self.weights_sha256})
         return folder
@@ -365,6 +379,11 @@ class Tokenizer(nn.Module):
             state = load_file(weights_path, device=str(map_location))
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types
             raise CheckpointError(f"cannot read weights {weights_path}: {exc}") from exc
+        differ = _config_differences(weights_path, tokenizer)
+        if differ:  # the same shapes need not be the same model (levels [8, 5, 5, 4])
+            raise CheckpointError(
+                f"weights in {weights_path} do not fit {config_path.name}: {differ}"
+            )
         try:
             missing, unexpected = tokenizer.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shape mismatches
