@@ -29,7 +29,6 @@ recipe back with ``tomli_w``, so any string (newlines included) survives.
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path

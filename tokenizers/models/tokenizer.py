@@ -91,13 +91,6 @@ def config_differences(config: dict[str, Any], recorded: dict[str, Any], where: 
     )
 
 
-def _config_differences(weights_path: Path, tokenizer: Tokenizer) -> str:
-    recorded = recorded_config(weights_path)
-    if recorded is None:
-        return ""
-    return config_differences(tokenizer.model_config(), recorded, CONFIG)
-
-
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
@@ -379,7 +372,8 @@ class Tokenizer(nn.Module):
             state = load_file(weights_path, device=str(map_location))
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types
             raise CheckpointError(f"cannot read weights {weights_path}: {exc}") from exc
-        differ = _config_differences(weights_path, tokenizer)
+        recorded = recorded_config(weights_path)
+        differ = recorded and config_differences(tokenizer.model_config(), recorded, CONFIG)
         if differ:  # the same shapes need not be the same model (levels [8, 5, 5, 4])
             raise CheckpointError(
                 f"weights in {weights_path} do not fit {config_path.name}: {differ}"
@@ -389,16 +383,12 @@ class Tokenizer(nn.Module):
         except RuntimeError as exc:  # shape mismatches
             detail = str(exc).strip().splitlines()[-1].strip()
             raise CheckpointError(
-                f"weights in {weights_path} do not fit {config_path.name}: "
-                + (_config_differences(weights_path, tokenizer) or detail)
+                f"weights in {weights_path} do not fit {config_path.name}: {detail}"
             ) from exc
         if missing or unexpected:
             raise CheckpointError(
                 f"weights in {weights_path} do not fit {config_path.name}: "
-                + (
-                    _config_differences(weights_path, tokenizer)
-                    or f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-                )
+                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
             )
         bad = nonfinite_tensors(state)
         if bad:
