@@ -11,6 +11,21 @@ patches.
 Unlike a 2D grid, no token is tied to a place in the image: each one
 can describe whatever the encoder finds worth spending bits on.
 
+Two learned token-mixing matrices (linear maps across positions, as in
+MLP-Mixer — Tolstikhin et al. 2021, https://arxiv.org/abs/2105.01601) give
+the image a path into the tokens and the tokens a path into the patches that
+does not wait for attention to form: each latent token enters the encoder as
+its learned embedding plus a learned mixture of the patch embeddings
+(``latent_mixer``, ``(k, n)``), and each mask token enters the decoder plus a
+learned mixture of the embedded latents (``mask_mixer``, ``(n, k)``). Without
+them the model starts on a plateau (docs/design.md, "1D tokens"): attention
+starts near uniform, so every latent token reads the same average and its
+output hardly depends on the image; FSQ gives every digit the same codes,
+the decoder learns the mean digit, and the latents drift into FSQ's saturated
+outermost level. How long training stayed there depended on floating-point
+rounding (the thread count). Weights saved before the mixers existed load
+with both set to zero, which is exactly the model they were trained as.
+
 Axis legend: ``b`` batch, ``c`` channels, ``h w`` image, ``p q`` patch,
 ``n`` patches, ``k`` latent tokens, ``e`` width, ``d`` latent dim.
 """
@@ -165,6 +180,11 @@ class Seq1D(Architecture):
             nn.LayerNorm(width), nn.Linear(width, in_channels * patch_size * patch_size)
         )
 
+        # token mixing: the image reaches the latents, and the latents the patches, from
+        # step 0 (the module docstring); std 1/sqrt(inputs) keeps a mixture at a token's scale
+        self.latent_mixer = nn.Parameter(torch.randn(num_tokens, self.patches) / self.patches**0.5)
+        self.mask_mixer = nn.Parameter(torch.randn(self.patches, num_tokens) / num_tokens**0.5)
+
     def config(self) -> dict[str, Any]:
         return {
             "in_channels": self.in_channels,
@@ -178,6 +198,12 @@ class Seq1D(Architecture):
             "mlp_ratio": self.mlp_ratio,
             "latent_dim": self.latent_dim,
         }
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # weights saved before the token mixers existed: zero mixers are that exact model
+        for name in ("latent_mixer", "mask_mixer"):
+            state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if tuple(input_shape) != (self.in_channels, *self.image_size):
@@ -194,14 +220,15 @@ class Seq1D(Architecture):
         p = self.patch_size
         patches = rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=p, q=p)
         tokens = self.patch_embed(patches) + self.patch_pos
-        latents = self.latent_tokens.expand(x.shape[0], -1, -1)
+        latents = self.latent_tokens + self.latent_mixer @ tokens  # b k e
         out = self.encoder(torch.cat([tokens, latents], dim=1))
         return self.encoder_out(out[:, self.patches :])
 
     def decode(self, z: Tensor) -> Tensor:
         """``(b, k, d)`` → ``(b, c, h, w)``."""
-        latents = self.decoder_in(z) + self.latent_pos
-        masks = (self.mask_token + self.mask_pos).expand(z.shape[0], -1, -1)
+        embedded = self.decoder_in(z)  # b k e
+        latents = embedded + self.latent_pos
+        masks = self.mask_token + self.mask_pos + self.mask_mixer @ embedded  # b n e
         out = self.decoder(torch.cat([masks.to(latents.dtype), latents], dim=1))
         patches = self.decoder_out(out[:, : self.patches])
         p, hp = self.patch_size, self.image_size[0] // self.patch_size
