@@ -128,13 +128,28 @@ def _optimizer_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict, l
 
 
 def _load_optimizer(
-    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, groups: list
+    opt: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    prefix: str,
+    groups: list,
+    *,
+    run: Path,
 ) -> None:
+    """Restore ``opt`` from a checkpoint's flat tensors; a :class:`CheckpointError` naming
+    ``run`` when the saved state has another number of parameters (the model changed)."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith(prefix + "."):
             idx, name = key[len(prefix) + 1 :].split(".", 1)
             state.setdefault(int(idx), {})[name] = value
+    saved = sum(len(g.get("params", ())) for g in groups)
+    now = sum(len(g["params"]) for g in opt.param_groups)
+    if saved != now or len(groups) != len(opt.param_groups):
+        raise CheckpointError(
+            f"cannot resume {run}: its checkpoint holds optimizer state for {saved} parameter "
+            f"tensors, the model now has {now} (the architecture or a plugin changed since); "
+            "start a new run, or train from its model.safetensors"
+        )
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
@@ -409,7 +424,7 @@ class Run:
                 f"cannot resume {self.path}: its checkpoint does not fit the recipe's "
                 f"tokenizer ({detail})"
             ) from exc
-        _load_optimizer(parts.optimizer, tensors, "optim", scalars["param_groups"])
+        _load_optimizer(parts.optimizer, tensors, "optim", scalars["param_groups"], run=self.path)
         loss_groups = scalars.get("loss_param_groups", {})
         for name, loss in parts.losses.items():
             prefix = f"loss/{name}/model."
@@ -422,7 +437,9 @@ class Run:
                         f"cannot resume {self.path}: its checkpoint has no state for the "
                         f"optimizer {opt_name!r} of loss {name!r}"
                     )
-                _load_optimizer(opt, tensors, f"loss/{name}/optim/{opt_name}", groups)
+                _load_optimizer(
+                    opt, tensors, f"loss/{name}/optim/{opt_name}", groups, run=self.path
+                )
         torch.set_rng_state(tensors["rng.torch"])
         parts.generator.set_state(tensors["rng.batches"])
         if "rng.cuda" in tensors and torch.cuda.is_available():
