@@ -47,6 +47,22 @@ def nonfinite_tensors(tensors: dict[str, Any]) -> list[str]:
     return found
 
 
+_RANDOM_CHARS = 8  # what tempfile.mkstemp appends to the prefix
+
+
+def tmp_prefix(path: Path) -> str:
+    """``.tmp-NAME.`` for :func:`tempfile.mkstemp`, with ``NAME`` (the final name) cut so
+    that the temporary name, random part included, fits in the folder's longest name
+    (``NAME_MAX``, 255 bytes on most file systems): a final name that fits never
+    fails for its temporary one. Cut at a byte; the name is only a hint for people."""
+    try:
+        name_max = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    room = name_max - len(TMP_PREFIX) - 1 - _RANDOM_CHARS
+    return TMP_PREFIX + os.fsdecode(os.fsencode(path.name)[: max(0, room)]) + "."
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
@@ -55,7 +71,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path), dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

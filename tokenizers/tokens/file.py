@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +75,25 @@ def token_dtype(codebook_sizes: tuple[int, ...]) -> torch.dtype:
     raise ConfigError(f"codebook size {k} is too large for a token file (at most 2**31 entries)")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def keys_json(keys: list[str]) -> str:
+    """``keys`` as a JSON list, valid UTF-8 whatever the names.
+
+    A key is a path as Python reads it from the file system (:func:`os.fsdecode`):
+    bytes that are not UTF-8 become lone surrogates ``U+DC80``–``U+DCFF`` (PEP 383).
+    Those are written as ``\\udcXX`` escapes, which ``json.loads`` turns back into the
+    same surrogates and :func:`os.fsencode` into the same bytes; every other
+    character is written as itself (``ensure_ascii=False``).
+    """
+    text = json.dumps(list(keys), ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def keys_sha256(keys: list[str]) -> str:
-    """Return the sha256 (hex) of a list of source keys, order included."""
-    return hashlib.sha256(json.dumps(list(keys), ensure_ascii=False).encode("utf-8")).hexdigest()
+    """Return the sha256 (hex) of a list of source keys, order included (of :func:`keys_json`)."""
+    return hashlib.sha256(keys_json(keys).encode("utf-8")).hexdigest()
 
 
 def _check_sizes(value: Any) -> tuple[int, ...] | None:
@@ -400,7 +417,7 @@ def write_tokens(
     keys = list(keys)
     tokens = _check_tokens(tokens, keys, header, path, reading=False)
     meta = header.to_metadata()
-    meta["keys"] = json.dumps(keys, ensure_ascii=False)
+    meta["keys"] = keys_json(keys)
     stored = tokens.to(token_dtype(header.codebook_sizes)).contiguous()
     with atomic_path(path) as tmp:
         save_file({TENSOR: stored}, str(tmp), metadata=meta)
