@@ -61,6 +61,7 @@ from .file import (
     READ_FORMATS,
     TokenFile,
     TokenHeader,
+    keys_json,
     keys_sha256,
     read_tokens,
     token_dtype,
@@ -79,6 +80,7 @@ from .manifest import (
 __all__ = [
     "FORMAT",
     "iter_token_dir",
+    "keys_json",
     "keys_sha256",
     "load_tokens",
     "MANIFEST",

@@ -27,6 +27,7 @@ __all__ = [
     "FORMAT",
     "READ_FORMATS",
     "token_dtype",
+    "keys_json",
     "keys_sha256",
     "TokenHeader",
     "TokenFile",
