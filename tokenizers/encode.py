@@ -40,6 +40,7 @@ from .errors import (
     TokenFileError,
     TokenizerMismatchError,
 )
+from .locks import folder_lock
 from .media import VIDEO_FORMATS, save_preview, to_uint8, write_item
 from .models import Tokenizer
 from .tokens import TokenDir, TokenHeader, load_tokens, plan_shards, token_dtype
@@ -91,7 +92,7 @@ def encode(
     token_dtype(model.quantizer.codebook_sizes)  # a codebook too large for token files: now
     if fps is not None and len(model.input_shape) != 4:
         raise DatasetError("--fps applies to video tokenizers only; this tokenizer takes images")
-    with walk_once():
+    with folder_lock(out), walk_once():  # one writer per token folder, for the whole encode
         dataset, split = open_source(
             src,
             input_shape=model.input_shape,
@@ -201,42 +202,43 @@ def decode_files(
             f"or --force to decode anyway"
         )
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputDirError(
-            f"output folder {out} already exists and is not empty; tok never overwrites files — choose a new --out"
-        )
-    videos = len(model.input_shape) == 4
-    fmt = video_format if videos else "png"
-    stems = [_row_path(out, key) for key in tf.keys]
-    seen: dict[Path, str] = {}
-    for key, stem in zip(tf.keys, stems, strict=True):
-        if stem in seen:  # two rows, one file: refuse before writing either
-            raise TokenFileError(
-                f"{tokens}: rows {seen[stem]!r} and {key!r} would both be written to "
-                f"{stem.relative_to(out)}.{fmt}"
+    with folder_lock(out):  # one writer per output folder, for the whole decode
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise OutputDirError(
+                f"output folder {out} already exists and is not empty; tok never overwrites files — choose a new --out"
             )
-        seen[stem] = key
-    preview = None
-    if videos:
-        taken = {s.with_name(f"{s.name}.{fmt}") for s in stems}
-        preview = out / "preview.gif"
-        while preview in taken:  # a row's own key is "preview"
-            preview = preview.with_name("_" + preview.name)
-    out.mkdir(parents=True, exist_ok=True)
-    shown: list[torch.Tensor] = []
-    for start in tqdm(
-        range(0, len(tf.keys), batch_size), desc="decode", unit="batch", disable=not progress
-    ):
-        rows = to_uint8(model.decode(tf.tokens[start : start + batch_size].to(where)).cpu())
-        for row, stem in zip(rows, stems[start : start + batch_size], strict=True):
-            write_item(stem, row, video_format=fmt, fps=fps)
-            if videos and len(shown) < PREVIEW_VIDEOS:
-                shown.append(row)
-    if preview is not None and shown:
-        save_preview(preview, torch.stack(shown), fps=fps)
-    return {
-        "items": len(tf.keys),
-        "kind": "videos" if videos else "images",
-        "format": fmt,
-        "preview": preview if shown else None,
-    }
+        videos = len(model.input_shape) == 4
+        fmt = video_format if videos else "png"
+        stems = [_row_path(out, key) for key in tf.keys]
+        seen: dict[Path, str] = {}
+        for key, stem in zip(tf.keys, stems, strict=True):
+            if stem in seen:  # two rows, one file: refuse before writing either
+                raise TokenFileError(
+                    f"{tokens}: rows {seen[stem]!r} and {key!r} would both be written to "
+                    f"{stem.relative_to(out)}.{fmt}"
+                )
+            seen[stem] = key
+        preview = None
+        if videos:
+            taken = {s.with_name(f"{s.name}.{fmt}") for s in stems}
+            preview = out / "preview.gif"
+            while preview in taken:  # a row's own key is "preview"
+                preview = preview.with_name("_" + preview.name)
+        out.mkdir(parents=True, exist_ok=True)
+        shown: list[torch.Tensor] = []
+        for start in tqdm(
+            range(0, len(tf.keys), batch_size), desc="decode", unit="batch", disable=not progress
+        ):
+            rows = to_uint8(model.decode(tf.tokens[start : start + batch_size].to(where)).cpu())
+            for row, stem in zip(rows, stems[start : start + batch_size], strict=True):
+                write_item(stem, row, video_format=fmt, fps=fps)
+                if videos and len(shown) < PREVIEW_VIDEOS:
+                    shown.append(row)
+        if preview is not None and shown:
+            save_preview(preview, torch.stack(shown), fps=fps)
+        return {
+            "items": len(tf.keys),
+            "kind": "videos" if videos else "images",
+            "format": fmt,
+            "preview": preview if shown else None,
+        }

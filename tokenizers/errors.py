@@ -21,6 +21,7 @@ __all__ = [
     "TokenFileError",
     "TokenizerMismatchError",
     "OutputDirError",
+    "FolderInUseError",
     "CheckpointError",
     "TrainingError",
 ]
@@ -91,6 +92,10 @@ class TokenizerMismatchError(TokenFileError):
 
 class OutputDirError(TokError):
     """An output folder holds something tok must not overwrite."""
+
+
+class FolderInUseError(OutputDirError):
+    """Another tok process is writing the same run or token folder (:mod:`tok.locks`)."""
 
 
 class CheckpointError(TokError):
