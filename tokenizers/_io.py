@@ -12,7 +12,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 TMP_PREFIX = ".tmp-"
 
@@ -30,6 +35,8 @@ __all__ = [
     "write_text",
     "remove_stale_tmp",
     "nonfinite_tensors",
+    "optimizer_tensors",
+    "load_optimizer",
 ]
 
 
@@ -105,3 +112,43 @@ def remove_stale_tmp(folder: str | os.PathLike[str]) -> list[Path]:
                 p.unlink()
                 removed.append(p)
     return removed
+
+
+def optimizer_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict, list]:
+    """An optimizer's state as flat tensors ``{prefix}.{param index}.{name}`` (for
+    safetensors: no pickle) and its param groups (JSON); :func:`load_optimizer` reverses it."""
+    import torch
+
+    state = opt.state_dict()
+    tensors = {
+        f"{prefix}.{idx}.{key}": torch.as_tensor(value).detach().contiguous().cpu()
+        for idx, values in state["state"].items()
+        for key, value in values.items()
+    }
+    return tensors, state["param_groups"]
+
+
+def load_optimizer(
+    opt: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    prefix: str,
+    groups: list,
+    *,
+    run: Path,
+) -> None:
+    """Restore ``opt`` from a checkpoint's flat tensors; a :class:`CheckpointError` naming
+    ``run`` when the saved state has another number of parameters (the model changed)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            idx, name = key[len(prefix) + 1 :].split(".", 1)
+            state.setdefault(int(idx), {})[name] = value
+    saved = sum(len(g.get("params", ())) for g in groups)
+    now = sum(len(g["params"]) for g in opt.param_groups)
+    if saved != now or len(groups) != len(opt.param_groups):
+        raise CheckpointError(
+            f"cannot resume {run}: its checkpoint holds optimizer state for {saved} parameter "
+            f"tensors, the model now has {now} (the architecture or a plugin changed since); "
+            "start a new run, or train from its model.safetensors"
+        )
+    opt.load_state_dict({"state": state, "param_groups": groups})

@@ -38,7 +38,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import media, plots
-from ._io import atomic_path, nonfinite_tensors, write_json, write_text
+from ._io import (
+    atomic_path,
+    load_optimizer,
+    nonfinite_tensors,
+    optimizer_tensors,
+    write_json,
+    write_text,
+)
 from .components import build
 from .data import Dataset, Samples
 from .errors import CheckpointError, OutputDirError, RecipeError, TokError
@@ -113,44 +120,6 @@ class Checkpoint:
     optimizer: torch.optim.Optimizer
     losses: dict[str, nn.Module]
     generator: torch.Generator
-
-
-def _optimizer_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict, list]:
-    """An optimizer's state as flat tensors ``{prefix}.{param index}.{name}`` and its
-    param groups (JSON)."""
-    state = opt.state_dict()
-    tensors = {
-        f"{prefix}.{idx}.{key}": torch.as_tensor(value).detach().contiguous().cpu()
-        for idx, values in state["state"].items()
-        for key, value in values.items()
-    }
-    return tensors, state["param_groups"]
-
-
-def _load_optimizer(
-    opt: torch.optim.Optimizer,
-    tensors: dict[str, torch.Tensor],
-    prefix: str,
-    groups: list,
-    *,
-    run: Path,
-) -> None:
-    """Restore ``opt`` from a checkpoint's flat tensors; a :class:`CheckpointError` naming
-    ``run`` when the saved state has another number of parameters (the model changed)."""
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith(prefix + "."):
-            idx, name = key[len(prefix) + 1 :].split(".", 1)
-            state.setdefault(int(idx), {})[name] = value
-    saved = sum(len(g.get("params", ())) for g in groups)
-    now = sum(len(g["params"]) for g in opt.param_groups)
-    if saved != now or len(groups) != len(opt.param_groups):
-        raise CheckpointError(
-            f"cannot resume {run}: its checkpoint holds optimizer state for {saved} parameter "
-            f"tensors, the model now has {now} (the architecture or a plugin changed since); "
-            "start a new run, or train from its model.safetensors"
-        )
-    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 class Run:
@@ -350,14 +319,14 @@ class Run:
             f"model.{k}": v.detach().contiguous().cpu()
             for k, v in parts.tokenizer.state_dict().items()
         }
-        opt_tensors, groups = _optimizer_tensors("optim", parts.optimizer)
+        opt_tensors, groups = optimizer_tensors("optim", parts.optimizer)
         tensors.update(opt_tensors)
         loss_groups: dict[str, dict[str, list]] = {}
         for name, loss in parts.losses.items():
             for k, v in loss.state_dict().items():
                 tensors[f"loss/{name}/model.{k}"] = v.detach().contiguous().cpu()
             for opt_name, opt in loss.optimizers().items():
-                more, loss_groups.setdefault(name, {})[opt_name] = _optimizer_tensors(
+                more, loss_groups.setdefault(name, {})[opt_name] = optimizer_tensors(
                     f"loss/{name}/optim/{opt_name}", opt
                 )
                 tensors.update(more)
@@ -424,7 +393,7 @@ class Run:
                 f"cannot resume {self.path}: its checkpoint does not fit the recipe's "
                 f"tokenizer ({detail})"
             ) from exc
-        _load_optimizer(parts.optimizer, tensors, "optim", scalars["param_groups"], run=self.path)
+        load_optimizer(parts.optimizer, tensors, "optim", scalars["param_groups"], run=self.path)
         loss_groups = scalars.get("loss_param_groups", {})
         for name, loss in parts.losses.items():
             prefix = f"loss/{name}/model."
@@ -437,9 +406,7 @@ class Run:
                         f"cannot resume {self.path}: its checkpoint has no state for the "
                         f"optimizer {opt_name!r} of loss {name!r}"
                     )
-                _load_optimizer(
-                    opt, tensors, f"loss/{name}/optim/{opt_name}", groups, run=self.path
-                )
+                load_optimizer(opt, tensors, f"loss/{name}/optim/{opt_name}", groups, run=self.path)
         torch.set_rng_state(tensors["rng.torch"])
         parts.generator.set_state(tensors["rng.batches"])
         if "rng.cuda" in tensors and torch.cuda.is_available():
