@@ -61,8 +61,8 @@ from .folder import (
     ImageSkippedWarning,
     Resize,
     check_resize,
-    list_files,
     scan_folder,
+    walk_files,
 )
 
 __all__ = [
@@ -276,9 +276,13 @@ class VideoShards(_VideoDataset):
                 raise DatasetError(f"{root} is not a .tar shard")
             return [root], []
         shards, other = [], []
-        for p in list_files(root):
+        found, problems = walk_files(root)
+        for p in found:
             (shards if p.suffix.lower() == ".tar" else other).append(p)
-        return shards, [f"{p.relative_to(root).as_posix()} (not a .tar shard)" for p in other]
+        return shards, [
+            *problems,
+            *(f"{p.relative_to(root).as_posix()} (not a .tar shard)" for p in other),
+        ]
 
     def _scan(self, split: str) -> tuple[dict[str, _Item], list[str]]:
         shards, skipped = self.shards(split)
