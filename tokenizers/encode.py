@@ -43,7 +43,14 @@ from .errors import (
 from .locks import folder_lock
 from .media import VIDEO_FORMATS, save_preview, to_uint8, write_item
 from .models import Tokenizer
-from .tokens import TokenDir, TokenHeader, load_tokens, plan_shards, token_dtype
+from .tokens import (
+    TokenDir,
+    TokenHeader,
+    check_shard_headers,
+    load_tokens,
+    plan_shards,
+    token_dtype,
+)
 
 __all__ = ["encode", "decode_files", "PREVIEW_VIDEOS"]
 
@@ -108,6 +115,7 @@ def encode(
             source=src,
             source_options={"resize": resize, "fps": fps},
         )
+        check_shard_headers(header, keys, shard_size)  # before any encoding
         out = Path(out)
         tdir = None
         if out.exists() and (not out.is_dir() or any(out.iterdir())):  # resume, or refuse now

@@ -74,10 +74,12 @@ from .manifest import (
     MANIFEST_READ_FORMATS,
     Manifest,
     ShardEntry,
+    check_shard_headers,
     plan_shards,
 )
 
 __all__ = [
+    "check_shard_headers",
     "FORMAT",
     "iter_token_dir",
     "keys_json",

@@ -29,6 +29,9 @@ __all__ = [
     "token_dtype",
     "keys_json",
     "keys_sha256",
+    "header_bytes",
+    "key_header_bytes",
+    "MAX_HEADER_BYTES",
     "TokenHeader",
     "TokenFile",
     "write_tokens",
@@ -90,6 +93,28 @@ def keys_json(keys: list[str]) -> str:
     """
     text = json.dumps(list(keys), ensure_ascii=False)
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+#: the largest header a safetensors file may have (the library refuses to write or read
+#: more; ``MAX_HEADER_SIZE`` in safetensors' Rust core), in bytes
+MAX_HEADER_BYTES = 100_000_000
+#: room kept in a header for the tensor's entry and the padding safetensors adds
+_HEADER_SLACK = 1_000
+
+
+def key_header_bytes(keys: list[str]) -> list[int]:
+    """What each key adds to a token file's safetensors header, in bytes: its JSON in the
+    ``keys`` list (:func:`keys_json`), escaped once more as a string of the header's JSON,
+    plus the separator."""
+    return [len(json.dumps(keys_json([k])[1:-1], ensure_ascii=False).encode()) for k in keys]
+
+
+def header_bytes(header: TokenHeader, keys: list[str]) -> int:
+    """The size of the safetensors header of a token file holding ``keys`` (an upper bound
+    within a few hundred bytes): what :data:`MAX_HEADER_BYTES` limits."""
+    meta = header.to_metadata()
+    meta["keys"] = keys_json(keys)
+    return len(json.dumps(meta, ensure_ascii=False).encode()) + _HEADER_SLACK
 
 
 def keys_sha256(keys: list[str]) -> str:
@@ -419,6 +444,13 @@ def write_tokens(
     tokens = _check_tokens(tokens, keys, header, path, reading=False)
     meta = header.to_metadata()
     meta["keys"] = keys_json(keys)
+    size = header_bytes(header, keys)
+    if size > MAX_HEADER_BYTES:  # safetensors would refuse, after the work, with a traceback
+        raise TokenFileError(
+            f"cannot write {path}: the keys of its {len(keys)} rows need a "
+            f"{size / 1e6:.1f} MB header, over the {MAX_HEADER_BYTES / 1e6:.0f} MB safetensors "
+            "allows; write fewer rows per file"
+        )
     stored = tokens.to(token_dtype(header.codebook_sizes)).contiguous()
     with atomic_path(path) as tmp:
         save_file({TENSOR: stored}, str(tmp), metadata=meta)
