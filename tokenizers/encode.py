@@ -30,12 +30,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ._io import check_writable
 from .data.folder import walk_once
 from .data.sources import open_source
 from .device import resolve_device
 from .errors import (
     ConfigError,
     DatasetError,
+    FileAccessError,
     OutputDirError,
     TokenFileError,
     TokenizerMismatchError,
@@ -94,6 +96,7 @@ def encode(
         raise DatasetError("--shard-size and --batch-size must be at least 1")
     if limit < 0:
         raise DatasetError(f"--limit must be 0 (all) or a positive number, got {limit}")
+    check_writable(out, what="tokens")  # before the encoding, not after it
     where = resolve_device(device, option="--device")
     model = Tokenizer.load(tokenizer, map_location=where)
     token_dtype(model.quantizer.codebook_sizes)  # a codebook too large for token files: now
@@ -143,8 +146,15 @@ def encode(
                 continue
             if tdir is None:
                 tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
-            for i, t, kept, skipped in [*held, shard]:
-                tdir.write_shard(i, t, keys=kept, skipped=skipped)
+            try:
+                for i, t, kept, skipped in [*held, shard]:
+                    tdir.write_shard(i, t, keys=kept, skipped=skipped)
+            except FileAccessError as exc:  # a full disk: say what is kept
+                done = tdir.num_shards - len(tdir.pending())
+                raise FileAccessError(
+                    f"{exc}; {done} of {tdir.num_shards} shards are written and kept, and the "
+                    "same command finishes the rest"
+                ) from exc
             held = []
         dataset.report_skipped(split)
     if tdir is None:
@@ -196,6 +206,7 @@ def decode_files(
         raise ConfigError(f"--video-format must be mp4 or gif, got {video_format!r}")
     if not fps or fps <= 0:
         raise ConfigError(f"--fps must be positive, got {fps!r}")
+    check_writable(out, what="images")  # before the decoding
     where = resolve_device(device, option="--device")
     tf = load_tokens(tokens)
     header: TokenHeader = tf.header

@@ -22,6 +22,7 @@ __all__ = [
     "TokenizerMismatchError",
     "OutputDirError",
     "FolderInUseError",
+    "FileAccessError",
     "CheckpointError",
     "TrainingError",
 ]
@@ -96,6 +97,11 @@ class OutputDirError(TokError):
 
 class FolderInUseError(OutputDirError):
     """Another tok process is writing the same run or token folder (:mod:`tok.locks`)."""
+
+
+class FileAccessError(TokError):
+    """The operating system or a file-format library could not read or write a user's file
+    (a full disk, a read-only folder …); the message names the path and the cause."""
 
 
 class CheckpointError(TokError):

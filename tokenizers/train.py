@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ._io import nonfinite_tensors
+from ._io import check_writable, nonfinite_tensors
 from .components import Facts, build
 from .data import Samples
 from .device import autocast, resolve_device, resolve_precision
@@ -133,13 +133,10 @@ def train(
         optimizer steps on it (the run keeps its last checkpoint).
     """
     with folder_lock(recipe.run_dir):  # one writer per run folder, for the whole command
+        check_writable(recipe.run_dir, what="the run")  # a read-only disk: now, not at step 500
         run = Run.open(recipe.run_dir) if resume else Run.create(recipe.run_dir)
-        try:
+        with run.failing(new=not resume):  # undoes an unstarted run; a full disk: what is kept
             return _train(run, recipe, resume=resume, progress=progress, stop_after=stop_after)
-        except BaseException:
-            if not resume:  # a new run that failed (or was stopped) before its first checkpoint
-                run.remove_if_unstarted()  # leaves nothing a rerun would have to be told about
-            raise
 
 
 def _train(
