@@ -6,10 +6,8 @@ module writes :data:`FORMAT` and reads every format in :data:`READ_FORMATS`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from torch import Tensor
 
 from .._io import atomic_path
 from ..errors import ConfigError, IndexRangeError, TokenFileError, TokError
+from .keys import MAX_HEADER_BYTES, keys_json, keys_sha256, metadata_bytes
 
 __all__ = [
     "FORMAT",
@@ -30,7 +29,6 @@ __all__ = [
     "keys_json",
     "keys_sha256",
     "header_bytes",
-    "key_header_bytes",
     "MAX_HEADER_BYTES",
     "TokenHeader",
     "TokenFile",
@@ -77,49 +75,6 @@ def token_dtype(codebook_sizes: tuple[int, ...]) -> torch.dtype:
     if k <= 2**31:
         return torch.int32
     raise ConfigError(f"codebook size {k} is too large for a token file (at most 2**31 entries)")
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def keys_json(keys: list[str]) -> str:
-    """``keys`` as a JSON list, valid UTF-8 whatever the names.
-
-    A key is a path as Python reads it from the file system (:func:`os.fsdecode`):
-    bytes that are not UTF-8 become lone surrogates ``U+DC80``–``U+DCFF`` (PEP 383).
-    Those are written as ``\\udcXX`` escapes, which ``json.loads`` turns back into the
-    same surrogates and :func:`os.fsencode` into the same bytes; every other
-    character is written as itself (``ensure_ascii=False``).
-    """
-    text = json.dumps(list(keys), ensure_ascii=False)
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-#: the largest header a safetensors file may have (the library refuses to write or read
-#: more; ``MAX_HEADER_SIZE`` in safetensors' Rust core), in bytes
-MAX_HEADER_BYTES = 100_000_000
-#: room kept in a header for the tensor's entry and the padding safetensors adds
-_HEADER_SLACK = 1_000
-
-
-def key_header_bytes(keys: list[str]) -> list[int]:
-    """What each key adds to a token file's safetensors header, in bytes: its JSON in the
-    ``keys`` list (:func:`keys_json`), escaped once more as a string of the header's JSON,
-    plus the separator."""
-    return [len(json.dumps(keys_json([k])[1:-1], ensure_ascii=False).encode()) for k in keys]
-
-
-def header_bytes(header: TokenHeader, keys: list[str]) -> int:
-    """The size of the safetensors header of a token file holding ``keys`` (an upper bound
-    within a few hundred bytes): what :data:`MAX_HEADER_BYTES` limits."""
-    meta = header.to_metadata()
-    meta["keys"] = keys_json(keys)
-    return len(json.dumps(meta, ensure_ascii=False).encode()) + _HEADER_SLACK
-
-
-def keys_sha256(keys: list[str]) -> str:
-    """Return the sha256 (hex) of a list of source keys, order included (of :func:`keys_json`)."""
-    return hashlib.sha256(keys_json(keys).encode("utf-8")).hexdigest()
 
 
 def _check_sizes(value: Any) -> tuple[int, ...] | None:
@@ -426,6 +381,12 @@ def _check_tokens(
             )
             raise TokenFileError(message) if reading else IndexRangeError(message)
     return tokens
+
+
+def header_bytes(header: TokenHeader, keys: list[str]) -> int:
+    """The size of the safetensors header of a token file holding ``keys`` (an upper bound
+    within a few hundred bytes): what :data:`MAX_HEADER_BYTES` limits."""
+    return metadata_bytes({**header.to_metadata(), "keys": keys_json(keys)})
 
 
 def write_tokens(

@@ -19,14 +19,8 @@ from typing import Any
 
 from .._io import TMP_PREFIX
 from ..errors import ConfigError, OutputDirError, TokenFileError
-from .file import (
-    MAX_HEADER_BYTES,
-    TokenHeader,
-    header_bytes,
-    key_header_bytes,
-    keys_sha256,
-    unreadable_format,
-)
+from .file import TokenHeader, header_bytes, unreadable_format
+from .keys import MAX_HEADER_BYTES, key_header_bytes, keys_sha256
 
 __all__ = [
     "check_shard_headers",
