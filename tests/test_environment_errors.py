@@ -8,6 +8,7 @@ tmpfs or a read-only bind mount, so nothing outside the test sees them.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -142,3 +143,58 @@ tok('again', 'encode', {str(mnist_pngs)!r}, '--run', {str(trained_run)!r}, '--ou
     again = results["again"]
     assert again.returncode == 0, again.stderr
     assert "wrote 1000 rows" in again.stdout
+
+
+def drop_read_override() -> list[str] | None:
+    """A command prefix that runs without the power to read any file (root's DAC override),
+    or ``None`` where that is not possible; an ordinary user needs none."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        return None
+    prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps", "-all"]
+    return prefix if subprocess.run([*prefix, "true"]).returncode == 0 else None
+
+
+@pytest.mark.parametrize("what", ["weights", "tokens"])
+def test_environment_errors_an_unreadable_file_is_named_with_the_os_cause(
+    what, trained_run, mnist_pngs, tmp_path
+):
+    # safetensors says "No such file or directory" for a file it may not read
+    prefix = drop_read_override()
+    if prefix is None:
+        pytest.skip("cannot drop root's read override here")
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    tokens = tmp_path / "tokens"
+    enc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tok",
+            "encode",
+            str(mnist_pngs),
+            "--run",
+            str(run),
+            "--out",
+            str(tokens),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert enc.returncode == 0, enc.stderr
+    locked = run / "model.safetensors" if what == "weights" else tokens / "00000.safetensors"
+    locked.chmod(0)
+    args = (
+        ["inspect", str(run)]
+        if what == "weights"
+        else ["decode", str(tokens), "--out", str(tmp_path / "images")]
+    )
+    done = subprocess.run(
+        [*prefix, sys.executable, "-m", "tok", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    one_error(done.stderr, f"cannot read {locked}: Permission denied")

@@ -32,6 +32,7 @@ def _umask() -> int:
 __all__ = [
     "TMP_PREFIX",
     "JsonLines",
+    "check_readable",
     "check_writable",
     "io_failure",
     "atomic_path",
@@ -118,6 +119,19 @@ def io_failure(exc: BaseException) -> str | None:
     if type(exc).__name__ == "SafetensorError" and "I/O error: " in text:
         return re.sub(r" \(os error \d+\)$", "", text.split("I/O error: ", 1)[1])
     return None
+
+
+def check_readable(path: str | os.PathLike[str]) -> None:
+    """Open ``path`` for reading once, so that the OS's own cause is reported (safetensors
+    says "No such file or directory" for a file it may not read).
+
+    :raises FileAccessError: ``cannot read PATH: Permission denied``.
+    """
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise FileAccessError(f"cannot read {path}: {os_reason(exc)}") from exc
 
 
 def check_writable(folder: str | os.PathLike[str], *, what: str) -> None:

@@ -249,8 +249,14 @@ def decode_files(
             range(0, len(tf.keys), batch_size), desc="decode", unit="batch", disable=not progress
         ):
             rows = to_uint8(model.decode(tf.tokens[start : start + batch_size].to(where)).cpu())
-            for row, stem in zip(rows, stems[start : start + batch_size], strict=True):
-                write_item(stem, row, video_format=fmt, fps=fps)
+            for i, (row, stem) in enumerate(zip(rows, stems[start:], strict=False)):
+                try:
+                    write_item(stem, row, video_format=fmt, fps=fps)
+                except FileAccessError as exc:  # a full disk: what is there, what to do
+                    raise FileAccessError(
+                        f"{exc}; {start + i} of {len(stems)} files were written to {out}: "
+                        "remove that folder (or choose another --out) and decode again"
+                    ) from exc
                 if videos and len(shown) < PREVIEW_VIDEOS:
                     shown.append(row)
         if preview is not None and shown:

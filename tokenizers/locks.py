@@ -31,7 +31,7 @@ from pathlib import Path
 
 import filelock
 
-from .errors import FolderInUseError
+from .errors import FileAccessError, FolderInUseError
 
 __all__ = ["folder_lock", "lock_file", "holder_pid"]
 
@@ -77,9 +77,9 @@ def folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
         yield
         return
     path = lock_file(folder)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = filelock.FileLock(path, timeout=0)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock.acquire()
     except filelock.Timeout:
         pid = holder_pid(path)
@@ -87,6 +87,11 @@ def folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
             f"{folder} is in use by another tok process (pid {pid if pid else 'unknown'}); "
             "wait for it to finish or stop it, then run this again"
         ) from None
+    except OSError as exc:  # TOK_LOCK_DIR read-only, full …
+        raise FileAccessError(
+            f"cannot lock {folder}: its lock file {path}: {exc.strerror or exc} "
+            "(set TOK_LOCK_DIR to a writable folder)"
+        ) from exc
     try:
         with contextlib.suppress(OSError), open(path, "r+") as f:  # where /proc/locks is not
             f.truncate(0)

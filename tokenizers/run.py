@@ -43,6 +43,7 @@ from . import media, plots
 from ._io import (
     JsonLines,
     atomic_path,
+    check_readable,
     load_optimizer,
     nonfinite_tensors,
     optimizer_tensors,
@@ -391,6 +392,7 @@ class Run:
             raise CheckpointError(
                 f"cannot resume {self.path}: no {self.STATE} (the run never reached its first checkpoint)"
             )
+        check_readable(path)  # the OS's cause, not safetensors' "no such file"
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}

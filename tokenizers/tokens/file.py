@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .._io import atomic_path
+from .._io import atomic_path, check_readable
 from ..errors import ConfigError, IndexRangeError, TokenFileError, TokError
 from .keys import MAX_HEADER_BYTES, keys_json, keys_sha256, metadata_bytes
 
@@ -426,6 +426,7 @@ def _read_metadata(path: Path) -> dict[str, str]:
         raise TokenFileError(
             f"{path} is a folder, not a token file (use load_tokens for a token folder)"
         )
+    check_readable(path)  # the OS's cause, not safetensors' "no such file"
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
