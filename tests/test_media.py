@@ -232,3 +232,57 @@ def test_comparisons_reject_bad_shapes(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         media.save_comparison(tmp_path, v[:0, :, 0], v[:0, :, 0])
     assert list(tmp_path.iterdir()) == []
+
+
+# video rotation metadata ----------------------------------------------------------------
+# A phone stores a portrait clip landscape, with a display matrix that players apply. Before,
+# tok read it landscape, and a recipe size matching what players show was refused.
+
+
+def phone_clip(path, rotation: int, *, frames: int = 3):
+    """A 16x32 (h x w) clip stored landscape, white 4x4 marker in the stored top-left corner
+    and a grey one in the top-right, with a display matrix of ``rotation`` degrees."""
+    import av
+
+    stored = np.zeros((16, 32, 3), np.uint8)
+    stored[:4, :4] = 255
+    stored[:4, -4:] = 128
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 32, 16, "yuv444p"
+        stream.options = {"qp": "0"}  # lossless: corners exact
+        stream.set_display_rotation(rotation)
+        for _ in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("rotation", "shape", "white_corner"),
+    [
+        (0, (16, 32), (0, 0)),
+        (-90, (32, 16), (0, -1)),  # a portrait phone clip: turned clockwise, as players do
+        (90, (32, 16), (-1, 0)),
+        (180, (16, 32), (-1, -1)),
+    ],
+)
+def test_video_rotation_is_applied_as_players_show_it(tmp_path, rotation, shape, white_corner):
+    clip = phone_clip(tmp_path / "clip.mp4", rotation)
+    info = media.probe_video(clip)
+    assert (info.height, info.width) == shape
+    video = read_video(clip)
+    assert tuple(video.shape) == (3, 3, *shape)
+    y, x = white_corner
+    assert int(video[0, 0, y, x]) > 240  # the white marker where players show it
+
+
+def test_video_rotation_a_recipe_size_of_the_shown_shape_is_taken(tmp_path):
+    from tok.data import VideoFolder
+
+    (tmp_path / "clips").mkdir()
+    phone_clip(tmp_path / "clips" / "portrait.mp4", -90, frames=4)
+    ds = VideoFolder(path=str(tmp_path / "clips"), size=[32, 16], frames=4)
+    assert ds.load("test").images.shape == (1, 3, 4, 32, 16)

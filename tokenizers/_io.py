@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, FileAccessError
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +31,10 @@ def _umask() -> int:
 
 __all__ = [
     "TMP_PREFIX",
+    "JsonLines",
+    "check_readable",
+    "check_writable",
+    "io_failure",
     "atomic_path",
     "write_json",
     "write_text",
@@ -54,6 +59,22 @@ def nonfinite_tensors(tensors: dict[str, Any]) -> list[str]:
     return found
 
 
+_RANDOM_CHARS = 8  # what tempfile.mkstemp appends to the prefix
+
+
+def tmp_prefix(path: Path) -> str:
+    """``.tmp-NAME.`` for :func:`tempfile.mkstemp`, with ``NAME`` (the final name) cut so
+    that the temporary name, random part included, fits in the folder's longest name
+    (``NAME_MAX``, 255 bytes on most file systems): a final name that fits never
+    fails for its temporary one. Cut at a byte; the name is only a hint for people."""
+    try:
+        name_max = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    room = name_max - len(TMP_PREFIX) - 1 - _RANDOM_CHARS
+    return TMP_PREFIX + os.fsdecode(os.fsencode(path.name)[: max(0, room)]) + "."
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
@@ -61,18 +82,80 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     On an exception the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path), dir=path.parent)
+    except OSError as exc:
+        raise FileAccessError(f"cannot write {path}: {os_reason(exc)}") from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        reason = io_failure(exc)
+        if reason is not None:  # the OS (or a file-format library) said no: name the file
+            raise FileAccessError(f"cannot write {path}: {reason}") from exc
         raise
+
+
+def os_reason(exc: OSError) -> str:
+    """``"No space left on device"``: an OS error's cause, in the OS's words."""
+    return exc.strerror or str(exc)
+
+
+def io_failure(exc: BaseException) -> str | None:
+    """The cause, when ``exc`` is the operating system refusing a read or write — an
+    ``OSError``, or safetensors' ``SafetensorError`` around one ("I/O error: …") — else
+    ``None`` (a programming error keeps its traceback)."""
+    if isinstance(exc, FileAccessError):
+        return None
+    if isinstance(exc, OSError):
+        return os_reason(exc)
+    text = str(exc)
+    if type(exc).__name__ == "SafetensorError" and "I/O error: " in text:
+        return re.sub(r" \(os error \d+\)$", "", text.split("I/O error: ", 1)[1])
+    return None
+
+
+def check_readable(path: str | os.PathLike[str]) -> None:
+    """Open ``path`` for reading once, so that the OS's own cause is reported (safetensors
+    says "No such file or directory" for a file it may not read).
+
+    :raises FileAccessError: ``cannot read PATH: Permission denied``.
+    """
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise FileAccessError(f"cannot read {path}: {os_reason(exc)}") from exc
+
+
+def check_writable(folder: str | os.PathLike[str], *, what: str) -> None:
+    """Refuse, before the work, a ``folder`` tok will write in but cannot: it (or, when it
+    does not exist yet, the nearest folder above it) must be writable.
+
+    :raises FileAccessError: naming ``what`` and the folder.
+    """
+    path = Path(folder).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return  # a file in the way: the command's own check says so
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "a read-only file system" if _read_only_fs(existing) else "no write permission"
+        raise FileAccessError(f"cannot write {what} in {existing}: {why}; nothing was changed")
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -136,3 +219,32 @@ def load_optimizer(
             "start a new run, or train from its model.safetensors"
         )
     opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+class JsonLines:
+    """A JSON-lines file open for appending (a run's ``metrics.jsonl``): ``write(row)`` adds
+    one line and flushes. A write the OS refuses raises :class:`FileAccessError` naming it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._file = open(path, "a")  # noqa: SIM115 - closed by close() / the with block
+        except OSError as exc:
+            raise FileAccessError(f"cannot write {path}: {os_reason(exc)}") from exc
+
+    def write(self, row: dict[str, Any]) -> None:
+        try:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            raise FileAccessError(f"cannot write {self.path}: {os_reason(exc)}") from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # a full disk already said so at write()
+            self._file.close()
+
+    def __enter__(self) -> JsonLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

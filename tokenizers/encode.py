@@ -30,19 +30,29 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ._io import check_writable
 from .data.folder import walk_once
 from .data.sources import open_source
 from .device import resolve_device
 from .errors import (
     ConfigError,
     DatasetError,
+    FileAccessError,
     OutputDirError,
     TokenFileError,
     TokenizerMismatchError,
 )
+from .locks import folder_lock
 from .media import VIDEO_FORMATS, save_preview, to_uint8, write_item
 from .models import Tokenizer
-from .tokens import TokenDir, TokenHeader, load_tokens, plan_shards, token_dtype
+from .tokens import (
+    TokenDir,
+    TokenHeader,
+    check_shard_headers,
+    load_tokens,
+    plan_shards,
+    token_dtype,
+)
 
 __all__ = ["encode", "decode_files", "PREVIEW_VIDEOS"]
 
@@ -86,12 +96,13 @@ def encode(
         raise DatasetError("--shard-size and --batch-size must be at least 1")
     if limit < 0:
         raise DatasetError(f"--limit must be 0 (all) or a positive number, got {limit}")
+    check_writable(out, what="tokens")  # before the encoding, not after it
     where = resolve_device(device, option="--device")
     model = Tokenizer.load(tokenizer, map_location=where)
     token_dtype(model.quantizer.codebook_sizes)  # a codebook too large for token files: now
     if fps is not None and len(model.input_shape) != 4:
         raise DatasetError("--fps applies to video tokenizers only; this tokenizer takes images")
-    with walk_once():
+    with folder_lock(out), walk_once():  # one writer per token folder, for the whole encode
         dataset, split = open_source(
             src,
             input_shape=model.input_shape,
@@ -107,6 +118,7 @@ def encode(
             source=src,
             source_options={"resize": resize, "fps": fps},
         )
+        check_shard_headers(header, keys, shard_size)  # before any encoding
         out = Path(out)
         tdir = None
         if out.exists() and (not out.is_dir() or any(out.iterdir())):  # resume, or refuse now
@@ -134,8 +146,15 @@ def encode(
                 continue
             if tdir is None:
                 tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
-            for i, t, kept, skipped in [*held, shard]:
-                tdir.write_shard(i, t, keys=kept, skipped=skipped)
+            try:
+                for i, t, kept, skipped in [*held, shard]:
+                    tdir.write_shard(i, t, keys=kept, skipped=skipped)
+            except FileAccessError as exc:  # a full disk: say what is kept
+                done = tdir.num_shards - len(tdir.pending())
+                raise FileAccessError(
+                    f"{exc}; {done} of {tdir.num_shards} shards are written and kept, and the "
+                    "same command finishes the rest"
+                ) from exc
             held = []
         dataset.report_skipped(split)
     if tdir is None:
@@ -187,6 +206,7 @@ def decode_files(
         raise ConfigError(f"--video-format must be mp4 or gif, got {video_format!r}")
     if not fps or fps <= 0:
         raise ConfigError(f"--fps must be positive, got {fps!r}")
+    check_writable(out, what="images")  # before the decoding
     where = resolve_device(device, option="--device")
     tf = load_tokens(tokens)
     header: TokenHeader = tf.header
@@ -201,42 +221,49 @@ def decode_files(
             f"or --force to decode anyway"
         )
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputDirError(
-            f"output folder {out} already exists and is not empty; tok never overwrites files — choose a new --out"
-        )
-    videos = len(model.input_shape) == 4
-    fmt = video_format if videos else "png"
-    stems = [_row_path(out, key) for key in tf.keys]
-    seen: dict[Path, str] = {}
-    for key, stem in zip(tf.keys, stems, strict=True):
-        if stem in seen:  # two rows, one file: refuse before writing either
-            raise TokenFileError(
-                f"{tokens}: rows {seen[stem]!r} and {key!r} would both be written to "
-                f"{stem.relative_to(out)}.{fmt}"
+    with folder_lock(out):  # one writer per output folder, for the whole decode
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise OutputDirError(
+                f"output folder {out} already exists and is not empty; tok never overwrites files — choose a new --out"
             )
-        seen[stem] = key
-    preview = None
-    if videos:
-        taken = {s.with_name(f"{s.name}.{fmt}") for s in stems}
-        preview = out / "preview.gif"
-        while preview in taken:  # a row's own key is "preview"
-            preview = preview.with_name("_" + preview.name)
-    out.mkdir(parents=True, exist_ok=True)
-    shown: list[torch.Tensor] = []
-    for start in tqdm(
-        range(0, len(tf.keys), batch_size), desc="decode", unit="batch", disable=not progress
-    ):
-        rows = to_uint8(model.decode(tf.tokens[start : start + batch_size].to(where)).cpu())
-        for row, stem in zip(rows, stems[start : start + batch_size], strict=True):
-            write_item(stem, row, video_format=fmt, fps=fps)
-            if videos and len(shown) < PREVIEW_VIDEOS:
-                shown.append(row)
-    if preview is not None and shown:
-        save_preview(preview, torch.stack(shown), fps=fps)
-    return {
-        "items": len(tf.keys),
-        "kind": "videos" if videos else "images",
-        "format": fmt,
-        "preview": preview if shown else None,
-    }
+        videos = len(model.input_shape) == 4
+        fmt = video_format if videos else "png"
+        stems = [_row_path(out, key) for key in tf.keys]
+        seen: dict[Path, str] = {}
+        for key, stem in zip(tf.keys, stems, strict=True):
+            if stem in seen:  # two rows, one file: refuse before writing either
+                raise TokenFileError(
+                    f"{tokens}: rows {seen[stem]!r} and {key!r} would both be written to "
+                    f"{stem.relative_to(out)}.{fmt}"
+                )
+            seen[stem] = key
+        preview = None
+        if videos:
+            taken = {s.with_name(f"{s.name}.{fmt}") for s in stems}
+            preview = out / "preview.gif"
+            while preview in taken:  # a row's own key is "preview"
+                preview = preview.with_name("_" + preview.name)
+        out.mkdir(parents=True, exist_ok=True)
+        shown: list[torch.Tensor] = []
+        for start in tqdm(
+            range(0, len(tf.keys), batch_size), desc="decode", unit="batch", disable=not progress
+        ):
+            rows = to_uint8(model.decode(tf.tokens[start : start + batch_size].to(where)).cpu())
+            for i, (row, stem) in enumerate(zip(rows, stems[start:], strict=False)):
+                try:
+                    write_item(stem, row, video_format=fmt, fps=fps)
+                except FileAccessError as exc:  # a full disk: what is there, what to do
+                    raise FileAccessError(
+                        f"{exc}; {start + i} of {len(stems)} files were written to {out}: "
+                        "remove that folder (or choose another --out) and decode again"
+                    ) from exc
+                if videos and len(shown) < PREVIEW_VIDEOS:
+                    shown.append(row)
+        if preview is not None and shown:
+            save_preview(preview, torch.stack(shown), fps=fps)
+        return {
+            "items": len(tf.keys),
+            "kind": "videos" if videos else "images",
+            "format": fmt,
+            "preview": preview if shown else None,
+        }

@@ -21,6 +21,8 @@ __all__ = [
     "TokenFileError",
     "TokenizerMismatchError",
     "OutputDirError",
+    "FolderInUseError",
+    "FileAccessError",
     "CheckpointError",
     "TrainingError",
 ]
@@ -91,6 +93,15 @@ class TokenizerMismatchError(TokenFileError):
 
 class OutputDirError(TokError):
     """An output folder holds something tok must not overwrite."""
+
+
+class FolderInUseError(OutputDirError):
+    """Another tok process is writing the same run or token folder (:mod:`tok.locks`)."""
+
+
+class FileAccessError(TokError):
+    """The operating system or a file-format library could not read or write a user's file
+    (a full disk, a read-only folder …); the message names the path and the cause."""
 
 
 class CheckpointError(TokError):

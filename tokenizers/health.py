@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plots
-from ._io import write_json
+from ._io import check_writable, write_json
 from .errors import OutputDirError, TokError
 from .run import Run
 
@@ -245,6 +245,7 @@ def inspect_run(
     out_dir = Path(out) if out is not None else run.path
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputDirError(f"--out {out_dir} exists and is not a folder")
+    check_writable(out_dir, what="health.png and health.json")  # before the evaluation
 
     recipe = run.recipe()
     result = run.evaluate(split=split, samples=samples, device=device, recipe=recipe)

@@ -338,8 +338,29 @@ def _name(source: str | Path | bytes) -> str:
     return "video data" if isinstance(source, bytes) else str(source)
 
 
+def _quarter_turns(frame) -> int:
+    """How many quarter turns counterclockwise show ``frame`` as players do: from its display
+    matrix (PyAV's ``VideoFrame.rotation``, degrees counterclockwise; FFmpeg's
+    ``autorotate`` turns a frame of rotation -90 clockwise). 0 without one."""
+    degrees = getattr(frame, "rotation", 0) if frame is not None else 0
+    return round((degrees or 0) / 90) % 4
+
+
+def _first_frame(container, stream):
+    """The first decodable frame of ``stream``, or ``None`` (decoding problems are for
+    :func:`read_video` to report)."""
+    import av
+
+    try:
+        return next(container.decode(stream), None)
+    except (av.error.FFmpegError, ValueError, RuntimeError, EOFError):
+        return None
+
+
 def probe_video(source: str | Path | bytes) -> MediaInfo:
-    """The frame size of a video (a path, or its bytes) from its container header.
+    """The frame size of a video (a path, or its bytes) as players show it: from its
+    container header, turned by the first frame's display matrix (a portrait phone clip
+    stored landscape with rotation -90 is portrait).
 
     Raises :class:`MediaReadError` when it cannot be opened or has no video stream.
     """
@@ -349,8 +370,10 @@ def probe_video(source: str | Path | bytes) -> MediaInfo:
         with _open_video(source) as container:
             if not container.streams.video:
                 raise MediaReadError(_name(source), "no video stream")
-            ctx = container.streams.video[0].codec_context
-            height, width = ctx.height, ctx.width
+            stream = container.streams.video[0]
+            height, width = stream.codec_context.height, stream.codec_context.width
+            if _quarter_turns(_first_frame(container, stream)) % 2:  # shown upright: turned
+                height, width = width, height
     except MediaReadError:
         raise
     except (av.error.FFmpegError, OSError, ValueError, RuntimeError, EOFError) as exc:
@@ -373,7 +396,9 @@ def _nearest(times: list[float], fps: float, count: int) -> list[int]:
 def read_video(
     source: str | Path | bytes, *, fps: float | None = None, frames: int | None = None
 ) -> Tensor:
-    """Decode a video file (a path, or its bytes) into uint8 RGB frames ``(t, 3, h, w)``.
+    """Decode a video file (a path, or its bytes) into uint8 RGB frames ``(t, 3, h, w)``,
+    upright as players show them: a display matrix (phone clips) is applied, as EXIF
+    orientation is for images; flips in it are not.
 
     ``fps`` resamples by nearest timestamp (``None``: the frames as stored);
     ``frames`` stops after that many output frames (fewer are returned when
@@ -397,7 +422,9 @@ def read_video(
                     t = len(arrays) / (rate or 1.0)
                 if times and t <= times[-1]:  # broken timestamps: fall back to the frame count
                     t = times[-1] + 1.0 / (rate or 1.0)
-                arrays.append(frame.to_ndarray(format="rgb24"))
+                array = frame.to_ndarray(format="rgb24")
+                turns = _quarter_turns(frame)  # as players show it (the display matrix)
+                arrays.append(np.rot90(array, turns) if turns else array)
                 times.append(t)
                 if frame.duration and frame.time_base:
                     last_duration = float(frame.duration * frame.time_base)

@@ -24,10 +24,12 @@ does it for the run's own dataset.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,9 @@ from torch import nn
 
 from . import media, plots
 from ._io import (
+    JsonLines,
     atomic_path,
+    check_readable,
     load_optimizer,
     nonfinite_tensors,
     optimizer_tensors,
@@ -48,7 +52,7 @@ from ._io import (
 )
 from .components import build
 from .data import Dataset, Samples
-from .errors import CheckpointError, OutputDirError, RecipeError, TokError
+from .errors import CheckpointError, FileAccessError, OutputDirError, RecipeError, TokError
 from .metrics import CodeCounts, psnr
 from .models import Tokenizer
 from .models.tokenizer import CONFIG, WEIGHTS, config_differences, recorded_config
@@ -187,6 +191,35 @@ class Run:
             for child in self.path.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         return True
+
+    @contextlib.contextmanager
+    def failing(self, *, new: bool) -> Iterator[None]:
+        """Around a command that writes this run. If it fails, a ``new`` run that never
+        reached its first checkpoint is undone (:meth:`remove_if_unstarted`), and a
+        :class:`FileAccessError` (a full disk …) adds what was kept (:meth:`kept`)."""
+        try:
+            yield
+        except BaseException as exc:
+            if new:
+                self.remove_if_unstarted()
+            if isinstance(exc, FileAccessError):
+                raise FileAccessError(f"{exc}; {self.kept()}") from exc
+            raise
+
+    def kept(self) -> str:
+        """What of this run is on disk, for an error line."""
+        step = self.checkpoint_step()
+        if step is None:
+            return "no checkpoint had been written, so there is nothing to resume"
+        return f"the checkpoint of step {step} is intact (`tok train --resume {self.path}`)"
+
+    def checkpoint_step(self) -> int | None:
+        """The step ``state.safetensors`` holds (where a resume continues), or ``None``."""
+        try:
+            with safe_open(str(self.file(self.STATE)), "pt") as f:
+                return int(json.loads((f.metadata() or {})["state"])["step"])
+        except Exception:  # noqa: BLE001 - missing or unreadable: no checkpoint to speak of
+            return None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Run:
@@ -359,6 +392,7 @@ class Run:
             raise CheckpointError(
                 f"cannot resume {self.path}: no {self.STATE} (the run never reached its first checkpoint)"
             )
+        check_readable(path)  # the OS's cause, not safetensors' "no such file"
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -463,21 +497,4 @@ class Run:
         return {**evaluate(tokenizer, data, device=device), "split": split}
 
 
-class MetricsLog:
-    """``metrics.jsonl`` open for appending: ``write(row)`` adds one JSON line and flushes."""
-
-    def __init__(self, path: Path) -> None:
-        self._file = open(path, "a")  # noqa: SIM115 - closed by close() / the with block
-
-    def write(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> MetricsLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+MetricsLog = JsonLines  # metrics.jsonl: one row per logged step and per evaluation

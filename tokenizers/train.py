@@ -23,12 +23,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ._io import nonfinite_tensors
+from ._io import check_writable, nonfinite_tensors
 from .components import Facts, build
 from .data import Samples
 from .device import autocast, resolve_device, resolve_precision
 from .errors import TrainingError
 from .health import CollapseWarning, warn_collapse
+from .locks import folder_lock
 from .losses import Loss, LossInputs
 from .metrics import batch_stream_stats
 from .models import Tokenizer
@@ -125,18 +126,17 @@ def train(
     :param stop_after: stop (with a checkpoint) after this many steps of this
         call, as if the process had been stopped there — ``--resume`` continues.
     :returns: the run folder, the step reached and the last evaluation.
-    :raises TokError: for a bad recipe, missing data, an unusable run folder, a resume
+    :raises TokError: for a bad recipe, missing data, an unusable run folder, a run folder
+        another process is writing (:class:`tok.errors.FolderInUseError`), a resume
         that changes what cannot change (:data:`tok.recipe.RESUMABLE_KEYS`);
         :class:`tok.errors.TrainingError` at the first non-finite loss, before the
         optimizer steps on it (the run keeps its last checkpoint).
     """
-    run = Run.open(recipe.run_dir) if resume else Run.create(recipe.run_dir)
-    try:
-        return _train(run, recipe, resume=resume, progress=progress, stop_after=stop_after)
-    except BaseException:
-        if not resume:  # a new run that failed (or was stopped) before its first checkpoint
-            run.remove_if_unstarted()  # leaves nothing a rerun would have to be told about
-        raise
+    with folder_lock(recipe.run_dir):  # one writer per run folder, for the whole command
+        check_writable(recipe.run_dir, what="the run")  # a read-only disk: now, not at step 500
+        run = Run.open(recipe.run_dir) if resume else Run.create(recipe.run_dir)
+        with run.failing(new=not resume):  # undoes an unstarted run; a full disk: what is kept
+            return _train(run, recipe, resume=resume, progress=progress, stop_after=stop_after)
 
 
 def _train(

@@ -265,3 +265,51 @@ def test_nothing_readable_is_an_error(tmp_path):
         pytest.raises(DatasetError, match="no PNG/JPEG"),
     ):
         ds.keys("test")
+
+
+# symlinks -------------------------------------------------------------------
+# Before: Path.rglob does not enter symlinked folders, so their files were left out, exit 0,
+# no word; a dangling link was dropped without a word too.
+
+
+@pytest.fixture
+def linked(tmp_path) -> Path:
+    """``images/`` with its own digit, a symlinked folder of two more (kept elsewhere), a
+    symlinked file, a link back up (a loop) and a link whose target is gone."""
+    elsewhere = tmp_path / "elsewhere"
+    png(elsewhere / "x.png", solid(1, (10,)))
+    png(elsewhere / "y.png", solid(1, (20,)))
+    root = tmp_path / "images"
+    png(root / "own.png", solid(1, (30,)))
+    (root / "more").symlink_to(elsewhere)
+    (root / "alias.png").symlink_to(elsewhere / "x.png")
+    (root / "sub").mkdir()
+    (root / "sub" / "up").symlink_to(root)  # images/sub/up -> images: a loop
+    (root / "gone.png").symlink_to(tmp_path / "deleted.png")
+    return root
+
+
+def test_symlinks_folders_and_files_behind_links_are_read_loops_and_dead_links_reported(linked):
+    ds = ImageFolder(path=str(linked), channels=1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        keys = readable(ds)
+    assert keys == ["alias", "more/x", "more/y", "own"]
+    [message] = [str(w.message) for w in record if w.category is ImageSkippedWarning]
+    assert "gone.png (a broken symlink)" in message
+    assert "sub/up (a symlink loop: not followed)" in message
+    images = ds.read("test", keys).images
+    assert images[:, 0, 0, 0].tolist() == [10, 10, 20, 30]  # the bytes behind each link
+
+
+def test_symlinks_a_loop_through_two_links_ends(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    png(a / "1.png", solid(1, (1,)))
+    png(b / "2.png", solid(1, (2,)))
+    (a / "to_b").symlink_to(b)
+    (b / "to_a").symlink_to(a)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert readable(ImageFolder(path=str(a), channels=1)) == ["1", "to_b/2"]
+    [message] = [str(w.message) for w in record if w.category is ImageSkippedWarning]
+    assert "to_b/to_a (a symlink loop: not followed)" in message

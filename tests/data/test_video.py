@@ -7,6 +7,8 @@ Each frame of the "counter" videos has one grey level (``LEVEL * i`` for frame
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 import tarfile
 import warnings
 from pathlib import Path
@@ -320,6 +322,56 @@ def test_shards_the_webdataset_package_reads_give_the_same_keys(shards):
     url = str(shards / "shard-000.tar")
     keys = [s["__key__"] for s in wds.WebDataset(url, shardshuffle=False)]
     assert keys == VideoShards(path=url).keys("test")
+
+
+LONG = "a-clip-name-longer-than-the-100-bytes-a-plain-ustar-header-holds-" + "x" * 60
+
+
+@pytest.fixture
+def clips(messy, tmp_path) -> Path:
+    """A folder as people tar it: videos at the top and in a subfolder, a long name, a
+    .json companion, an AppleDouble ``._`` file."""
+    folder = tmp_path / "clips"
+    (folder / "sub").mkdir(parents=True)
+    mp4 = (messy / "good" / "a.mp4").read_bytes()
+    (folder / "000001.mp4").write_bytes(mp4)
+    (folder / "000001.json").write_text("{}")
+    (folder / "sub" / "000002.mp4").write_bytes((messy / "good" / "c.mp4").read_bytes())
+    (folder / f"{LONG}.mp4").write_bytes(mp4)
+    (folder / "._000001.mp4").write_bytes(b"\x00\x05\x16\x07")  # macOS metadata, not a video
+    return folder
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs the tar command")
+@pytest.mark.parametrize(
+    ("layout", "args"),
+    [
+        ("dot", ["-C", "{clips}", "."]),  # ./000001.mp4: what tar -C DIR . writes
+        ("folder", ["-C", "{parent}", "clips"]),  # clips/000001.mp4
+        ("names", ["-C", "{clips}", "000001.mp4", "000001.json", "sub", "{long}.mp4"]),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["gnu", "posix", "ustar"])
+def test_tar_layouts_keys_are_webdatasets_for_every_layout(clips, tmp_path, layout, args, fmt):
+    wds = pytest.importorskip("webdataset")
+    shard = tmp_path / "shards" / f"{layout}-{fmt}.tar"
+    shard.parent.mkdir()
+    filled = [a.format(clips=clips, parent=clips.parent, long=LONG) for a in args]
+    made = subprocess.run(
+        ["tar", f"--format={fmt}", "-cf", str(shard), *filled], capture_output=True, text=True
+    )
+    if fmt == "ustar" and made.returncode != 0:  # ustar cannot hold the long name: tar says so
+        assert "name is too long" in made.stderr or "too long" in made.stderr
+        return
+    assert made.returncode == 0, made.stderr
+    samples = list(wds.WebDataset(str(shard), shardshuffle=False))
+    # webdataset's samples that hold a video field; clips/._000001.mp4 is a sample "clips/"
+    # with a field "_000001.mp4" to it, not a video
+    theirs = [s["__key__"] for s in samples if {"mp4", "gif"} & set(s)]
+    for source in (shard, shard.parent):  # one shard, and a folder of shards
+        ours = VideoShards(path=str(source), channels=1, frames=8).keys("test")
+        assert sorted(ours) == sorted(theirs), (layout, fmt)
+    assert len(theirs) == 3  # the AppleDouble file is no video for either
 
 
 def test_damaged_and_foreign_shards(shards):

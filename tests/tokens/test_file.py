@@ -347,3 +347,35 @@ def test_header_for_tokenizer_needs_saved_weights(tmp_path):
         header=header,
     )
     assert read_tokens(path).header.plugins == tokenizer.plugins()
+
+
+# header limits ----------------------------------------------------------------------------
+# Every row key is in its token file's safetensors header, which holds at most 100 MB. Before,
+# a shard of 420,000 long keys was encoded and then failed to write with a library traceback.
+
+LONG_KEYS = [f"{i:06d}/" + "k" * 240 for i in range(420_000)]  # 247 characters each
+
+
+def test_header_limits_a_plan_that_cannot_fit_is_refused_up_front_naming_what_fits():
+    from tok.tokens import check_shard_headers
+    from tok.tokens.file import MAX_HEADER_BYTES, header_bytes
+
+    header = make_header(grid=(1,))
+    with pytest.raises(
+        ConfigError, match=r"--shard-size 420000 .* the largest shard size that fits is (\d+)"
+    ) as info:
+        check_shard_headers(header, LONG_KEYS, 420_000)
+    fits = int(info.value.args[0].rsplit(" ", 1)[1])
+    # the named size is the largest that fits: one more key does not
+    assert header_bytes(header, LONG_KEYS[:fits]) <= MAX_HEADER_BYTES
+    assert header_bytes(header, LONG_KEYS[: fits + 1]) > MAX_HEADER_BYTES
+    check_shard_headers(header, LONG_KEYS, fits)  # and that plan is taken
+    check_shard_headers(header, LONG_KEYS[:1000], 420_000)  # short lists never scan
+
+
+def test_header_limits_write_tokens_refuses_in_one_line_and_writes_nothing(tmp_path):
+    header = make_header(grid=(1,))
+    tokens = torch.zeros(len(LONG_KEYS), 1, 1, dtype=torch.long)
+    with pytest.raises(TokenFileError, match="need a .* MB header, over the 100 MB"):
+        write_tokens(tmp_path / "big.safetensors", tokens, keys=LONG_KEYS, header=header)
+    assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,9 @@
 Policy (also in the README):
 
 - Files are found recursively and sorted; a key is the path relative to the
-  folder without its extension (``digits/7/00012``).
+  folder without its extension (``digits/7/00012``). Symlinks to files and
+  folders are followed (a loop back up and a dead link are skipped and
+  reported): :func:`walk_files`.
 - Images are ``.png .jpg .jpeg .bmp .gif .tif .tiff .webp`` files, decoded by
   what they hold (:func:`tok.media.read_image`). Hidden files (``.name``) are
   ignored. Any other file that is not a readable image — a ``.txt``, a
@@ -53,13 +55,14 @@ __all__ = [
     "ImageSkippedWarning",
     "IMAGE_EXTENSIONS",
     "list_files",
+    "walk_files",
     "walk_once",
 ]
 
 Resize = Literal["error", "resize", "center-crop"]
 
-_LISTINGS: contextvars.ContextVar[dict[Path, list[Path]] | None] = contextvars.ContextVar(
-    "tok_listings", default=None
+_LISTINGS: contextvars.ContextVar[dict[Path, tuple[list[Path], list[str]]] | None] = (
+    contextvars.ContextVar("tok_listings", default=None)
 )
 
 
@@ -78,20 +81,64 @@ def walk_once() -> Iterator[None]:
         _LISTINGS.reset(token)
 
 
-def list_files(folder: Path) -> list[Path]:
-    """Every non-hidden file under ``folder``, sorted by relative path."""
+def walk_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """Every non-hidden file under ``folder``, sorted by relative path, and what could not
+    be followed, each as ``"<relative name> (<why>)"``.
+
+    Symlinks are followed, to files and to folders, as torchvision's ``ImageFolder``
+    does (``os.walk(followlinks=True)``); a file behind a link gets the link's path as
+    its key. A link back to a folder on its own way down (a loop) is not followed, and
+    neither is a link whose target is gone; both are reported, as are subfolders that
+    cannot be listed.
+    """
     cache = _LISTINGS.get()
     key = Path(os.path.abspath(folder))
     if cache is not None and key in cache:
         return cache[key]
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    files: list[Path] = []
+    problems: list[str] = []
+
+    def walk(path: Path, chain: frozenset[str]) -> None:
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: os.fsencode(e.name))
+        except OSError as exc:
+            problems.append(f"{_rel(path, folder)}/ (cannot list it: {exc.strerror or exc})")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            child = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()  # follows symlinks
+                is_file = not is_dir and entry.is_file()
+            except OSError as exc:
+                problems.append(f"{_rel(child, folder)} ({exc.strerror or exc})")
+                continue
+            if is_dir:
+                real = os.path.realpath(child)
+                if real in chain:
+                    problems.append(f"{_rel(child, folder)} (a symlink loop: not followed)")
+                else:
+                    walk(child, chain | {real})
+            elif is_file:
+                files.append(child)
+            elif entry.is_symlink():
+                problems.append(f"{_rel(child, folder)} (a broken symlink)")
+
+    walk(folder, frozenset({os.path.realpath(folder)}))
+    files.sort(key=lambda f: [os.fsencode(part) for part in f.relative_to(folder).parts])
     if cache is not None:
-        cache[key] = files
-    return files
+        cache[key] = (files, problems)
+    return files, problems
+
+
+def _rel(path: Path, folder: Path) -> str:
+    return path.relative_to(folder).as_posix()
+
+
+def list_files(folder: Path) -> list[Path]:
+    """The files of :func:`walk_files` (what could not be followed is left out)."""
+    return walk_files(folder)[0]
 
 
 def check_resize(resize: str, size: list[int] | None) -> None:
@@ -111,8 +158,9 @@ def scan_folder(
     Two files with one key are an error.
     """
     files: dict[str, Path] = {}
-    skipped = []
-    for p in list_files(folder):
+    found, skipped = walk_files(folder)
+    skipped = list(skipped)
+    for p in found:
         rel = p.relative_to(folder)
         if p.suffix.lower() not in extensions:
             skipped.append(f"{rel.as_posix()} (not {not_what})")

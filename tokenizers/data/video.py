@@ -10,10 +10,15 @@ Policy (also in the README and ``docs/design.md``):
   other is an error for the missing split. Two files with one key are an error.
 - **Shards.** ``VideoShards`` reads uncompressed ``.tar`` files in the
   webdataset layout (one file, or a folder of them with the same split rule):
-  the members ``<key>.<ext>`` sharing a key form one sample, the key being the
-  member path up to the first dot of its file name (webdataset's
-  ``__key__``). A sample's video is its one member whose name ends in a video
-  extension; other members (``.json``, ``.cls`` …) are ignored. Shards are
+  the members ``<key>.<ext>`` sharing a key form one sample, the key and the
+  extension split exactly as the ``webdataset`` library splits them
+  (``__key__``: ``./000001`` for a member ``./000001.mp4`` written by
+  ``tar -C DIR .``, ``clips/000001`` for ``clips/000001.mp4``). A sample's
+  video is its one member whose extension (webdataset's field name) is a
+  video extension, ``mp4`` or ``gif`` …; other members (``json``, ``cls``,
+  ``b.mp4`` of ``a.b.mp4``) are ignored, and so is every member webdataset
+  drops (names it cannot split, like ``._a.mp4``; ``__meta__`` names). A
+  member path with ``..`` is never read. Shards are
   read with the standard library's ``tarfile`` (each video's bytes are read
   straight from its offset), so reading a sample by key needs no pass over
   the shard.
@@ -56,8 +61,8 @@ from .folder import (
     ImageSkippedWarning,
     Resize,
     check_resize,
-    list_files,
     scan_folder,
+    walk_files,
 )
 
 __all__ = [
@@ -228,6 +233,7 @@ class VideoFolder(_VideoDataset):
 
 
 _WDS_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
+_WDS_META = re.compile(r"__[^/]*__($|/)")  # members webdataset skips (its skip_meta)
 
 
 def _tar_members(shard: Path, name: str, skipped: list[str]) -> list[tarfile.TarInfo]:
@@ -270,9 +276,13 @@ class VideoShards(_VideoDataset):
                 raise DatasetError(f"{root} is not a .tar shard")
             return [root], []
         shards, other = [], []
-        for p in list_files(root):
+        found, problems = walk_files(root)
+        for p in found:
             (shards if p.suffix.lower() == ".tar" else other).append(p)
-        return shards, [f"{p.relative_to(root).as_posix()} (not a .tar shard)" for p in other]
+        return shards, [
+            *problems,
+            *(f"{p.relative_to(root).as_posix()} (not a .tar shard)" for p in other),
+        ]
 
     def _scan(self, split: str) -> tuple[dict[str, _Item], list[str]]:
         shards, skipped = self.shards(split)
@@ -283,12 +293,12 @@ class VideoShards(_VideoDataset):
         for shard in shards:
             sname = shard.relative_to(base).as_posix()
             for member in _tar_members(shard, sname, skipped):
-                m = _WDS_KEY.match(member.name)
-                if m is None or any(part.startswith(".") for part in member.name.split("/")):
+                m = _WDS_KEY.match(member.name)  # no match: webdataset drops it too
+                if m is None or _WDS_META.match(member.name) or ".." in member.name.split("/"):
                     continue
-                key = m.group(1)
+                key = m.group(1)  # as webdataset: "./a" for ./a.mp4, "clips/" for clips/._a.mp4
                 name = f"{sname}:{member.name}"
-                if Path(member.name).suffix.lower() not in VIDEO_EXTENSIONS:
+                if f".{m.group(2).lower()}" not in VIDEO_EXTENSIONS:  # the field is not "mp4" …
                     others.setdefault(key, name)
                     continue
                 if key in items:

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .._io import atomic_path, nonfinite_tensors, write_json
+from .._io import atomic_path, check_readable, nonfinite_tensors, write_json
 from ..components import Facts, build
 from ..errors import CheckpointError, ConfigError, TokError, UnknownNameError
 from ..helpers import differing_keys
@@ -368,6 +368,7 @@ class Tokenizer(nn.Module):
             raise
         except TokError as exc:  # unknown name (a plugin missing?), bad options, dim mismatch
             raise CheckpointError(f"cannot rebuild the tokenizer in {config_path}: {exc}") from exc
+        check_readable(weights_path)  # the OS's cause, not safetensors' "no such file"
         try:
             state = load_file(weights_path, device=str(map_location))
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types

@@ -61,6 +61,7 @@ from .file import (
     READ_FORMATS,
     TokenFile,
     TokenHeader,
+    keys_json,
     keys_sha256,
     read_tokens,
     token_dtype,
@@ -73,12 +74,15 @@ from .manifest import (
     MANIFEST_READ_FORMATS,
     Manifest,
     ShardEntry,
+    check_shard_headers,
     plan_shards,
 )
 
 __all__ = [
+    "check_shard_headers",
     "FORMAT",
     "iter_token_dir",
+    "keys_json",
     "keys_sha256",
     "load_tokens",
     "MANIFEST",

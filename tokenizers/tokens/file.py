@@ -6,7 +6,6 @@ module writes :data:`FORMAT` and reads every format in :data:`READ_FORMATS`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -19,14 +18,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .._io import atomic_path
+from .._io import atomic_path, check_readable
 from ..errors import ConfigError, IndexRangeError, TokenFileError, TokError
+from .keys import MAX_HEADER_BYTES, keys_json, keys_sha256, metadata_bytes
 
 __all__ = [
     "FORMAT",
     "READ_FORMATS",
     "token_dtype",
+    "keys_json",
     "keys_sha256",
+    "header_bytes",
+    "MAX_HEADER_BYTES",
     "TokenHeader",
     "TokenFile",
     "write_tokens",
@@ -72,11 +75,6 @@ def token_dtype(codebook_sizes: tuple[int, ...]) -> torch.dtype:
     if k <= 2**31:
         return torch.int32
     raise ConfigError(f"codebook size {k} is too large for a token file (at most 2**31 entries)")
-
-
-def keys_sha256(keys: list[str]) -> str:
-    """Return the sha256 (hex) of a list of source keys, order included."""
-    return hashlib.sha256(json.dumps(list(keys), ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def _check_sizes(value: Any) -> tuple[int, ...] | None:
@@ -385,6 +383,12 @@ def _check_tokens(
     return tokens
 
 
+def header_bytes(header: TokenHeader, keys: list[str]) -> int:
+    """The size of the safetensors header of a token file holding ``keys`` (an upper bound
+    within a few hundred bytes): what :data:`MAX_HEADER_BYTES` limits."""
+    return metadata_bytes({**header.to_metadata(), "keys": keys_json(keys)})
+
+
 def write_tokens(
     path: str | os.PathLike[str], tokens: Tensor, *, keys: list[str], header: TokenHeader
 ) -> Path:
@@ -400,7 +404,14 @@ def write_tokens(
     keys = list(keys)
     tokens = _check_tokens(tokens, keys, header, path, reading=False)
     meta = header.to_metadata()
-    meta["keys"] = json.dumps(keys, ensure_ascii=False)
+    meta["keys"] = keys_json(keys)
+    size = header_bytes(header, keys)
+    if size > MAX_HEADER_BYTES:  # safetensors would refuse, after the work, with a traceback
+        raise TokenFileError(
+            f"cannot write {path}: the keys of its {len(keys)} rows need a "
+            f"{size / 1e6:.1f} MB header, over the {MAX_HEADER_BYTES / 1e6:.0f} MB safetensors "
+            "allows; write fewer rows per file"
+        )
     stored = tokens.to(token_dtype(header.codebook_sizes)).contiguous()
     with atomic_path(path) as tmp:
         save_file({TENSOR: stored}, str(tmp), metadata=meta)
@@ -415,6 +426,7 @@ def _read_metadata(path: Path) -> dict[str, str]:
         raise TokenFileError(
             f"{path} is a folder, not a token file (use load_tokens for a token folder)"
         )
+    check_readable(path)  # the OS's cause, not safetensors' "no such file"
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()

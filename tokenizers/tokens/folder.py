@@ -31,6 +31,7 @@ from .manifest import (
     OUR_TMP,
     Manifest,
     ShardEntry,
+    check_shard_headers,
     list_names,
     read_manifest,
 )
@@ -105,6 +106,7 @@ class TokenDir:
             )
         header.to_metadata()  # fail now, not at the first shard, if the header cannot be stored
         token_dtype(header.codebook_sizes)  # likewise for codebooks too large to store
+        check_shard_headers(header, keys, shard_size)  # and for keys too long for one header
         if out.is_dir() and (out / MANIFEST).exists():
             return cls._resume(out, header=header, keys=keys, shard_size=shard_size)
 

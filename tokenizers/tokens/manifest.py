@@ -19,9 +19,11 @@ from typing import Any
 
 from .._io import TMP_PREFIX
 from ..errors import ConfigError, OutputDirError, TokenFileError
-from .file import TokenHeader, keys_sha256, unreadable_format
+from .file import TokenHeader, header_bytes, unreadable_format
+from .keys import MAX_HEADER_BYTES, key_header_bytes, keys_sha256
 
 __all__ = [
+    "check_shard_headers",
     "MANIFEST",
     "MANIFEST_FORMAT",
     "MANIFEST_READ_FORMATS",
@@ -49,6 +51,37 @@ OUR_TMP = re.compile(
     + r")\."
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_shard_headers(header: TokenHeader, keys: list[str], shard_size: int) -> None:
+    """Refuse, before any work, a plan whose shards would not fit in a safetensors header
+    (:data:`tok.tokens.file.MAX_HEADER_BYTES`: every row key is in its shard's header).
+
+    :raises ConfigError: naming the shard size asked for and the largest that fits.
+    """
+    base = header_bytes(header, [])
+    room = MAX_HEADER_BYTES - base
+    if len(keys) * 4 * 1024 < room:  # even 4 KiB keys would fit: the common case, no scan
+        return
+    cost = key_header_bytes(keys)
+
+    def fits(size: int) -> bool:
+        return all(sum(cost[i : i + size]) <= room for i in range(0, len(cost), size))
+
+    if fits(shard_size):
+        return
+    if not fits(1):
+        longest = max(range(len(keys)), key=cost.__getitem__)
+        raise ConfigError(f"the key {keys[longest][:80]!r}… is too long for a token file")
+    low, high = 1, shard_size  # fits(low) unless one key alone is too long
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    raise ConfigError(
+        f"--shard-size {shard_size} is too large for these keys: a shard's keys go into its "
+        f"safetensors header, which holds at most {MAX_HEADER_BYTES / 1e6:.0f} MB; the largest "
+        f"shard size that fits is {low}"
+    )
 
 
 def plan_shards(keys: list[str], shard_size: int) -> list[list[str]]:
