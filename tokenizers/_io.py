@@ -1,7 +1,11 @@
 """Atomic file writes: write to a temporary name in the same folder, then rename.
 
 A reader never sees a half-written file, and a killed process leaves at most a
-``.tmp-*`` file behind, which the next run of the same command removes.
+``.tmp-*`` file behind, which the next run of the same command removes. Also
+here, because they are the other ends of the same files: what the OS refused
+as one :class:`FileAccessError` line (:func:`io_failure`, :func:`check_readable`,
+:func:`check_writable`), the ``metrics.jsonl`` appender (:class:`JsonLines`), and
+optimizer state as flat safetensors tensors (:func:`optimizer_tensors`).
 """
 
 from __future__ import annotations
