@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .components import create_quantizer
+from .convert import from_vector_quantize_pytorch
 from .errors import TokError
 from .hookspecs import hookimpl
 from .quantizer import Quantizer, QuantizerOutput
@@ -31,6 +32,7 @@ __all__ = [
     "Quantizer",
     "QuantizerOutput",
     "create_quantizer",
+    "from_vector_quantize_pytorch",
     "get_architecture",
     "get_dataset",
     "get_loss",
