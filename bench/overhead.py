@@ -1,0 +1,346 @@
+"""Benchmark: what tok's own training loop costs, next to a plain PyTorch loop of the same model.
+
+    python bench/overhead.py                                  # recipes/fsq_mnist.toml, 2 rounds
+    python bench/overhead.py --threads 1 --repeats 3
+    python bench/overhead.py --recipe recipes/video_fsq_movingmnist.toml
+    python bench/overhead.py --threads 1 --set train.steps=40 \\
+        --set train.eval_every=20 --set train.checkpoint_every=20   # a quick check
+
+One recipe (``--recipe``, with ``--set TABLE.KEY=VALUE`` overrides as ``tok train``
+takes them), trained two ways in one process, its full ``train.steps`` each:
+
+- **bare**: the loop a user would write by hand, below in :func:`bare` — the same
+  tokenizer (``tok.train.build_tokenizer``), the same training split preloaded as one
+  uint8 tensor, the same batches (``torch.randint`` on a ``torch.Generator`` seeded
+  with ``train.seed``, as tok draws them), the same AdamW, learning rate schedule
+  (``tok.train.lr_at``), gradient clipping, autocast precision and loss (the recipe's
+  reconstruction loss + the quantizer's ``aux_loss``); no logging, evaluation or
+  checkpoints;
+- **tok**: ``tok.train.train(recipe, progress=False)`` into a fresh temporary run
+  folder, with the recipe's own ``log_every``, ``eval_every`` and ``checkpoint_every``.
+
+Both start from ``torch.manual_seed(train.seed)``, so they do the same arithmetic:
+the script checks that the final weights are the same (tok's ``model.safetensors``
+against the bare model). The rounds alternate the order (bare, tok, then tok, bare,
+…) so that drift of the machine's load hits both sides alike.
+
+Data loading and model building (``tok.train.build_parts`` inside ``train``) are
+timed apart and left out: **training time** is the rest, and the overhead is
+``(tok − bare) / bare`` of it — everything tok adds: run folder and lock, recipe
+files, the per-step checks (``isfinite`` of the loss), metric rows, evaluations and
+their pictures, checkpoints, the final loss plot. The breakdown times tok's calls
+of those functions by wrapping them (``unittest.mock.patch``; the wrappers cost
+microseconds per call, and tok's code is not changed); what is left is the cost of
+the steps themselves plus noise. Target: an overhead of at most 5 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from unittest import mock
+
+import torch
+from _common import cpu_model
+from safetensors.torch import load_file
+
+import tok.train as tok_train
+from tok.components import Facts, build
+from tok.device import resolve_device, resolve_precision
+from tok.losses import LossInputs
+from tok.models import Tokenizer
+from tok.recipe import Recipe, load_recipe
+from tok.run import Run
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fsq_mnist.toml"
+QUOTA = 5.0  # per cent of the training time
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# the bare loop ---------------------------------------------------------------------
+
+
+def bare(recipe: Recipe) -> tuple[float, float, dict[str, torch.Tensor]]:
+    """Train ``recipe``'s tokenizer with a hand-written loop.
+
+    Returns the seconds of data loading + building, the seconds of training,
+    and the final weights.
+    """
+    t = recipe.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = resolve_device(t.device)
+    bf16 = resolve_precision(t.precision, device) == "bf16"
+    torch.manual_seed(t.seed)
+
+    start = time.perf_counter()
+    dataset = build("datasets", recipe.data.name, recipe.data.options)
+    images = dataset.load("train").images.to(device)  # uint8 (n, c, ...)
+    model = tok_train.build_tokenizer(recipe, tuple(images.shape[1:])).to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
+    )
+    generator = torch.Generator().manual_seed(t.seed)
+    extra = None  # another reconstruction loss, or [losses.NAME] tables: through the registry
+    if t.loss not in ("mse", "l1") or recipe.losses:
+        facts = Facts(input_shape=tuple(images.shape[1:]))
+        extra = {t.loss: build("losses", t.loss, {}, facts)}
+        extra |= {c.name: build("losses", c.name, c.options, facts) for c in recipe.losses}
+        extra = {name: loss.to(device) for name, loss in extra.items()}
+    sync(device)
+    loaded = time.perf_counter()
+
+    model.train()
+    n = len(images)
+    for step in range(t.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = tok_train.lr_at(step, recipe)
+        idx = torch.randint(0, n, (t.batch_size,), generator=generator)
+        x = images[idx.to(device)].float().div_(255)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+            recon = out.reconstruction.float()
+            if extra is None:
+                diff = recon - x
+                loss = diff.pow(2).mean() if t.loss == "mse" else diff.abs().mean()
+            else:
+                batch = LossInputs(x, recon, model, step)
+                loss = sum(f(batch).loss for f in extra.values())
+        loss = loss + out.aux_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        if extra is not None:
+            detached = LossInputs(x, recon.detach(), model, step)
+            for f in extra.values():
+                f.update(detached)
+    sync(device)
+    done = time.perf_counter()
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return loaded - start, done - loaded, weights
+
+
+# tok's loop, with its parts timed ----------------------------------------------------
+
+#: what the breakdown times: (label, object, attribute); indented labels are part of
+#: the one above them
+TIMED: list[tuple[str, object, str]] = [
+    ("data + build (`build_parts`)", tok_train, "build_parts"),
+    ("evaluation + pictures (`evaluate_and_show`)", tok_train, "evaluate_and_show"),
+    ("  evaluate (`eval_samples` forward passes)", tok_train, "evaluate"),
+    ("  recon picture (`Run.save_samples`)", Run, "save_samples"),
+    ("  usage histogram (`Run.save_usage`)", Run, "save_usage"),
+    ("  picture's forward pass (`Tokenizer.reconstruct`)", Tokenizer, "reconstruct"),
+    ("  collapse check (`warn_collapse`)", tok_train, "warn_collapse"),
+    ("checkpoints (`Run.save_checkpoint`)", Run, "save_checkpoint"),
+    ("  tokenizer files (`Tokenizer.save`)", Tokenizer, "save"),
+    ("recipe.toml (`Run.write_recipe`)", Run, "write_recipe"),
+    ("non-finite weight checks (`nonfinite_tensors`)", tok_train, "nonfinite_tensors"),
+    ("log rows: stream stats (`batch_stream_stats`)", tok_train, "batch_stream_stats"),
+    ("log rows: JSON lines (`MetricsLog.write`)", tok_train.MetricsLog, "write"),
+    ("loss plot at the end (`Run.save_curves`)", Run, "save_curves"),
+]
+BUILD = TIMED[0][0]
+
+
+@contextlib.contextmanager
+def timed_calls(device: torch.device) -> Iterator[dict[str, list[float]]]:
+    """Wrap the functions of :data:`TIMED`; yields label → seconds of each call."""
+    seconds: dict[str, list[float]] = defaultdict(list)
+
+    def wrap(label: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            sync(device)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sync(device)
+                seconds[label].append(time.perf_counter() - start)
+
+        return timed
+
+    with contextlib.ExitStack() as stack:
+        for label, owner, name in TIMED:
+            original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+            stack.enter_context(mock.patch.object(owner, name, wrap(label, original)))
+        yield seconds
+
+
+def with_tok(recipe_path: str, overrides: list[str], device: torch.device) -> dict:
+    """Train with ``tok.train.train`` into a temporary folder; seconds, parts and weights."""
+    with tempfile.TemporaryDirectory(prefix="tok-overhead-") as tmp:
+        run_dir = Path(tmp) / "run"
+        recipe = load_recipe(recipe_path, [*overrides, f"output.dir={json.dumps(str(run_dir))}"])
+        with timed_calls(device) as seconds:
+            sync(device)
+            start = time.perf_counter()
+            tok_train.train(recipe, progress=False)
+            sync(device)
+            total = time.perf_counter() - start
+        weights = load_file(run_dir / Run.WEIGHTS)
+        rows = Run(run_dir).log_rows()
+    build_s = sum(seconds[BUILD])
+    return {
+        "build": build_s,
+        "train": total - build_s,
+        "parts": {label: (len(v), sum(v)) for label, v in seconds.items()},
+        "weights": weights,
+        "rows": len(rows),
+    }
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The largest absolute difference between two state dicts (inf if they differ in keys)."""
+    if a.keys() != b.keys():
+        return float("inf")
+    worst = 0.0
+    for k in a:
+        if a[k].is_floating_point():
+            worst = max(worst, (a[k].float() - b[k].float()).abs().max().item())
+        elif not torch.equal(a[k], b[k]):
+            return float("inf")
+    return worst
+
+
+# the report --------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default=str(RECIPE), help="recipe file (default fsq_mnist)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="override a recipe value (repeatable), as `tok train --set`",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads, both sides (sets train.threads; default: the recipe's)",
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of bare + tok (default 2)")
+    args = parser.parse_args()
+    # a short check run's codebooks look collapsed; the warning is not what is measured
+    warnings.filterwarnings("ignore", category=tok_train.CollapseWarning)
+    overrides = list(args.set)
+    if args.threads is not None:
+        overrides.append(f"train.threads={args.threads}")
+    recipe = load_recipe(args.recipe, overrides)
+    t = recipe.train
+    device = resolve_device(t.device)
+    precision = resolve_precision(t.precision, device)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+
+    rounds = []
+    for r in range(args.repeats):
+        order = ("bare", "tok") if r % 2 == 0 else ("tok", "bare")
+        result = {}
+        for side in order:
+            if side == "bare":
+                build_s, train_s, weights = bare(recipe)
+                result["bare"] = {"build": build_s, "train": train_s, "weights": weights}
+            else:
+                result["tok"] = with_tok(args.recipe, overrides, device)
+            print(
+                f"round {r + 1} {side}: {result[side]['train']:.2f} s training",
+                file=sys.stderr,
+                flush=True,
+            )
+        result["order"] = order
+        result["diff"] = max_difference(result["bare"]["weights"], result["tok"]["weights"])
+        rounds.append(result)
+
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    print(
+        f"device: {device} ({where}); torch {torch.__version__}; threads "
+        f"{torch.get_num_threads()}; precision {precision}; recipe {args.recipe}"
+        + (f" --set {' --set '.join(args.set)}" if args.set else "")
+    )
+    print(
+        f"steps {t.steps}, batch {t.batch_size}, log_every {t.log_every}, eval_every "
+        f"{t.eval_every} ({t.eval_samples} test items), checkpoint_every "
+        f"{t.checkpoint_every}; {args.repeats} round(s), order alternating"
+    )
+    print()
+    print(
+        "| round | order | bare load+build s | tok load+build s | bare training s | "
+        "tok training s | ratio tok/bare | overhead | final weights |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    overheads = []
+    for i, res in enumerate(rounds, 1):
+        b, k = res["bare"], res["tok"]
+        over = (k["train"] - b["train"]) / b["train"] * 100
+        overheads.append(over)
+        same = "identical" if res["diff"] == 0 else f"max abs diff {res['diff']:.2g}"
+        print(
+            f"| {i} | {' → '.join(res['order'])} | {b['build']:.2f} | {k['build']:.2f} | "
+            f"{b['train']:.2f} | {k['train']:.2f} | {k['train'] / b['train']:.3f} | "
+            f"{over:+.1f} % | {same} |"
+        )
+    median = statistics.median(overheads)
+    verdict = "within" if median <= QUOTA else "OVER"
+    print()
+    print(
+        f"median overhead: {median:+.1f} % of the training time ({verdict} the {QUOTA:g} % quota)"
+    )
+
+    # where tok's time goes
+    bare_median = statistics.median(res["bare"]["train"] for res in rounds)
+    print()
+    heads = " | ".join(f"round {i} s" for i in range(1, len(rounds) + 1))
+    print(f"| tok's part | calls per run | {heads} | median, % of bare training |")
+    print("|---|---:|" + "---:|" * len(rounds) + "---:|")
+    measured = [0.0] * len(rounds)
+    for label, _, _ in TIMED[1:]:
+        values = [res["tok"]["parts"].get(label, (0, 0.0)) for res in rounds]
+        secs = [s for _, s in values]
+        if not label.startswith(" "):
+            measured = [m + s for m, s in zip(measured, secs, strict=True)]
+        name = label.replace("  ", "&nbsp;&nbsp;↳ ", 1) if label.startswith(" ") else label
+        print(
+            f"| {name} | {values[0][0]} | "
+            + " | ".join(f"{s:.3f}" for s in secs)
+            + f" | {statistics.median(secs) / bare_median * 100:.2f} % |"
+        )
+    rest = [
+        res["tok"]["train"] - res["bare"]["train"] - m
+        for res, m in zip(rounds, measured, strict=True)
+    ]
+    print(
+        "| the rest: run folder, lock, per-step checks and noise (tok − bare − the above) | | "
+        + " | ".join(f"{s:+.3f}" for s in rest)
+        + f" | {statistics.median(rest) / bare_median * 100:+.2f} % |"
+    )
+    print()
+    print(
+        f"metrics.jsonl rows per run: {rounds[0]['tok']['rows']}; times are wall seconds "
+        "inside tok's training time (data loading excluded); the first tok round also pays "
+        "one-time costs of the process (matplotlib's import at the first picture)."
+    )
+
+
+if __name__ == "__main__":
+    main()
