@@ -5,6 +5,13 @@ at each resolution, stride-2 convolutions down and nearest-neighbour
 upsampling + convolution up. ``len(channels) - 1`` halvings, so
 ``channels=[32, 64, 128]`` turns 28×28 into a 7×7 grid.
 
+``patch_size = p > 1`` first folds each p×p block of pixels into channels
+(space-to-depth, ``pixel_unshuffle``) and unfolds the decoder's output the same
+way (``pixel_shuffle``, Shi et al. 2016, https://arxiv.org/abs/1609.05158), so
+no convolution runs at full resolution: on a CPU the full-resolution layers
+are where a small image model's time goes. ``patch_size=2, channels=[64, 128]``
+also turns 28×28 into 7×7.
+
 Axis legend: ``b`` batch, ``c`` channels, ``h w`` spatial, ``d`` latent dim.
 """
 
@@ -12,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -32,6 +40,8 @@ class ConvImage(Architecture):
         (finest first) — ``[0, 1, 1]`` keeps the costly full resolution light.
     :param latent_dim: channels of the latent grid handed to the quantizer.
     :param norm: ``"group"``, ``"batch"`` or ``"none"``.
+    :param patch_size: pixels per side folded into channels before the first
+        convolution (and unfolded after the last); 1 folds nothing.
     """
 
     @classmethod
@@ -52,16 +62,19 @@ class ConvImage(Architecture):
         blocks: int | list[int] = 1,
         latent_dim: int = 4,
         norm: Norm = "group",
+        patch_size: int = 1,
     ) -> None:
         super().__init__()
         channels, per_level = stages("conv", channels, blocks)
-        if latent_dim < 1 or in_channels < 1:
-            raise ConfigError("conv: latent_dim and in_channels must be ≥ 1")
+        if latent_dim < 1 or in_channels < 1 or patch_size < 1:
+            raise ConfigError("conv: latent_dim, in_channels and patch_size must be ≥ 1")
         self.in_channels, self.channels, self.blocks = in_channels, channels, blocks
-        self.latent_dim, self.norm = latent_dim, norm
-        self.factor = 2 ** (len(channels) - 1)
+        self.latent_dim, self.norm, self.patch_size = latent_dim, norm, patch_size
+        self.factor = patch_size * 2 ** (len(channels) - 1)
+        pixels = in_channels * patch_size**2  # channels of one folded patch
 
-        enc: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1)]
+        enc: list[nn.Module] = [nn.PixelUnshuffle(patch_size)] if patch_size > 1 else []
+        enc.append(nn.Conv2d(pixels, channels[0], 3, padding=1))
         for i, ch in enumerate(channels):
             enc += [ResBlock(ch, ch, norm=norm) for _ in range(per_level[i])]
             if i + 1 < len(channels):
@@ -81,9 +94,13 @@ class ConvImage(Architecture):
         dec += [
             make_norm(norm, channels[0]),
             nn.SiLU(),
-            nn.Conv2d(channels[0], in_channels, 3, padding=1),
+            nn.Conv2d(channels[0], pixels, 3, padding=1),
         ]
+        dec += [nn.PixelShuffle(patch_size)] if patch_size > 1 else []
         self.decoder = nn.Sequential(*dec)
+        # Channels-last (NHWC) convolutions are 5-12 % faster on CPUs (oneDNN's native
+        # layout) and on tensor-core GPUs; the weights are saved contiguous all the same.
+        self.to(memory_format=torch.channels_last)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -92,10 +109,11 @@ class ConvImage(Architecture):
             "blocks": self.blocks if isinstance(self.blocks, int) else list(self.blocks),
             "latent_dim": self.latent_dim,
             "norm": self.norm,
+            "patch_size": self.patch_size,
         }
 
     def grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """``(h / f, w / f)`` for an image ``(c, h, w)``, ``f = 2 ** (len(channels) - 1)``;
+        """``(h / f, w / f)`` for an image ``(c, h, w)``, ``f = patch_size · 2 ** (len(channels) - 1)``;
         a ``ConfigError`` for another channel count or sides that ``f`` does not divide."""
         if len(input_shape) != 3:
             raise ConfigError(f"conv: takes images (c, h, w), got input shape {tuple(input_shape)}")
@@ -117,11 +135,13 @@ class ConvImage(Architecture):
     def encode(self, x: Tensor) -> Tensor:
         """``(b, c, h, w)`` → ``(b, h', w', d)``; a ``ConfigError`` for inputs ``grid`` refuses."""
         self.grid(tuple(x.shape[1:]))
+        x = x.contiguous(memory_format=torch.channels_last)
         return rearrange(self.encoder(x), "b d h w -> b h w d")
 
     def decode(self, z: Tensor) -> Tensor:
         """``(b, h', w', d)`` → ``(b, c, h, w)``."""
-        return self.decoder(rearrange(z, "b h w d -> b d h w"))
+        x = self.decoder(rearrange(z, "b h w d -> b d h w"))  # the input: a channels-last view
+        return x.contiguous()
 
 
 @hookimpl

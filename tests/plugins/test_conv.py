@@ -97,6 +97,7 @@ def test_config_round_trip() -> None:
         "blocks": [0, 1, 1],
         "latent_dim": 6,
         "norm": "group",
+        "patch_size": 1,
     }
     rebuilt = ConvImage(**config)
     assert rebuilt.config() == arch.config()
@@ -110,3 +111,42 @@ def test_config_round_trip() -> None:
 def test_conforms_with_its_example_config() -> None:
     check_architecture("conv")
     check_architecture("conv", config={"in_channels": 1, "channels": [8]}, input_shape=(1, 5, 7))
+
+
+def test_patch_size_folds_pixels_into_channels_and_back() -> None:
+    arch = ConvImage(in_channels=1, channels=[16, 32], blocks=[0, 1], latent_dim=4, patch_size=2)
+    assert arch.grid((1, 28, 28)) == (7, 7)  # 2 (patch) x 2 (one halving)
+    assert isinstance(arch.encoder[0], nn.PixelUnshuffle)
+    assert isinstance(arch.decoder[-1], nn.PixelShuffle)
+    first = arch.encoder[1]
+    assert isinstance(first, nn.Conv2d) and first.in_channels == 4  # 1 channel x 2 x 2 pixels
+    z = arch.encode(torch.rand(3, 1, 28, 28))
+    assert z.shape == (3, 7, 7, 4)
+    assert arch.decode(z).shape == (3, 1, 28, 28)
+    with pytest.raises(ConfigError, match=r"image size 26x26 .* factor 4"):
+        arch.grid((1, 26, 26))
+    with pytest.raises(ConfigError, match="patch_size"):
+        ConvImage(channels=[8], patch_size=0)
+    check_architecture(ConvImage, config=arch.config(), input_shape=(1, 8, 12))
+
+
+def test_old_configs_without_patch_size_load_as_patch_size_1() -> None:
+    old = {"in_channels": 1, "channels": [8, 16], "blocks": 1, "latent_dim": 4, "norm": "group"}
+    arch = ConvImage(**old)
+    assert arch.config() == {**old, "patch_size": 1}
+    assert not any(isinstance(m, (nn.PixelShuffle, nn.PixelUnshuffle)) for m in arch.modules())
+
+
+def test_channels_last_layout_gives_the_contiguous_layouts_results() -> None:
+    arch = ConvImage(in_channels=3, channels=[8, 16], blocks=1, latent_dim=4).eval()
+    plain = ConvImage(in_channels=3, channels=[8, 16], blocks=1, latent_dim=4).eval()
+    plain.load_state_dict(arch.state_dict())
+    plain.to(memory_format=torch.contiguous_format)
+    assert arch.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain.encoder[0].weight.is_contiguous()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        z, z_plain = arch.encode(x), plain.encoder(x).permute(0, 2, 3, 1)
+        torch.testing.assert_close(z, z_plain, rtol=1e-5, atol=1e-5)  # summation order differs
+        y = arch.decode(z)
+    assert y.is_contiguous()  # what callers may .view()
