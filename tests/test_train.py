@@ -22,7 +22,7 @@ from tok.train import CollapseWarning, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.channels=[8, 16, 16]",
+    "model.channels=[8, 16]",
     "train.steps=6",
     "train.batch_size=8",
     "train.eval_samples=32",
@@ -204,11 +204,11 @@ def test_numbers_out_of_range_are_recipe_problems(tmp_path, setting, needle):
 
 
 def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
-    """The architecture cannot take 28x28 (three halvings need multiples of 8): the error
+    """The architecture cannot take 28x28 (patch 2 and two halvings need multiples of 8): the error
     comes before training, and neither a rerun nor --resume would find a half-made run."""
     from tok.errors import ConfigError
 
-    recipe = tiny(tmp_path, "model.channels=[8, 8, 8, 8]", "model.blocks=1")
+    recipe = tiny(tmp_path, "model.channels=[8, 8, 8]", "model.blocks=1")
     with pytest.raises(ConfigError, match="not divisible by the downsampling factor 8"):
         train(recipe, progress=False)
     assert not (tmp_path / "run").exists()
@@ -279,7 +279,7 @@ def test_incompatible_resume_names_the_keys_and_leaves_the_run_untouched(tmp_pat
     run = train(tiny(tmp_path), progress=False, stop_after=3).run_dir
     before = _files(run)
     for change, needle in (
-        ("model.channels=[8, 16, 32]", "model.channels ([8, 16, 32] here, [8, 16, 16] in the run)"),
+        ("model.channels=[8, 32]", "model.channels ([8, 32] here, [8, 16] in the run)"),
         ("model.latent_dim=8", "model.latent_dim (8 here, 4 in the run)"),
         ("quantizer.levels=[5, 5, 5]", "quantizer.levels ([5, 5, 5] here, [8, 5, 5, 5] in"),
         ("train.seed=1", "train.seed (1 here, 0 in the run)"),
@@ -349,7 +349,8 @@ class Poison(Loss):
     def update(self, batch: LossInputs) -> dict[str, float]:
         if batch.step == self.at_step:
             with torch.no_grad():
-                next(batch.tokenizer.architecture.parameters()).view(-1)[0] = float("inf")
+                weight = next(batch.tokenizer.architecture.parameters())
+                weight[(0,) * weight.dim()] = float("inf")  # channels-last: no .view
         return {}
 
 

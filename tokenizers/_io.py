@@ -209,6 +209,8 @@ def load_optimizer(
 ) -> None:
     """Restore ``opt`` from a checkpoint's flat tensors; a :class:`CheckpointError` naming
     ``run`` when the saved state has another number of parameters (the model changed)."""
+    import torch
+
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith(prefix + "."):
@@ -223,6 +225,11 @@ def load_optimizer(
             "start a new run, or train from its model.safetensors"
         )
     opt.load_state_dict({"state": state, "param_groups": groups})
+    for group in opt.param_groups:  # moments saved contiguous, laid out as their parameter
+        for param in group["params"]:  # again (a fused step reads them as flat memory)
+            for name, value in opt.state.get(param, {}).items():
+                if value.shape == param.shape and value.stride() != param.stride():
+                    opt.state[param][name] = torch.empty_like(param).copy_(value)
 
 
 class JsonLines:

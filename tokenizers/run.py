@@ -73,6 +73,7 @@ def evaluate(
     *,
     batch_size: int = 500,
     device: torch.device | str | None = None,
+    keep: int = 0,
 ) -> dict[str, Any]:
     """Reconstruct ``samples`` and measure them (eval mode, fp32).
 
@@ -82,14 +83,15 @@ def evaluate(
     ``perplexity``, ``perplexity_ratio``, ``used``, ``tokens``, ``dead``, ``size`` …),
     their means ``usage`` and ``perplexity``, ``bits_per_pixel``, ``images`` (the item
     count) and the raw ``counts`` (a :class:`tok.metrics.CodeCounts`: memory bounded by
-    the codes seen, whatever the codebook size).
+    the codes seen, whatever the codebook size); with ``keep = n``, ``kept``: the first
+    ``n`` items and their (clamped) reconstructions on the CPU, to draw without a rerun.
     """
     device = torch.device(device) if device is not None else next(tokenizer.parameters()).device
     was_training = tokenizer.training
     tokenizer.eval()
     sizes = tokenizer.quantizer.codebook_sizes
     counts = CodeCounts(sizes)
-    scores, mses = [], []
+    scores, mses, kept = [], [], ([], [])
     for start in range(0, len(samples), batch_size):
         x = samples.floats(slice(start, start + batch_size)).to(device)
         out = tokenizer(x)
@@ -97,6 +99,8 @@ def evaluate(
         scores.append(psnr(recon, x).cpu())
         mses.append((recon - x).pow(2).flatten(1).mean(1).cpu())
         counts.update(out.indices)
+        kept[0].append(x[: max(0, keep - start)].cpu())
+        kept[1].append(recon[: max(0, keep - start)].cpu())
     tokenizer.train(was_training)
     streams = counts.stats()
     return {
@@ -108,6 +112,7 @@ def evaluate(
         "bits_per_pixel": tokenizer.bits_per_pixel,
         "images": len(samples),
         "counts": counts,
+        **({"kept": (torch.cat(kept[0]), torch.cat(kept[1]))} if keep else {}),
     }
 
 
@@ -465,12 +470,9 @@ class Run:
         rows = self.log_rows()
         train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train"]
         test = [(r["step"], r["mse"]) for r in rows if r.get("split") == "test"]
+        curves = {"train loss": train, "test mse": test}
         plots.save_line_plot(
-            self.file(self.LOSS_PNG),
-            {"train loss": train, "test mse": test},
-            title="loss",
-            ylabel="loss",
-            logy=True,
+            self.file(self.LOSS_PNG), curves, title="loss", ylabel="loss", logy=True
         )
 
     # evaluation -------------------------------------------------------------------------
@@ -490,10 +492,8 @@ class Run:
         recipe = recipe or self.recipe()
         tokenizer = self.tokenizer(device)
         dataset = self.dataset(recipe)
-        if samples:
-            data = dataset.read(split, dataset.keys(split)[:samples])
-        else:
-            data = dataset.load(split)
+        keys = dataset.keys(split)[:samples] if samples else None
+        data = dataset.read(split, keys) if keys else dataset.load(split)
         return {**evaluate(tokenizer, data, device=device), "split": split}
 
 

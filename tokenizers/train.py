@@ -87,8 +87,12 @@ def build_parts(recipe: Recipe, device: torch.device) -> Parts:
     facts = Facts(input_shape=input_shape)
     losses = {t.loss: build("losses", t.loss, {}, facts)}
     losses.update({c.name: build("losses", c.name, c.options, facts) for c in recipe.losses})
-    optimizer = torch.optim.AdamW(
-        tokenizer.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
+    optimizer = torch.optim.AdamW(  # fused: one kernel for all tensors, 5 % of a small step
+        tokenizer.parameters(),
+        lr=t.lr,
+        betas=tuple(t.betas),
+        weight_decay=t.weight_decay,
+        fused=device.type in ("cpu", "cuda"),
     )
     return Parts(
         images=train_set.images.to(device),
@@ -271,7 +275,7 @@ def evaluate_and_show(
     """Evaluate on ``eval_set``, log the test row, warn about collapsed streams, and draw
     the reconstructions and the usage histogram into the run folder."""
     device = next(tokenizer.parameters()).device
-    result = evaluate(tokenizer, eval_set, device=device)
+    result = evaluate(tokenizer, eval_set, device=device, keep=recipe.output.samples)
     if not math.isfinite(result["psnr"]):  # neither logged nor drawn
         raise _NonFinite(f"its evaluation gave non-finite reconstructions (psnr {result['psnr']})")
     if log is not None:
@@ -285,10 +289,6 @@ def evaluate_and_show(
         step=step,
         images=result["images"],
     )
-    x = eval_set.floats(slice(0, min(recipe.output.samples, len(eval_set)))).to(device)
-    tokenizer.eval()
-    recon = tokenizer.reconstruct(x)
-    tokenizer.train()
-    run.save_samples(x.cpu(), recon.cpu())
+    run.save_samples(*result.pop("kept"))  # the first output.samples items, as evaluated
     run.save_usage(result["counts"], step)
     return result
