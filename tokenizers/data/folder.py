@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from ..errors import DatasetError, ImageError
 from ..media import IMAGE_EXTENSIONS, MediaInfo, MediaReadError, probe_image, read_image
@@ -281,6 +280,9 @@ class FileDataset(Dataset):
         """``x`` (``(..., h, w)``) brought to ``size`` by the resize policy."""
         if self.resize == "error" or self.size is None:
             return x
+        # imported here: torchvision costs about 2 s to import, which no other path needs
+        from torchvision.transforms.v2 import functional as TF
+
         hw, target = tuple(x.shape[-2:]), list(self.size)
         if self.resize == "resize":
             return TF.resize(x, target, antialias=True)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-import torchvision
 
 from ..errors import DatasetError, DatasetMissingError
 from .base import Dataset, Samples, data_root, to_channels
+
+if TYPE_CHECKING:  # torchvision takes about 2 s to import: only when MNIST is read
+    import torchvision
 
 __all__ = ["MNIST"]
 
@@ -57,6 +60,8 @@ class MNIST(Dataset):
         return self._cache[split]
 
     def _open(self, split: str) -> torchvision.datasets.MNIST:
+        import torchvision
+
         train = split == "train"
         try:
             return torchvision.datasets.MNIST(str(self.root), train=train, download=False)
