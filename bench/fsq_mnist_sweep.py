@@ -6,8 +6,8 @@ steps. Step counts are the same math on any device, so a GPU can produce the
 PSNR-versus-steps curves quickly; the CPU cost of one step of each variant is
 measured separately (``--time-cpu``) to turn steps into minutes on 2 cores.
 
-    python bench/fsq_mnist_sweep.py --device cuda --steps 4000
-    python bench/fsq_mnist_sweep.py --time-cpu
+    python bench/fsq_mnist_sweep.py --device cpu --threads 1 bs32 bs16_2400
+    python bench/fsq_mnist_sweep.py --time-cpu            # ms per step of every variant
 """
 
 from __future__ import annotations
@@ -24,31 +24,35 @@ from tok.device import resolve_precision
 from tok.recipe import load_recipe
 from tok.train import build_tokenizer, train
 
+OLD = [  # the recipe before issue #12: conv [32, 64, 128] at full resolution, batch 64
+    "model.patch_size=1",
+    "model.channels=[32,64,128]",
+    "model.blocks=[0,1,1]",
+    "train.batch_size=64",
+    "train.steps=2000",
+]
+P2 = ["train.batch_size=64"]  # today's model (patch 2, [64, 128], blocks [1, 1]) at batch 64
+
+#: overrides of today's recipes/fsq_mnist.toml (patch 2, [64, 128], batch 16, 3,000 steps);
+#: the variants tried on the way there (bench/RESULTS.md, "Fast on every CPU")
 VARIANTS: dict[str, list[str]] = {
     "base": [],
-    "fp32": ["train.precision='fp32'"],
-    "group": ["model.norm='group'"],
-    "b012": ["model.blocks=[0,1,2]"],
-    "b022": ["model.blocks=[0,2,2]"],
-    "b111": ["model.blocks=[1,1,1]"],
-    "small": ["model.channels=[16,32,64]", "model.blocks=1"],
-    "wide": ["model.channels=[64,128,128]"],
-    "c16": ["model.channels=[16,64,128]"],
-    "bs32": ["train.batch_size=32"],
-    "bs128": ["train.batch_size=128"],
-    "lr4e-3": ["train.lr=4e-3"],
-    "proj16": ["model.latent_dim=16"],
-    "l1": ["train.loss='l1'"],
-    "mid": ["model.channels=[24,48,96]"],
+    "old": OLD,
+    "old_bs32": [*OLD, "train.batch_size=32", "train.steps=1400"],
+    "p4_128": [
+        *P2,
+        "model.patch_size=4",
+        "model.channels=[128]",
+        "model.blocks=[1]",
+        "train.steps=1800",
+    ],  # fmt: skip
+    "p2_b01": [*P2, "model.blocks=[0,1]", "train.steps=1300"],
+    "bs32": ["train.batch_size=32", "train.steps=1600"],
+    "bs32_lr3e-3": ["train.batch_size=32", "train.steps=1600", "train.lr=3e-3"],
+    "bs16_2400": ["train.steps=2400"],
+    "bs16_2400_lr3e-3": ["train.steps=2400", "train.lr=3e-3"],
+    "bs8": ["train.batch_size=8", "train.steps=6000"],
     "bf16": ["train.precision='bf16'"],
-    "bf16small": ["train.precision='bf16'", "model.channels=[16,32,64]", "model.blocks=[1,1,1]"],
-    "bf16mid": ["train.precision='bf16'", "model.channels=[24,48,96]"],
-    "bf16b022": ["train.precision='bf16'", "model.blocks=[0,2,2]"],
-    "bf16wide": ["train.precision='bf16'", "model.channels=[32,96,192]"],
-    "bf16clip": ["train.precision='bf16'", "train.grad_clip=1.0"],
-    "bf16groupclip": ["train.precision='bf16'", "train.grad_clip=1.0", "model.norm='group'"],
-    "smallnone": ["model.channels=[16,32,64]", "model.blocks=[1,1,1]"],
-    "lr5e-3": ["train.lr=5e-3"],
 }
 
 
@@ -57,9 +61,9 @@ def time_cpu(names: list[str], recipe_path: str) -> None:
         recipe = load_recipe(recipe_path, VARIANTS[name])
         model = build_tokenizer(recipe, (1, 28, 28))
         bf16 = resolve_precision(recipe.train.precision, torch.device("cpu")) == "bf16"
-        opt = torch.optim.AdamW(model.parameters(), 1e-3)
+        opt = torch.optim.AdamW(model.parameters(), 1e-3, fused=True)  # as tok train does
         x = torch.rand(recipe.train.batch_size, 1, 28, 28)
-        for i in range(30):
+        for i in range(40):
             if i == 10:
                 t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -67,22 +71,21 @@ def time_cpu(names: list[str], recipe_path: str) -> None:
                 loss = (out.reconstruction.float() - x).pow(2).mean()
             opt.zero_grad()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-        ms = (time.perf_counter() - t0) / 20 * 1000
-        print(
-            json.dumps(
-                {"variant": name, "cpu_ms_per_step": round(ms, 1), "batch": recipe.train.batch_size}
-            ),
-            flush=True,
-        )
+        ms = (time.perf_counter() - t0) / 30 * 1000
+        steps = recipe.train.steps
+        row = {"variant": name, "batch": recipe.train.batch_size, "steps": steps}
+        row |= {"cpu_ms_per_step": round(ms, 1), "training_s": round(ms * steps / 1000)}
+        print(json.dumps(row), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", default="recipes/fsq_mnist.toml")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--steps", type=int, default=4000)
-    ap.add_argument("--every", type=int, default=250)
+    ap.add_argument("--steps", type=int, default=0, help="0: each variant's own")
+    ap.add_argument("--every", type=int, default=0, help="evaluate every N steps (0: half-way)")
     ap.add_argument("--time-cpu", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("variants", nargs="*", default=list(VARIANTS))
@@ -92,13 +95,14 @@ def main() -> None:
         return
     for name in args.variants:
         with tempfile.TemporaryDirectory() as tmp:
+            steps = args.steps or load_recipe(args.recipe, VARIANTS[name]).train.steps
             recipe = load_recipe(
                 args.recipe,
                 [
                     *VARIANTS[name],
-                    f"train.steps={args.steps}",
-                    f"train.eval_every={args.every}",
-                    f"train.checkpoint_every={args.steps}",
+                    f"train.steps={steps}",
+                    f"train.eval_every={args.every or steps // 2}",
+                    f"train.checkpoint_every={steps}",
                     f"train.device='{args.device}'",
                     f"train.threads={args.threads}",
                     f"output.dir='{tmp}/run'",

@@ -424,7 +424,7 @@ def test_train_takes_a_shipped_recipe_by_name(capsys, tmp_path):
     code, out, err = tok_cli(
         capsys, "train", "fsq_mnist", "--no-progress", "--set", f"output.dir='{out_dir}'",
         *("--set", "train.steps=2", "--set", "train.eval_samples=8", "--set", "train.batch_size=4"),
-        *("--set", "model.channels=[8, 8, 8]", "--set", "train.collapse_threshold=0.0"),
+        *("--set", "model.channels=[8, 8]", "--set", "train.collapse_threshold=0.0"),
     )  # fmt: skip
     assert code == 0, err
     assert (out_dir / "model.safetensors").is_file()
@@ -472,7 +472,7 @@ def test_incompatible_resume_is_one_error_line(tmp_path, trained_run):
     state-dict size mismatches."""
     before = snapshot(trained_run)
     for change, key in (
-        ("model.channels=[8,16,32]", "model.channels"),
+        ("model.channels=[8,32]", "model.channels"),
         ("model.latent_dim=8", "model.latent_dim"),
     ):
         proc = tok_subprocess("train", "--resume", trained_run, "--set", change)

@@ -24,7 +24,7 @@ RECIPE = REPO / "recipes" / "lfq_mnist.toml"
 #: a few steps of the real LFQ recipe with 2^40 codes, two small evaluations
 HUGE = [
     f"quantizer.codebook_size={K}",
-    "model.channels=[8, 16, 16]",
+    "model.channels=[8, 16]",
     "train.steps=4",
     "train.batch_size=8",
     "train.eval_every=2",

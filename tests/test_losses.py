@@ -36,7 +36,7 @@ TINY = {
 
 def recipe(out: Path, losses: dict | None = None, **train_keys):
     data = tomllib.loads((ROOT / "recipes" / "fsq_mnist.toml").read_text())
-    data["model"]["channels"] = [8, 16, 16]
+    data["model"]["channels"] = [8, 16]
     data["train"] = {**TINY, **train_keys}
     data["output"] = {"dir": str(out), "samples": 4}
     if losses is not None:

@@ -118,7 +118,7 @@ def test_installed_wheel_lists_and_trains_a_shipped_recipe(wheel, tmp_path):
         "fsq_mnist",
         "--no-progress",
         *("--set", "train.steps=2", "--set", "train.batch_size=4"),
-        *("--set", "train.eval_samples=8", "--set", "model.channels=[8, 8, 8]"),
+        *("--set", "train.eval_samples=8", "--set", "model.channels=[8, 8]"),
     )
     assert trained.returncode == 0, trained.stderr
     assert (work / "runs" / "fsq_mnist" / "model.safetensors").is_file()
