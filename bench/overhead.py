@@ -91,8 +91,12 @@ def bare(recipe: Recipe) -> tuple[float, float, dict[str, torch.Tensor]]:
     dataset = build("datasets", recipe.data.name, recipe.data.options)
     images = dataset.load("train").images.to(device)  # uint8 (n, c, ...)
     model = tok_train.build_tokenizer(recipe, tuple(images.shape[1:])).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
+    optimizer = torch.optim.AdamW(  # fused, as tok.train.build_parts makes it
+        model.parameters(),
+        lr=t.lr,
+        betas=tuple(t.betas),
+        weight_decay=t.weight_decay,
+        fused=device.type in ("cpu", "cuda"),
     )
     generator = torch.Generator().manual_seed(t.seed)
     extra = None  # another reconstruction loss, or [losses.NAME] tables: through the registry
