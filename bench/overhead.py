@@ -150,7 +150,6 @@ TIMED: list[tuple[str, object, str]] = [
     ("  evaluate (`eval_samples` forward passes)", tok_train, "evaluate"),
     ("  recon picture (`Run.save_samples`)", Run, "save_samples"),
     ("  usage histogram (`Run.save_usage`)", Run, "save_usage"),
-    ("  picture's forward pass (`Tokenizer.reconstruct`)", Tokenizer, "reconstruct"),
     ("  collapse check (`warn_collapse`)", tok_train, "warn_collapse"),
     ("checkpoints (`Run.save_checkpoint`)", Run, "save_checkpoint"),
     ("  tokenizer files (`Tokenizer.save`)", Tokenizer, "save"),
