@@ -361,8 +361,9 @@ def test_eval_rejects_negative_samples(capsys, trained_run):
 
 def test_no_tok_option_is_an_abbreviation_of_a_torchrun_option():
     """torchrun parses the options it knows (abbreviations too) before the module's own:
-    `--run` could match its --run-path. Every tok option but that documented alias must
-    pass through torchrun untouched."""
+    `--run` could match its --run-path. Every tok option but that documented alias, and
+    `tok train --nproc`, which starts torchrun and has no use under it, must pass through
+    torchrun untouched."""
     from torch.distributed.run import get_args_parser
 
     torchrun = {o for a in get_args_parser()._actions for o in a.option_strings}
@@ -371,7 +372,7 @@ def test_no_tok_option_is_an_abbreviation_of_a_torchrun_option():
     for name, sub in parser.commands.items():
         for action in sub._actions:
             for option in action.option_strings:
-                if option in ("--run", "-h", "--help"):
+                if option in ("--run", "--nproc", "-h", "--help"):
                     continue
                 if any(t.startswith(option) for t in torchrun if t.startswith("--")):
                     clashes.append(f"tok {name} {option}")

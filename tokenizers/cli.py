@@ -38,12 +38,25 @@ def _fmt_table(rows: list[list[str]], headers: list[str]) -> str:
 # commands --------------------------------------------------------------------
 
 
+def _env_rank() -> int:
+    """The rank torchrun gave this process (``RANK``; 0 alone), before, during and after
+    its process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import launch
     from .health import percent
     from .recipe import load_recipe
     from .run import Run
     from .train import train
 
+    if args.nproc is not None:  # the same command, as N processes started by torchrun
+        again = [args.recipe] if args.recipe else []
+        again += [a for item in args.set for a in ("--set", item)]
+        again += ["--resume", args.resume] if args.resume else []
+        again += ["--no-progress"] * args.no_progress + ["--debug"] * args.debug
+        return launch(["train", *again], args.nproc)
     if args.resume:
         if args.recipe:
             raise TokError("give either a recipe or --resume RUN, not both")
@@ -66,6 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "tok train needs a recipe file (e.g. recipes/fsq_mnist.toml) or --resume RUN"
         )
     result = train(recipe, resume=bool(args.resume), progress=not args.no_progress)
+    if _env_rank():  # under torchrun, rank 0 reports
+        return 0
     ev = result.eval
     print(f"run folder: {result.run_dir}  (step {result.step})")
     if ev:
@@ -100,6 +115,11 @@ def _default_tokenizer(src: str) -> str:
 def cmd_encode(args: argparse.Namespace) -> int:
     from .encode import encode
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # not yet split over ranks: no race
+        raise TokError(
+            "tok encode does not split its work over torchrun processes yet; run it as one "
+            "process (torchrun --nproc-per-node=1, or without torchrun)"
+        )
     tokenizer = args.tokenizer or _default_tokenizer(args.src)
     result = encode(
         args.src,
@@ -355,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint"
     )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train as N processes on this machine: runs this command through "
+        "`torchrun --standalone --nproc-per-node=N` (see README, Scaling out)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -569,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     except TokError as exc:
         if args.debug:
             raise
-        print(f"tok: error: {exc}", file=sys.stderr)
+        if not _env_rank():  # under torchrun every rank fails alike; rank 0 says why
+            print(f"tok: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("tok: interrupted", file=sys.stderr)

@@ -30,26 +30,20 @@ import math
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
-from torch import nn
 
 from . import media, plots
 from ._io import (
     JsonLines,
-    atomic_path,
     check_readable,
-    load_optimizer,
-    nonfinite_tensors,
-    optimizer_tensors,
     write_json,
     write_text,
 )
+from .checkpoint import STATE_FORMAT, Checkpoint, load_state, save_state
 from .components import build
 from .data import Dataset, Samples
 from .errors import CheckpointError, FileAccessError, OutputDirError, RecipeError, TokError
@@ -60,10 +54,6 @@ from .recipe import Recipe, apply_overrides, dumps_toml, parse_recipe
 from .registry import missing_plugin
 
 __all__ = ["Run", "Checkpoint", "evaluate", "STATE_FORMAT"]
-
-STATE_FORMAT = "tok.state/2"
-#: checkpoint formats a resume reads: 1 has no loss state, otherwise the same
-READABLE_STATES = ("tok.state/1", STATE_FORMAT)
 
 
 @torch.no_grad()
@@ -114,21 +104,6 @@ def evaluate(
         "counts": counts,
         **({"kept": (torch.cat(kept[0]), torch.cat(kept[1]))} if keep else {}),
     }
-
-
-@dataclass
-class Checkpoint:
-    """What a checkpoint holds, as live objects: restored in place by :meth:`Run.load_checkpoint`.
-
-    ``tokenizer`` and ``optimizer`` are the model and its AdamW; ``losses`` the
-    recipe's loss modules by name (their own optimizers come from
-    ``Loss.optimizers()``); ``generator`` draws the batches.
-    """
-
-    tokenizer: Tokenizer
-    optimizer: torch.optim.Optimizer
-    losses: dict[str, nn.Module]
-    generator: torch.Generator
 
 
 class Run:
@@ -351,106 +326,36 @@ class Run:
 
     # checkpoints ----------------------------------------------------------------------
 
-    def save_checkpoint(self, step: int, parts: Checkpoint, *, elapsed: float) -> None:
-        """Write ``state.safetensors`` (and ``state.json``), then the tokenizer, atomically."""
-        tensors = {
-            f"model.{k}": v.detach().contiguous().cpu()
-            for k, v in parts.tokenizer.state_dict().items()
-        }
-        opt_tensors, groups = optimizer_tensors("optim", parts.optimizer)
-        tensors.update(opt_tensors)
-        loss_groups: dict[str, dict[str, list]] = {}
-        for name, loss in parts.losses.items():
-            for k, v in loss.state_dict().items():
-                tensors[f"loss/{name}/model.{k}"] = v.detach().contiguous().cpu()
-            for opt_name, opt in loss.optimizers().items():
-                more, loss_groups.setdefault(name, {})[opt_name] = optimizer_tensors(
-                    f"loss/{name}/optim/{opt_name}", opt
-                )
-                tensors.update(more)
-        bad = nonfinite_tensors(tensors)
-        if bad:  # never replace a sound checkpoint with a diverged one
-            raise CheckpointError(
-                f"refusing to write a checkpoint of {self.path} at step {step}: non-finite "
-                f"values in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}; the last "
-                f"checkpoint on disk is kept"
-            )
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["rng.batches"] = parts.generator.get_state()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        scalars = {
-            "step": step,
-            "elapsed": elapsed,
-            "param_groups": groups,
-            "loss_param_groups": loss_groups,
-        }
-        with atomic_path(self.file(self.STATE)) as tmp:
-            save_file(tensors, tmp, metadata={"format": STATE_FORMAT, "state": json.dumps(scalars)})
+    def save_checkpoint(
+        self,
+        step: int,
+        parts: Checkpoint,
+        *,
+        elapsed: float,
+        rngs: dict[str, list[torch.Tensor]] | None = None,
+    ) -> None:
+        """Write ``state.safetensors`` (:func:`tok.checkpoint.save_state`; ``rngs``: every
+        rank's random states under torchrun), ``state.json``, then the tokenizer, atomically."""
+        save_state(self.file(self.STATE), step, parts, elapsed=elapsed, rngs=rngs)
         write_json(self.file(self.STATE_JSON), {"step": step, "elapsed_seconds": round(elapsed, 2)})
         parts.tokenizer.save(self.path)
 
     def load_checkpoint(self, parts: Checkpoint) -> tuple[int, float]:
-        """Restore ``parts`` in place from ``state.safetensors``; return ``(step, elapsed)``."""
+        """Restore ``parts`` in place from ``state.safetensors`` (:func:`tok.checkpoint.load_state`);
+        return ``(step, elapsed)``."""
         path = self.file(self.STATE)
         if not path.is_file():
             raise CheckpointError(
                 f"cannot resume {self.path}: no {self.STATE} (the run never reached its first checkpoint)"
             )
         check_readable(path)  # the OS's cause, not safetensors' "no such file"
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-            scalars = json.loads(meta["state"])
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-        found = meta.get("format", "tok.state/1")
-        if found not in READABLE_STATES:
-            raise CheckpointError(
-                f"{path} was written in checkpoint format {found!r}; this version of tok "
-                f"resumes {', '.join(READABLE_STATES)}"
-            )
-        bad = nonfinite_tensors(tensors)
-        if bad:
-            raise CheckpointError(
-                f"cannot resume {self.path}: its checkpoint {path.name} is damaged, with "
-                f"non-finite values in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}"
-            )
         recorded = recorded_config(self.file(self.WEIGHTS))
         differ = recorded and config_differences(
             parts.tokenizer.model_config(), recorded, self.RECIPE
         )
         if differ:  # recipe.toml edited by hand: the resume check compares it with itself
             raise CheckpointError(f"cannot resume {self.path}: {differ}")
-        model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        try:
-            parts.tokenizer.load_state_dict(model)
-        except RuntimeError as exc:  # shapes that do not fit: the recipe check missed a change
-            detail = str(exc).strip().splitlines()[-1].strip()
-            raise CheckpointError(
-                f"cannot resume {self.path}: its checkpoint does not fit the recipe's "
-                f"tokenizer ({detail})"
-            ) from exc
-        load_optimizer(parts.optimizer, tensors, "optim", scalars["param_groups"], run=self.path)
-        loss_groups = scalars.get("loss_param_groups", {})
-        for name, loss in parts.losses.items():
-            prefix = f"loss/{name}/model."
-            own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            loss.load_state_dict(own)
-            for opt_name, opt in loss.optimizers().items():
-                groups = loss_groups.get(name, {}).get(opt_name)
-                if groups is None:
-                    raise CheckpointError(
-                        f"cannot resume {self.path}: its checkpoint has no state for the "
-                        f"optimizer {opt_name!r} of loss {name!r}"
-                    )
-                load_optimizer(opt, tensors, f"loss/{name}/optim/{opt_name}", groups, run=self.path)
-        torch.set_rng_state(tensors["rng.torch"])
-        parts.generator.set_state(tensors["rng.batches"])
-        if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
-        return int(scalars["step"]), float(scalars.get("elapsed", 0.0))
+        return load_state(path, parts, run=self.path)
 
     # pictures ------------------------------------------------------------------------
 
@@ -498,3 +403,19 @@ class Run:
 
 
 MetricsLog = JsonLines  # metrics.jsonl: one row per logged step and per evaluation
+
+
+class _NoLog:
+    """The log of a process that writes no files (ranks other than 0): rows go nowhere."""
+
+    def __enter__(self) -> _NoLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+
+NO_LOG = _NoLog()

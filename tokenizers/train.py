@@ -24,17 +24,29 @@ import torch
 from tqdm.auto import tqdm
 
 from ._io import check_writable, nonfinite_tensors
+from .checkpoint import rng_states
 from .components import Facts, build
 from .data import Samples
 from .device import autocast, resolve_device, resolve_precision
+from .distributed import (
+    barrier,
+    check_world,
+    data_parallel,
+    gather,
+    is_main,
+    mean_over_ranks,
+    my_share,
+    process_group,
+)
 from .errors import TrainingError
-from .health import CollapseWarning, warn_collapse
+from .evaluation import NonFiniteEvaluation, evaluate_and_show
+from .health import CollapseWarning
 from .locks import folder_lock
 from .losses import Loss, LossInputs
 from .metrics import batch_stream_stats
 from .models import Tokenizer
 from .recipe import Recipe, check_resume
-from .run import Checkpoint, MetricsLog, Run, evaluate
+from .run import NO_LOG, Checkpoint, Run
 
 __all__ = ["train", "build_parts", "build_tokenizer", "lr_at", "RunResult", "CollapseWarning"]
 
@@ -136,34 +148,48 @@ def train(
         :class:`tok.errors.TrainingError` at the first non-finite loss, before the
         optimizer steps on it (the run keeps its last checkpoint).
     """
-    with folder_lock(recipe.run_dir):  # one writer per run folder, for the whole command
-        check_writable(recipe.run_dir, what="the run")  # a read-only disk: now, not at step 500
-        run = Run.open(recipe.run_dir) if resume else Run.create(recipe.run_dir)
-        with run.failing(new=not resume):  # undoes an unstarted run; a full disk: what is kept
-            return _train(run, recipe, resume=resume, progress=progress, stop_after=stop_after)
+    args = {"resume": resume, "progress": progress, "stop_after": stop_after}
+    with process_group(resolve_device(recipe.train.device)) as device:  # under torchrun
+        check_world(recipe.train.batch_size)
+        if not is_main():  # rank 0 checks or makes the run folder; the others only read it
+            barrier()
+            return _train(Run(recipe.run_dir), recipe, device, **args)
+        with folder_lock(recipe.run_dir):  # one writer per run folder, for the whole command
+            check_writable(recipe.run_dir, what="the run")  # a read-only disk: now, not later
+            run = Run.open(recipe.run_dir) if resume else Run.create(recipe.run_dir)
+            barrier()
+            with run.failing(new=not resume):  # undoes an unstarted run; a full disk: what is kept
+                return _train(run, recipe, device, **args)
 
 
 def _train(
-    run: Run, recipe: Recipe, *, resume: bool, progress: bool, stop_after: int | None
+    run: Run,
+    recipe: Recipe,
+    device: torch.device,
+    *,
+    resume: bool,
+    progress: bool,
+    stop_after: int | None,
 ) -> RunResult:
-    t = recipe.train
-    if resume:
+    t, main = recipe.train, is_main()  # rank 0 (or the only process) writes the run's files
+    if resume and main:
         check_resume(run.recipe(), recipe, run=run.path)  # before any work
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
     torch.manual_seed(t.seed)
     parts = build_parts(recipe, device)
     step, elapsed = 0, 0.0
     if resume:
         step, elapsed = run.load_checkpoint(parts.checkpoint())
-        run.truncate_log(step)
+        if main:
+            run.truncate_log(step)
     saved = step if resume else None  # the step of the checkpoint on disk
-    if not resume:  # a resume rewrites recipe.toml with its first checkpoint
+    if not resume and main:  # a resume rewrites recipe.toml with its first checkpoint
         run.write_recipe(recipe)
+    model = data_parallel(parts.tokenizer, device)  # DDP under torchrun, else the tokenizer
 
     precision = resolve_precision(t.precision, device)
-    if progress:
+    if progress and main:
         tqdm.write(
             f"tok: training {recipe.name} on {device} ({precision}, {torch.get_num_threads()} "
             f"threads) for {t.steps} steps into {run.path}"
@@ -172,21 +198,24 @@ def _train(
     last_eval: dict[str, Any] = {}
     end = t.steps if stop_after is None else min(t.steps, step + stop_after)
     start_time = time.perf_counter() - elapsed
-    bar = tqdm(total=t.steps, initial=step, disable=not progress, desc=recipe.name, unit="step")
-    with run.open_log() as log, bar:
+    bar = tqdm(
+        total=t.steps, initial=step, disable=not (progress and main), desc=recipe.name, unit="step"
+    )
+    with run.open_log() if main else NO_LOG as log, bar:
         tokenizer.train()
         while step < end:
             lr = lr_at(step, recipe)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            idx = torch.randint(0, n, (t.batch_size,), generator=parts.generator)
-            x = parts.images[idx.to(device)].float().div_(255)
+            idx = torch.randint(0, n, (t.batch_size,), generator=parts.generator)  # global batch
+            x = parts.images[my_share(idx).to(device)].float().div_(255)  # this rank's rows
             with autocast(precision, device):
-                out = tokenizer(x)
+                out = model(x)
                 batch = LossInputs(x, out.reconstruction.float(), tokenizer, step)
                 terms = {name: loss(batch) for name, loss in parts.losses.items()}
             loss = sum(term.loss for term in terms.values()) + out.aux_loss
-            if not torch.isfinite(loss):  # a host sync per step: small next to a step
+            seen = mean_over_ranks(loss)  # every rank takes the same decision below
+            if not torch.isfinite(seen):  # a host sync per step: small next to a step
                 what = _loss_terms(loss, terms[t.loss].loss, out)
                 raise _diverged(run, recipe, step + 1, what, saved)
             optimizer.zero_grad(set_to_none=True)
@@ -202,9 +231,9 @@ def _train(
                 row = {
                     "step": step,
                     "split": "train",
-                    "loss": loss.item(),
-                    "recon_loss": terms[t.loss].loss.item(),
-                    "aux_loss": float(out.aux_loss.detach()),
+                    "loss": seen.item(),  # the global batch's
+                    "recon_loss": mean_over_ranks(terms[t.loss].loss).item(),
+                    "aux_loss": mean_over_ranks(out.aux_loss).item(),
                     "lr": lr,
                     "time": round(time.perf_counter() - start_time, 3),
                     **{k: float(v) for k, v in out.metrics.items()},
@@ -223,25 +252,28 @@ def _train(
             ):  # a finite loss, then a step to non-finite weights: show and save nothing
                 what = f"its optimizer step left non-finite weights ({', '.join(bad[:2])})"
                 raise _diverged(run, recipe, step, what, saved)
-            if shown:
+            if shown and main:
                 try:
                     last_eval = evaluate_and_show(run, recipe, tokenizer, parts.eval_set, step, log)
-                except _NonFinite as exc:
+                except NonFiniteEvaluation as exc:
                     raise _diverged(run, recipe, step, str(exc), saved) from None
             if step % t.checkpoint_every == 0 or step == end:
-                run.save_checkpoint(
-                    step, parts.checkpoint(), elapsed=time.perf_counter() - start_time
-                )
-                run.write_recipe(recipe)  # the recipe of the state on disk
+                rngs = {k: gather(v) for k, v in rng_states().items()}  # every rank's
+                if main:
+                    run.save_checkpoint(
+                        step,
+                        parts.checkpoint(),
+                        elapsed=time.perf_counter() - start_time,
+                        rngs=rngs,
+                    )
+                    run.write_recipe(recipe)  # the recipe of the state on disk
                 saved = step
+    if not main:
+        return RunResult(run_dir=run.path, step=step, eval={})
     if step == t.steps and not last_eval:  # a resume of a finished run
         last_eval = evaluate_and_show(run, recipe, tokenizer, parts.eval_set, step, None)
     run.save_curves()
     return RunResult(run_dir=run.path, step=step, eval=last_eval)
-
-
-class _NonFinite(TrainingError):
-    """An evaluation gave non-finite reconstructions (raised before anything is written)."""
 
 
 def _diverged(run: Run, recipe: Recipe, step: int, what: str, saved: int | None) -> TrainingError:
@@ -262,33 +294,3 @@ def _loss_terms(loss: Any, recon: Any, out: Any) -> str:
     nonfinite = int(out.metrics.get("nonfinite", 0))
     terms += f", {nonfinite} non-finite latents" if nonfinite else ""
     return f"the loss is {float(loss.detach())} ({terms})"
-
-
-def evaluate_and_show(
-    run: Run,
-    recipe: Recipe,
-    tokenizer: Tokenizer,
-    eval_set: Samples,
-    step: int,
-    log: MetricsLog | None,
-) -> dict[str, Any]:
-    """Evaluate on ``eval_set``, log the test row, warn about collapsed streams, and draw
-    the reconstructions and the usage histogram into the run folder."""
-    device = next(tokenizer.parameters()).device
-    result = evaluate(tokenizer, eval_set, device=device, keep=recipe.output.samples)
-    if not math.isfinite(result["psnr"]):  # neither logged nor drawn
-        raise _NonFinite(f"its evaluation gave non-finite reconstructions (psnr {result['psnr']})")
-    if log is not None:
-        keys = ("psnr", "mse", "usage", "perplexity", "streams")
-        log.write({"step": step, "split": "test", **{k: result[k] for k in keys}})
-    warn_collapse(
-        result["streams"],
-        recipe.train.collapse_threshold,
-        recipe=recipe.name,
-        run=run.path,
-        step=step,
-        images=result["images"],
-    )
-    run.save_samples(*result.pop("kept"))  # the first output.samples items, as evaluated
-    run.save_usage(result["counts"], step)
-    return result

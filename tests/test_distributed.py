@@ -1,0 +1,239 @@
+"""``tok train`` under torchrun: real gloo processes on the CPU, compared with one process
+(:mod:`tok.distributed`, :mod:`tok.train`).
+
+Every launch here is the command a user types — ``python -m torch.distributed.run``
+is ``torchrun`` — with one thread per process, as torchrun sets by default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import RECIPE, TINY, mnist_dir, one_error, snapshot
+from safetensors.torch import load_file
+
+from tok.components import build
+from tok.models import Tokenizer
+
+if not torch.distributed.is_available():  # pragma: no cover - every CPU wheel has it
+    pytest.skip("torch.distributed is missing", allow_module_level=True)
+
+#: a small conv tokenizer, one log row per step
+SMALL = [
+    *TINY,
+    "model.channels=[8, 16]",
+    "train.batch_size=8",
+    "train.log_every=1",
+    "train.threads=1",
+]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def train_cmd(run: Path, *sets: str, recipe: Path | str = RECIPE) -> list[str]:
+    """``tok train RECIPE --no-progress --set …`` (the part after ``torchrun … -m``)."""
+    args = ["tok", "train", str(recipe), "--no-progress"]
+    for item in [*SMALL, *sets, f"output.dir='{run}'"]:
+        args += ["--set", item]
+    return args
+
+
+def launch(cmd: list[str], *, timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def torchrun(*args: str, nproc: int = 2, **kw) -> subprocess.CompletedProcess[str]:
+    return launch([*TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", "-m", *args], **kw)
+
+
+def alone(*args: str) -> subprocess.CompletedProcess[str]:
+    return launch([sys.executable, "-m", *args])
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same 20 steps trained alone and by 2 processes under torchrun."""
+    mnist_dir()
+    tmp = tmp_path_factory.mktemp("ddp")
+    ok(alone(*train_cmd(tmp / "alone")))
+    ok(torchrun(*train_cmd(tmp / "two")))
+    return {"alone": tmp / "alone", "two": tmp / "two"}
+
+
+def test_two_processes_match_one_step_by_step(runs):
+    """Same global batches, same seed: the two runs agree with one process holding the whole
+    batch. Not bit for bit: each rank averages its 4 rows' gradients and the all-reduce
+    averages the two halves — the same sum in another order, so rounding differs (about
+    1e-7 relative). Measured after 20 steps: losses within 1.3e-7 relative at every step,
+    identical tokens, reconstructions within 1e-6. Single weights can differ more (up to
+    1e-3 here): a bias right before a GroupNorm has a gradient that is zero in exact
+    arithmetic, and Adam, which divides by the gradient's own scale, turns its rounding noise
+    into full-size steps of either sign. Those weights do not change the output, so the
+    function is compared tightly and the weights only against that bound (lr × steps)."""
+    one, two = losses(runs["alone"]), losses(runs["two"])
+    assert sorted(one) == sorted(two) == list(range(1, 21))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5), step
+    assert one[20] < one[1] * 0.9  # it trained: a comparison of two untrained runs is empty
+
+    dataset = build("datasets", "mnist", {})
+    x = dataset.read("test", dataset.keys("test")[:256]).floats()
+    a, b = Tokenizer.load(runs["alone"]), Tokenizer.load(runs["two"])
+    with torch.no_grad():
+        assert torch.equal(a.encode(x), b.encode(x))
+        torch.testing.assert_close(b.reconstruct(x), a.reconstruct(x), rtol=0, atol=1e-5)
+    w1, w2 = weights(runs["alone"]), weights(runs["two"])
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=2e-3 * 20, msg=name)
+
+
+def test_rank_zero_alone_writes_the_run(runs):
+    """One metrics row per step (not one per rank), the run's usual files, no stray files."""
+    assert len(losses(runs["two"])) == 20
+    names = {p.name for p in runs["two"].iterdir()}
+    assert {p.name for p in runs["alone"].iterdir()} == names
+    state = json.loads((runs["two"] / "state.json").read_text())
+    assert state["step"] == 20
+
+
+def test_resume_with_another_number_of_processes_is_refused(runs, tmp_path):
+    """The checkpoint holds 2 ranks' RNG states: alone, the resume stops before any work."""
+    before = snapshot(runs["two"])
+    proc = alone("tok", "train", "--resume", str(runs["two"]), "--set", "train.steps=24")
+    assert proc.returncode == 1
+    one_error(proc.stderr, "cannot resume", "it was trained by 2", "--nproc-per-node=2")
+    assert snapshot(runs["two"]) == before
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL to the whole torchrun process group at an arbitrary step, then ``--resume``
+    under torchrun: the same weights, and the same losses after the checkpoint, bit for bit,
+    as a run never stopped (every rank's RNG state and the batch generator are in the
+    checkpoint; gloo sums two tensors the same way each time)."""
+    mnist_dir()
+    sets = ["train.steps=160", "train.checkpoint_every=40", "train.eval_every=160"]
+    ok(torchrun(*train_cmd(tmp_path / "straight", *sets)))
+
+    run = tmp_path / "killed"
+    kill_at = random.Random(13).randrange(50, 150)  # between checkpoints, not on one
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", *train_cmd(run, *sets)]
+    proc = subprocess.Popen(
+        cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        log = run / "metrics.jsonl"
+        if log.is_file() and len(log.read_text().splitlines()) >= kill_at:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, mid-step
+    proc.wait()
+    stopped = max(losses(run))
+    assert 40 <= stopped < 160, stopped
+
+    ok(torchrun("tok", "train", "--resume", str(run), "--no-progress"))
+    straight, resumed = weights(tmp_path / "straight"), weights(run)
+    for name in straight:
+        assert torch.equal(resumed[name], straight[name]), name
+    assert losses(run) == losses(tmp_path / "straight")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_nproc_and_two_nodes_train_the_same_run(tmp_path):
+    """``tok train --nproc 2`` and two "nodes" of one process each, meeting over
+    127.0.0.1 (torchrun's c10d rendezvous, as the README's multi-node command), end with
+    the same weights, bit for bit: the same ranks compute the same shares."""
+    mnist_dir()
+    nproc = alone(*train_cmd(tmp_path / "nproc"), "--nproc", "2")
+    ok(nproc)
+    assert "run folder:" in nproc.stdout  # rank 0 reports, once
+    assert nproc.stdout.count("run folder:") == 1
+
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [
+        subprocess.Popen(
+            [
+                *TORCHRUN,
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={node}",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={endpoint}",
+                "--rdzv-id=tok-test",
+                "-m",
+                *train_cmd(tmp_path / "nodes"),
+            ],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    for node in nodes:
+        out, err = node.communicate(timeout=240)
+        assert node.returncode == 0, out + err
+    a, b = weights(tmp_path / "nproc"), weights(tmp_path / "nodes")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize(
+    ("sets", "needles"),
+    [
+        (["train.batch_size=7"], ["train.batch_size = 7", "does not split over 2 processes"]),
+        (["model.norm='batch'"], ["norm = 'batch'", "SyncBatchNorm runs on GPUs only"]),
+    ],
+    ids=["batch-does-not-divide", "batch-norm-on-cpu"],
+)
+def test_what_cannot_train_under_torchrun_is_one_line(tmp_path, sets, needles):
+    """Said once (by rank 0), before the run folder exists."""
+    mnist_dir()
+    proc = torchrun(*train_cmd(tmp_path / "run", *sets))
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("tok: error:")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_encode_under_torchrun_is_refused_in_one_line(trained_run, tmp_path):
+    """Until tok encode splits its work over ranks, two ranks would race for --out."""
+    proc = torchrun(
+        "tok", "encode", "mnist:test", "--tokenizer", str(trained_run), "--out", str(tmp_path / "t")
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("tok: error:")]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "does not split its work over torchrun processes" in lines[0]
+    assert not (tmp_path / "t").exists()

@@ -1,0 +1,190 @@
+"""Training and encoding over several processes, the way ``torchrun`` starts them.
+
+``torchrun --nproc-per-node=N -m tok train RECIPE`` starts N copies of ``tok``;
+torchrun gives each one ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``
+and ``MASTER_PORT`` in its environment. :func:`process_group` turns those into a
+``torch.distributed`` process group — gloo on the CPU, nccl on CUDA, one GPU per
+local rank — for the length of a command, and takes it down after. Without
+torchrun's variables (or with ``WORLD_SIZE=1``) it does nothing, so every command
+runs the same code alone and under torchrun.
+
+The contract, for the training loop (:mod:`tok.train`):
+
+- rank 0 alone writes files (:func:`is_main`);
+- every rank runs the same collectives in the same order: the gradient
+  all-reduce of DistributedDataParallel, the quantizers' own statistics
+  (:mod:`tok.helpers` ``all_reduce_``/``broadcast_``), and the ones below;
+- a decision that ends or branches the loop (a non-finite loss) is taken on
+  values every rank holds alike, so no rank waits for one that has left.
+
+:func:`launch` runs a ``tok`` command through ``torchrun`` for ``--nproc N``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .helpers import is_distributed, rank, world_size
+
+__all__ = [
+    "process_group",
+    "is_main",
+    "launched",
+    "barrier",
+    "gather",
+    "mean_over_ranks",
+    "launch",
+    "check_world",
+    "my_share",
+    "data_parallel",
+    "rank",
+    "world_size",
+]
+
+
+def launched() -> bool:
+    """Whether this process was started by ``torchrun`` as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main() -> bool:
+    """Whether this process writes the files: rank 0, or the only process."""
+    return rank() == 0
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[torch.device]:
+    """Join the process group torchrun set up (if it did) for the block; yield the
+    device this rank computes on: ``device``, or on CUDA the GPU of this local rank
+    (``cuda:LOCAL_RANK``). A process group that is already running (a test, a
+    program of the user's) is used as it is and left running.
+
+    :raises ConfigError: ``cuda`` under torchrun with more local ranks than GPUs.
+    """
+    if not launched() or torch.distributed.is_initialized():
+        yield device
+        return
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ConfigError(
+                f"local rank {local} has no GPU: {torch.cuda.device_count()} visible, so "
+                f"start at most that many processes per node (--nproc-per-node)"
+            )
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield device
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _device() -> torch.device:
+    """Where collectives' tensors live: the current GPU under nccl, else the CPU."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    """Wait until every rank is here (nothing alone)."""
+    if is_distributed():
+        torch.distributed.barrier()
+
+
+def gather(t: Tensor) -> list[Tensor]:
+    """Every rank's ``t`` (same shape and dtype on every rank), in rank order, on the
+    CPU: ``[t]`` alone."""
+    if not is_distributed():
+        return [t.detach().cpu()]
+    local = t.detach().to(_device())
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    torch.distributed.all_gather(parts, local)
+    return [p.cpu() for p in parts]
+
+
+def mean_over_ranks(t: Tensor) -> Tensor:
+    """The mean over ranks of ``t`` (float32, detached; ``t`` itself alone). Ranks hold
+    equal shares of the global batch, so the mean of their batch means is the global
+    batch mean, up to rounding."""
+    t = t.detach().float()
+    if not is_distributed():
+        return t
+    out = t.to(_device()).clone()
+    torch.distributed.all_reduce(out)
+    return out.div_(world_size()).to(t.device)
+
+
+def launch(argv: list[str], nproc: int) -> int:
+    """Run ``tok ARGV`` as ``nproc`` processes on this machine through ``torchrun
+    --standalone`` (a free port; one node) and return its exit code.
+
+    :raises ConfigError: ``nproc`` below 1, or ``--nproc`` given under torchrun.
+    """
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, not {nproc}")
+    if launched():
+        raise ConfigError("--nproc starts torchrun; under torchrun, leave it out")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc-per-node={nproc}", "-m", "tok", *argv]
+    return subprocess.run(command, check=False).returncode
+
+
+def check_world(batch_size: int) -> None:
+    """A recipe's ``batch_size`` is the global batch: it must split evenly over the ranks.
+
+    :raises ConfigError: naming both numbers and the sizes that would work.
+    """
+    n = world_size()
+    if batch_size % n:
+        fits = [w for w in range(1, min(batch_size, 64) + 1) if batch_size % w == 0]
+        raise ConfigError(
+            f"train.batch_size = {batch_size} is the global batch and does not split over "
+            f"{n} processes; use a multiple of {n} (--set train.batch_size=...) or "
+            f"{', '.join(map(str, fits))} processes"
+        )
+
+
+def my_share(batch: Tensor) -> Tensor:
+    """This rank's equal, contiguous share of the global ``batch`` (rows ``r·B/W`` to
+    ``(r+1)·B/W``): which items make up a global batch never depends on the world size."""
+    n = world_size()
+    return batch.view(n, -1, *batch.shape[1:])[rank()] if n > 1 else batch
+
+
+def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun, else ``model`` itself.
+
+    Buffers are not broadcast at each forward: the quantizers keep theirs identical
+    across ranks by all-reducing their statistics. DDP looks for parameters without a
+    gradient only where the quantizer has parameters (they may wait for k-means). Batch norm becomes SyncBatchNorm on
+    CUDA; PyTorch has no SyncBatchNorm on the CPU, so there it is refused.
+
+    :raises ConfigError: batch norm in a CPU process group.
+    """
+    if not is_distributed():
+        return model
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        if device.type != "cuda":
+            raise ConfigError(
+                "norm = 'batch' cannot train under torchrun on the CPU: PyTorch's "
+                "SyncBatchNorm runs on GPUs only, and per-process batch statistics would make "
+                "the recipe mean something else at each world size; use norm = 'group'"
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the same parameters
+    ids = [device.index] if device.type == "cuda" else None
+    # a quantizer's parameters can sit out steps (a VQ codebook without EMA until k-means
+    # has initialised it): DDP must then look for them, a graph traversal per step
+    idle = any(p.requires_grad for p in getattr(model, "quantizer", nn.Module()).parameters())
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=idle
+    )
