@@ -3,6 +3,7 @@
     python bench/overhead.py                                  # recipes/fsq_mnist.toml, 2 rounds
     python bench/overhead.py --threads 1 --repeats 3
     python bench/overhead.py --recipe recipes/video_fsq_movingmnist.toml
+    python bench/overhead.py --repeats 0 --step-blocks 8      # the loop body alone
     python bench/overhead.py --threads 1 --set train.steps=40 \\
         --set train.eval_every=20 --set train.checkpoint_every=20   # a quick check
 
@@ -54,13 +55,15 @@ import torch
 from _common import cpu_model
 from safetensors.torch import load_file
 
+import tok.evaluation as tok_evaluation
 import tok.train as tok_train
 from tok.components import Facts, build
-from tok.device import resolve_device, resolve_precision
+from tok.device import autocast, resolve_device, resolve_precision
+from tok.distributed import mean_over_ranks, my_share
 from tok.losses import LossInputs
 from tok.models import Tokenizer
 from tok.recipe import Recipe, load_recipe
-from tok.run import Run
+from tok.run import MetricsLog, Run
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fsq_mnist.toml"
 QUOTA = 5.0  # per cent of the training time
@@ -147,16 +150,16 @@ def bare(recipe: Recipe) -> tuple[float, float, dict[str, torch.Tensor]]:
 TIMED: list[tuple[str, object, str]] = [
     ("data + build (`build_parts`)", tok_train, "build_parts"),
     ("evaluation + pictures (`evaluate_and_show`)", tok_train, "evaluate_and_show"),
-    ("  evaluate (`eval_samples` forward passes)", tok_train, "evaluate"),
+    ("  evaluate (`eval_samples` forward passes)", tok_evaluation, "evaluate"),
     ("  recon picture (`Run.save_samples`)", Run, "save_samples"),
     ("  usage histogram (`Run.save_usage`)", Run, "save_usage"),
-    ("  collapse check (`warn_collapse`)", tok_train, "warn_collapse"),
+    ("  collapse check (`warn_collapse`)", tok_evaluation, "warn_collapse"),
     ("checkpoints (`Run.save_checkpoint`)", Run, "save_checkpoint"),
     ("  tokenizer files (`Tokenizer.save`)", Tokenizer, "save"),
     ("recipe.toml (`Run.write_recipe`)", Run, "write_recipe"),
     ("non-finite weight checks (`nonfinite_tensors`)", tok_train, "nonfinite_tensors"),
     ("log rows: stream stats (`batch_stream_stats`)", tok_train, "batch_stream_stats"),
-    ("log rows: JSON lines (`MetricsLog.write`)", tok_train.MetricsLog, "write"),
+    ("log rows: JSON lines (`MetricsLog.write`)", MetricsLog, "write"),
     ("loss plot at the end (`Run.save_curves`)", Run, "save_curves"),
 ]
 BUILD = TIMED[0][0]
@@ -223,6 +226,69 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return worst
 
 
+# the loop body alone, in interleaved blocks -----------------------------------------
+
+
+def step_blocks(recipe: Recipe, steps: int, pairs: int) -> list[tuple[float, float]]:
+    """ms per step of the bare loop body and of tok's, in ``pairs`` interleaved blocks of
+    ``steps`` steps on one model (what the long rounds cannot show through the machine's
+    drift). tok's body mirrors ``tok.train._train``'s: this rank's share of the batch, the
+    loss through the registry, ``mean_over_ranks`` and the finiteness check, the losses'
+    ``update``; nothing is logged, evaluated or saved."""
+    t = recipe.train
+    device = resolve_device(t.device)
+    precision = resolve_precision(t.precision, device)
+    parts = tok_train.build_parts(recipe, device)
+    model, opt, images = parts.tokenizer, parts.optimizer, parts.images
+    g = torch.Generator().manual_seed(t.seed)
+
+    def one(step: int, through_tok: bool) -> None:
+        for group in opt.param_groups:
+            group["lr"] = tok_train.lr_at(step, recipe)
+        idx = torch.randint(0, len(images), (t.batch_size,), generator=g)
+        if through_tok:
+            x = images[my_share(idx).to(device)].float().div_(255)
+            with autocast(precision, device):
+                out = model(x)
+                batch = LossInputs(x, out.reconstruction.float(), model, step)
+                terms = {name: loss(batch) for name, loss in parts.losses.items()}
+            loss = sum(term.loss for term in terms.values()) + out.aux_loss
+            if not torch.isfinite(mean_over_ranks(loss)):
+                raise SystemExit("non-finite loss")
+        else:
+            x = images[idx.to(device)].float().div_(255)
+            with autocast(precision, device):
+                out = model(x)
+                diff = out.reconstruction.float() - x
+                loss = (diff.pow(2).mean() if t.loss == "mse" else diff.abs().mean()) + out.aux_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        if through_tok:
+            detached = LossInputs(x, batch.reconstruction.detach(), model, step)
+            _ = {name: loss_fn.update(detached) for name, loss_fn in parts.losses.items()}
+
+    def block(through_tok: bool, start: int) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            one(start + i, through_tok)
+        sync(device)
+        return (time.perf_counter() - t0) / steps * 1000
+
+    model.train()
+    block(False, 0), block(True, 0)  # warm-up
+    results = []
+    for r in range(pairs):
+        first = r % 2 == 0  # alternate which side goes first
+        a = block(not first, r * 2 * steps)
+        b = block(first, (r * 2 + 1) * steps)
+        results.append((a, b) if first else (b, a))  # (bare, tok)
+    return results
+
+
 # the report --------------------------------------------------------------------------
 
 
@@ -243,6 +309,14 @@ def main() -> None:
         help="torch threads, both sides (sets train.threads; default: the recipe's)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="rounds of bare + tok (default 2)")
+    parser.add_argument(
+        "--step-blocks",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="also time the loop body alone: PAIRS interleaved blocks of 150 steps, bare and "
+        "tok's (0: not)",
+    )
     args = parser.parse_args()
     # a short check run's codebooks look collapsed; the warning is not what is measured
     warnings.filterwarnings("ignore", category=tok_train.CollapseWarning)
@@ -275,74 +349,89 @@ def main() -> None:
         result["diff"] = max_difference(result["bare"]["weights"], result["tok"]["weights"])
         rounds.append(result)
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    print(
-        f"device: {device} ({where}); torch {torch.__version__}; threads "
-        f"{torch.get_num_threads()}; precision {precision}; recipe {args.recipe}"
-        + (f" --set {' --set '.join(args.set)}" if args.set else "")
-    )
-    print(
-        f"steps {t.steps}, batch {t.batch_size}, log_every {t.log_every}, eval_every "
-        f"{t.eval_every} ({t.eval_samples} test items), checkpoint_every "
-        f"{t.checkpoint_every}; {args.repeats} round(s), order alternating"
-    )
-    print()
-    print(
-        "| round | order | bare load+build s | tok load+build s | bare training s | "
-        "tok training s | ratio tok/bare | overhead | final weights |"
-    )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
-    overheads = []
-    for i, res in enumerate(rounds, 1):
-        b, k = res["bare"], res["tok"]
-        over = (k["train"] - b["train"]) / b["train"] * 100
-        overheads.append(over)
-        same = "identical" if res["diff"] == 0 else f"max abs diff {res['diff']:.2g}"
+    if rounds:
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
         print(
-            f"| {i} | {' → '.join(res['order'])} | {b['build']:.2f} | {k['build']:.2f} | "
-            f"{b['train']:.2f} | {k['train']:.2f} | {k['train'] / b['train']:.3f} | "
-            f"{over:+.1f} % | {same} |"
+            f"device: {device} ({where}); torch {torch.__version__}; threads "
+            f"{torch.get_num_threads()}; precision {precision}; recipe {args.recipe}"
+            + (f" --set {' --set '.join(args.set)}" if args.set else "")
         )
-    median = statistics.median(overheads)
-    verdict = "within" if median <= QUOTA else "OVER"
-    print()
-    print(
-        f"median overhead: {median:+.1f} % of the training time ({verdict} the {QUOTA:g} % quota)"
-    )
+        print(
+            f"steps {t.steps}, batch {t.batch_size}, log_every {t.log_every}, eval_every "
+            f"{t.eval_every} ({t.eval_samples} test items), checkpoint_every "
+            f"{t.checkpoint_every}; {args.repeats} round(s), order alternating"
+        )
+        print()
+        print(
+            "| round | order | bare load+build s | tok load+build s | bare training s | "
+            "tok training s | ratio tok/bare | overhead | final weights |"
+        )
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+        overheads = []
+        for i, res in enumerate(rounds, 1):
+            b, k = res["bare"], res["tok"]
+            over = (k["train"] - b["train"]) / b["train"] * 100
+            overheads.append(over)
+            same = "identical" if res["diff"] == 0 else f"max abs diff {res['diff']:.2g}"
+            print(
+                f"| {i} | {' → '.join(res['order'])} | {b['build']:.2f} | {k['build']:.2f} | "
+                f"{b['train']:.2f} | {k['train']:.2f} | {k['train'] / b['train']:.3f} | "
+                f"{over:+.1f} % | {same} |"
+            )
+        median = statistics.median(overheads)
+        verdict = "within" if median <= QUOTA else "OVER"
+        print()
+        print(
+            f"median overhead: {median:+.1f} % of the training time ({verdict} the {QUOTA:g} % quota)"
+        )
 
-    # where tok's time goes
-    bare_median = statistics.median(res["bare"]["train"] for res in rounds)
-    print()
-    heads = " | ".join(f"round {i} s" for i in range(1, len(rounds) + 1))
-    print(f"| tok's part | calls per run | {heads} | median, % of bare training |")
-    print("|---|---:|" + "---:|" * len(rounds) + "---:|")
-    measured = [0.0] * len(rounds)
-    for label, _, _ in TIMED[1:]:
-        values = [res["tok"]["parts"].get(label, (0, 0.0)) for res in rounds]
-        secs = [s for _, s in values]
-        if not label.startswith(" "):
-            measured = [m + s for m, s in zip(measured, secs, strict=True)]
-        name = label.replace("  ", "&nbsp;&nbsp;↳ ", 1) if label.startswith(" ") else label
+        # where tok's time goes
+        bare_median = statistics.median(res["bare"]["train"] for res in rounds)
+        print()
+        heads = " | ".join(f"round {i} s" for i in range(1, len(rounds) + 1))
+        print(f"| tok's part | calls per run | {heads} | median, % of bare training |")
+        print("|---|---:|" + "---:|" * len(rounds) + "---:|")
+        measured = [0.0] * len(rounds)
+        for label, _, _ in TIMED[1:]:
+            values = [res["tok"]["parts"].get(label, (0, 0.0)) for res in rounds]
+            secs = [s for _, s in values]
+            if not label.startswith(" "):
+                measured = [m + s for m, s in zip(measured, secs, strict=True)]
+            name = label.replace("  ", "&nbsp;&nbsp;↳ ", 1) if label.startswith(" ") else label
+            print(
+                f"| {name} | {values[0][0]} | "
+                + " | ".join(f"{s:.3f}" for s in secs)
+                + f" | {statistics.median(secs) / bare_median * 100:.2f} % |"
+            )
+        rest = [
+            res["tok"]["train"] - res["bare"]["train"] - m
+            for res, m in zip(rounds, measured, strict=True)
+        ]
         print(
-            f"| {name} | {values[0][0]} | "
-            + " | ".join(f"{s:.3f}" for s in secs)
-            + f" | {statistics.median(secs) / bare_median * 100:.2f} % |"
+            "| the rest: run folder, lock, per-step checks and noise (tok − bare − the above) | | "
+            + " | ".join(f"{s:+.3f}" for s in rest)
+            + f" | {statistics.median(rest) / bare_median * 100:+.2f} % |"
         )
-    rest = [
-        res["tok"]["train"] - res["bare"]["train"] - m
-        for res, m in zip(rounds, measured, strict=True)
-    ]
-    print(
-        "| the rest: run folder, lock, per-step checks and noise (tok − bare − the above) | | "
-        + " | ".join(f"{s:+.3f}" for s in rest)
-        + f" | {statistics.median(rest) / bare_median * 100:+.2f} % |"
-    )
-    print()
-    print(
-        f"metrics.jsonl rows per run: {rounds[0]['tok']['rows']}; times are wall seconds "
-        "inside tok's training time (data loading excluded); the first tok round also pays "
-        "one-time costs of the process (matplotlib's import at the first picture)."
-    )
+        print()
+        print(
+            f"metrics.jsonl rows per run: {rounds[0]['tok']['rows']}; times are wall seconds "
+            "inside tok's training time (data loading excluded); the first tok round also pays "
+            "one-time costs of the process (matplotlib's import at the first picture)."
+        )
+    if args.step_blocks:
+        pairs = step_blocks(recipe, 150, args.step_blocks)
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+        print(
+            f"\nthe loop body alone: {device} ({where}); threads {torch.get_num_threads()}; "
+            f"precision {precision}; batch {t.batch_size}; {len(pairs)} pairs of 150-step blocks"
+        )
+        print("| pair | order | bare ms/step | tok ms/step | tok/bare |")
+        print("|---:|---|---:|---:|---:|")
+        for i, (b, k) in enumerate(pairs, 1):
+            order = "bare → tok" if i % 2 == 1 else "tok → bare"
+            print(f"| {i} | {order} | {b:.2f} | {k:.2f} | {k / b:.3f} |")
+        ratio = statistics.median(k / b for b, k in pairs)
+        print(f"\nmedian tok/bare of the loop body, blocks of 150 steps: {ratio:.3f}")
 
 
 if __name__ == "__main__":
