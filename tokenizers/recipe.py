@@ -108,6 +108,19 @@ class TrainConfig:
     bf16 support, or a CPU with AMX), else fp32. Evaluation and encoding run in fp32."""
     threads: int = 0
     """CPU threads for torch (0 leaves torch's default)."""
+    loader: Literal["auto", "preload", "stream"] = "auto"
+    """How training reads the data: ``"preload"`` the whole split into memory once,
+    ``"stream"`` each step's items from their files through ``workers`` DataLoader
+    processes (memory bounded whatever the dataset's size), ``"auto"`` preloads the
+    datasets that say they fit (MNIST, Moving MNIST) and streams the others
+    (:mod:`tok.data.batches`)."""
+    workers: int = 2
+    """DataLoader worker processes that decode streamed items (0: in the training process)."""
+    random_crop: list[int] | None = None
+    """``[height, width]``: train on a crop of each image at a random place (the test
+    images are centre-cropped to it); the tokenizer's input size is the crop's."""
+    hflip: bool = False
+    """Mirror each training image left–right with probability ½."""
     log_every: int = 50
     """Write a line to ``metrics.jsonl`` every N steps."""
     eval_every: int = 500
@@ -180,6 +193,11 @@ _BOUNDS: dict[str, dict[str, tuple[str, Any]]] = {
         "min_lr": ("a number in [0, 1e30]", lambda v: 0 <= v <= 1e30),
         "grad_clip": _at_least(0),
         "threads": _at_least(0),
+        "workers": _at_least(0),
+        "random_crop": (
+            "[height, width], both at least 1",
+            lambda v: v is None or (len(v) == 2 and min(v) >= 1),
+        ),
         "log_every": _at_least(1),
         "eval_every": _at_least(1),
         "eval_samples": _at_least(1),
@@ -326,6 +344,8 @@ RESUMABLE_KEYS = (
     "train.device",
     "train.precision",
     "train.threads",
+    "train.loader",
+    "train.workers",
     "train.log_every",
     "train.eval_every",
     "train.eval_samples",

@@ -14,8 +14,10 @@ RUN``) from its last checkpoint, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from ._io import check_writable, nonfinite_tensors
 from .checkpoint import rng_states
 from .components import Facts, build
 from .data import Samples
+from .data.batches import Batches, training_data
 from .device import autocast, resolve_device, resolve_precision
 from .distributed import (
     barrier,
@@ -35,7 +38,6 @@ from .distributed import (
     gather,
     is_main,
     mean_over_ranks,
-    my_share,
     process_group,
 )
 from .errors import TrainingError
@@ -64,7 +66,7 @@ class RunResult:
 class Parts:
     """Everything a run trains with, built from its recipe by :func:`build_parts`."""
 
-    images: torch.Tensor  # the training split, uint8 (n, c, ...) on the device
+    batches: Callable[[int], Batches]  # from global batch `step` on: this rank's share, uint8
     eval_set: Samples  # the first eval_samples test items
     tokenizer: Tokenizer
     losses: dict[str, Loss]  # train.loss first, then the [losses.NAME] terms
@@ -90,10 +92,9 @@ def build_tokenizer(recipe: Recipe, input_shape: tuple[int, ...]) -> Tokenizer:
 def build_parts(recipe: Recipe, device: torch.device) -> Parts:
     """The data, tokenizer, losses and optimizer of ``recipe``, on ``device``."""
     t = recipe.train
+    generator = torch.Generator().manual_seed(t.seed)  # the preloaded path's batches
     dataset = build("datasets", recipe.data.name, recipe.data.options)
-    train_set = dataset.load("train")
-    test = dataset.read("test", dataset.keys("test")[: t.eval_samples])
-    input_shape = tuple(train_set.images.shape[1:])
+    batches, test, input_shape = training_data(dataset, device, generator, train=t)
     tokenizer = build_tokenizer(recipe, input_shape).to(device)
     tokenizer.architecture.grid(input_shape)  # data it cannot take: ConfigError now, not later
     facts = Facts(input_shape=input_shape)
@@ -107,12 +108,12 @@ def build_parts(recipe: Recipe, device: torch.device) -> Parts:
         fused=device.type in ("cpu", "cuda"),
     )
     return Parts(
-        images=train_set.images.to(device),
+        batches=batches,
         eval_set=test,
         tokenizer=tokenizer,
         losses={name: loss.to(device) for name, loss in losses.items()},
         optimizer=optimizer,
-        generator=torch.Generator().manual_seed(t.seed),
+        generator=generator,
     )
 
 
@@ -194,21 +195,21 @@ def _train(
             f"tok: training {recipe.name} on {device} ({precision}, {torch.get_num_threads()} "
             f"threads) for {t.steps} steps into {run.path}"
         )
-    tokenizer, optimizer, n = parts.tokenizer, parts.optimizer, len(parts.images)
+    tokenizer, optimizer = parts.tokenizer, parts.optimizer
     last_eval: dict[str, Any] = {}
     end = t.steps if stop_after is None else min(t.steps, step + stop_after)
     start_time = time.perf_counter() - elapsed
     bar = tqdm(
         total=t.steps, initial=step, disable=not (progress and main), desc=recipe.name, unit="step"
     )
-    with run.open_log() if main else NO_LOG as log, bar:
+    batches = contextlib.closing(parts.batches(step))  # stops streaming workers at the end
+    with run.open_log() if main else NO_LOG as log, bar, batches as data:
         tokenizer.train()
         while step < end:
             lr = lr_at(step, recipe)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            idx = torch.randint(0, n, (t.batch_size,), generator=parts.generator)  # global batch
-            x = parts.images[my_share(idx).to(device)].float().div_(255)  # this rank's rows
+            x = next(data).to(device, non_blocking=True).float().div_(255)  # this rank's share
             with autocast(precision, device):
                 out = model(x)
                 batch = LossInputs(x, out.reconstruction.float(), tokenizer, step)

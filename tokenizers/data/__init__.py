@@ -1,8 +1,9 @@
 """Datasets: what a recipe's ``[data]`` table and ``tok encode SRC`` can name.
 
-Every dataset is preloaded (or read shard by shard) into uint8 tensors
-``(n, c, h, w)`` — videos ``(n, c, t, h, w)``; training samples batches from
-that tensor, so data loading is never the bottleneck on small datasets.
+A dataset reads its items by key into uint8 tensors ``(n, c, h, w)`` — videos
+``(n, c, t, h, w)``. Training either preloads the whole split (small datasets:
+``Dataset.preload``) or streams each step's items through DataLoader workers
+(:mod:`tok.data.batches`).
 """
 
 from .base import Dataset, Samples, data_root

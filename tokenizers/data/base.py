@@ -72,6 +72,11 @@ class Dataset:
     #: the inputs it yields: ``"image"`` ``(c, h, w)`` or ``"video"`` ``(c, t, h, w)``
     media: ClassVar[str] = "image"
 
+    #: whether ``train.loader = "auto"`` loads the training split into memory once
+    #: (``True``: small datasets held in one file, like MNIST) or streams it from its
+    #: files step by step (:mod:`tok.data.batches`)
+    preload: ClassVar[bool] = False
+
     #: what ``tok encode PATH`` can open with this dataset: files with these extensions
     #: (lower case, with the dot), in a folder or given one by one; the path goes to the
     #: constructor argument ``path``. Empty: only ``tok encode NAME:SPLIT`` names it.

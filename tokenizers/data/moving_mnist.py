@@ -63,6 +63,7 @@ class MovingMNIST(Dataset):
     """
 
     supplied_args = ("channels", "frames")
+    preload = True  # generated from MNIST into memory
     media = "video"
 
     def __init__(
