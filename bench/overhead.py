@@ -239,7 +239,10 @@ def step_blocks(recipe: Recipe, steps: int, pairs: int) -> list[tuple[float, flo
     device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
     parts = tok_train.build_parts(recipe, device)
-    model, opt, images = parts.tokenizer, parts.optimizer, parts.images
+    model, opt = parts.tokenizer, parts.optimizer
+    images = (
+        build("datasets", recipe.data.name, recipe.data.options).load("train").images.to(device)
+    )
     g = torch.Generator().manual_seed(t.seed)
 
     def one(step: int, through_tok: bool) -> None:

@@ -314,10 +314,9 @@ def test_kmeans_init_batch_size_8_reaches_the_usage_of_batch_size_64():
         )
         torch.manual_seed(0)
         parts = build_parts(recipe, torch.device("cpu"))
-        tokenizer, steps = parts.tokenizer.train(), 0
+        tokenizer, steps, batches = parts.tokenizer.train(), 0, parts.batches(0)
         while not bool(tokenizer.quantizer.initted):
-            idx = torch.randint(0, len(parts.images), (batch,), generator=parts.generator)
-            out = tokenizer(parts.images[idx].float() / 255)
+            out = tokenizer(next(batches).float() / 255)
             steps += 1
             if not bool(tokenizer.quantizer.initted):  # gathering: the encoder gets no gradient
                 assert float(out.aux_loss) == 0.0
