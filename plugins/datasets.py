@@ -1,9 +1,10 @@
-"""The built-in datasets: ``mnist``, ``movingmnist``, ``imagefolder``, ``videofolder`` and ``videoshards``."""
+"""The built-in datasets: ``mnist``, ``movingmnist``, ``imagefolder``, ``imageshards``,
+``videofolder`` and ``videoshards``."""
 
 from __future__ import annotations
 
 from tok import hookimpl
-from tok.data import MNIST, ImageFolder, MovingMNIST, VideoFolder, VideoShards
+from tok.data import MNIST, ImageFolder, ImageShards, MovingMNIST, VideoFolder, VideoShards
 
 
 @hookimpl
@@ -11,5 +12,6 @@ def register_datasets(register):
     register(MNIST, name="mnist")
     register(MovingMNIST, name="movingmnist", aliases=("moving-mnist",))
     register(ImageFolder, name="imagefolder", aliases=("folder",))
+    register(ImageShards, name="imageshards")
     register(VideoFolder, name="videofolder", aliases=("videos",))
     register(VideoShards, name="videoshards", aliases=("webdataset",))

@@ -83,6 +83,14 @@ def moving_square(t: int, h: int = 28, w: int = 28, c: int = 1) -> torch.Tensor:
     return video
 
 
+def noise_picture(seed: int, h: int = 12, w: int = 16):
+    """An RGB Pillow picture ``h x w`` of deterministic noise (to save in any format)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy())
+
+
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``folder`` with its bytes and mtime."""
     return {

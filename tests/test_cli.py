@@ -42,6 +42,7 @@ SUBCOMMAND_OPTIONS = {
         "--fps",
         "--no-progress",
     ],
+    "shards": ["--out", "--per-shard", "--no-progress", "src"],
     "eval": ["--split", "--samples", "--device", "--json"],
     "inspect": ["--split", "--samples", "--threshold", "--out", "--device", "--json"],
     "plugins": ["--json"],
@@ -128,7 +129,7 @@ def test_plugins_json(capsys):
         assert kind in item["provides"]
     assert by_name["fsq"]["provides"]["quantizers"] == ["fsq"]
     provided = set(by_name["datasets"]["provides"]["datasets"])
-    assert {"imagefolder", "mnist", "videofolder", "videoshards"} <= provided
+    assert {"imagefolder", "imageshards", "mnist", "videofolder", "videoshards"} <= provided
 
 
 def test_quantizers_lists_fsq(capsys):

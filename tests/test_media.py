@@ -81,6 +81,26 @@ def test_probe_finds_truncated_and_foreign_files_without_decoding(tmp_path):
         assert needle in info.value.reason and name in str(info.value)
 
 
+def test_images_are_read_from_their_bytes_as_from_their_file(tmp_path):
+    """What image shards hand over: a file's bytes, named for messages."""
+    image = (_distinctive(3, 9, 14) * 255).to(torch.uint8)
+    data = media.write_png(tmp_path / "a.png", image).read_bytes()
+    assert media.probe_image(data) == media.MediaInfo(height=9, width=14)
+    assert torch.equal(media.read_image(data, channels=3), image)
+    assert torch.equal(media.read_image(data, channels=1, name="s.tar:a.png"),
+                       media.read_image(tmp_path / "a.png", channels=1))  # fmt: skip
+    for call in (media.probe_image, lambda d, **k: media.read_image(d, channels=3, **k)):
+        with pytest.raises(MediaReadError) as info:
+            call(data[:40], name="s.tar:a.png")
+        assert str(info.value).startswith("s.tar:a.png: cannot decode")
+        with pytest.raises(MediaReadError) as info:
+            call(b"not an image")
+        assert (
+            str(info.value)
+            == "image data: cannot decode: not a PNG, JPEG, BMP, GIF, TIFF or WebP image"
+        )
+
+
 # videos -------------------------------------------------------------------------------
 
 

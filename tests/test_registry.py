@@ -188,7 +188,14 @@ def test_builtin_plugins_come_from_entry_points():
         "seq1d": {"architectures": ["seq1d"]},
         "causal3d": {"architectures": ["causal3d"]},
         "datasets": {
-            "datasets": ["imagefolder", "mnist", "movingmnist", "videofolder", "videoshards"]
+            "datasets": [
+                "imagefolder",
+                "imageshards",
+                "mnist",
+                "movingmnist",
+                "videofolder",
+                "videoshards",
+            ]
         },
         "losses": {"losses": ["l1", "mse"]},
     }.items():

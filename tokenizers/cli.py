@@ -164,6 +164,16 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    from .data.pack import pack_folder
+
+    result = pack_folder(
+        args.src, out=args.out, per_shard=args.per_shard, progress=not args.no_progress
+    )
+    print(f"wrote {result['samples']} samples in {result['shards']} shards to {args.out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .device import resolve_device
     from .health import percent, stream_table
@@ -388,12 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "encode",
         help="encode images or videos into token files",
-        description="Encode a folder of images or videos, webdataset .tar shards of videos, or a dataset split such as mnist:test, into sharded token files plus a manifest. Resumes when run again with the same --out.",
+        description="Encode a folder of images or videos, webdataset .tar shards of images or videos, or a dataset split such as mnist:test, into sharded token files plus a manifest. Resumes when run again with the same --out.",
     )
     p.add_argument(
         "src",
-        help="a folder of images (PNG, JPEG, BMP, GIF, TIFF, WebP); for a video tokenizer a folder of videos "
-        "(mp4, avi, gif, webm, mkv, mov) or .tar shards; or DATASET:SPLIT (e.g. mnist:test)",
+        help="a folder of images (PNG, JPEG, BMP, GIF, TIFF, WebP) or .tar shards of them (as "
+        "`tok shards` writes); for a video tokenizer a folder of videos (mp4, avi, gif, webm, "
+        "mkv, mov) or .tar shards of them; or DATASET:SPLIT (e.g. mnist:test)",
     )
     p.add_argument(
         "--out",
@@ -481,6 +492,28 @@ def build_parser() -> argparse.ArgumentParser:
     _device_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser(
+        "shards",
+        help="pack a folder of images or videos into webdataset .tar shards",
+        description="Pack a folder of images or videos (whichever it holds more of) into "
+        "webdataset-layout .tar shards shard-000000.tar, …: each file is one sample holding "
+        "its original bytes as KEY.EXT, KEY.json with its path and, for a file in a "
+        "subfolder, KEY.cls with that subfolder's name (its class). A folder with train/ and "
+        "test/ subfolders is packed into OUT/train/ and OUT/test/. Packing again gives "
+        "byte-identical shards; `tok encode` and the imageshards/videoshards datasets read them.",
+    )
+    p.add_argument("src", help="a folder of images or videos (train/ and test/ subfolders kept)")
+    p.add_argument("--out", required=True, help="output folder for the shards (new or empty)")
+    p.add_argument(
+        "--per-shard",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="samples per shard (default: 1000)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_shards)
 
     p = sub.add_parser(
         "eval",

@@ -130,6 +130,20 @@ def reason(exc: BaseException) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _opened(source: str | Path | bytes) -> str | io.BytesIO:
+    """What Pillow and PyAV open for ``source``: a path as a string, bytes (a member of a
+    ``.tar`` shard) as an in-memory file."""
+    return io.BytesIO(source) if isinstance(source, bytes) else str(source)
+
+
+def _name(source: str | Path | bytes, name: str | None = None, kind: str = "video") -> str:
+    """How messages name ``source``: ``name`` when given, else its path (``"video data"``,
+    ``"image data"`` for bytes)."""
+    if name is not None:
+        return name
+    return f"{kind} data" if isinstance(source, bytes) else str(source)
+
+
 def to_uint8(images: Tensor) -> Tensor:
     """Float pixels in ``[0, 1]`` → uint8 (rounded), the form image files hold."""
     return images.clamp(0, 1).mul(255).round().to(torch.uint8)
@@ -172,20 +186,20 @@ _DECODE_ERRORS = (
 
 
 @contextlib.contextmanager
-def _open_image(path: str | Path) -> Iterator:
-    """The Pillow image of ``path``, its header read; whatever goes wrong in the block — a
-    foreign format, a decompression bomb, broken data — is a :class:`MediaReadError`.
+def _open_image(source: str | Path | bytes, name: str) -> Iterator:
+    """The Pillow image of ``source`` (a path, or the file's bytes), its header read; whatever
+    goes wrong in the block — a foreign format, a decompression bomb, broken data — is a
+    :class:`MediaReadError` naming ``name``.
 
     A picture of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is refused (Pillow
     itself only warns up to twice that): set that to change the limit.
     """
     from PIL import Image, UnidentifiedImageError
 
-    name = str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=_IMAGE_FORMATS) as image:
+            with Image.open(_opened(source), formats=_IMAGE_FORMATS) as image:
                 yield image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         limit = Image.MAX_IMAGE_PIXELS
@@ -261,24 +275,26 @@ def _to_uint8(samples: np.ndarray, alpha: bool, channels: int) -> np.ndarray:
     return np.repeat(u8, 3, axis=-1) if u8.shape[-1] == 1 and channels == 3 else u8
 
 
-def probe_image(path: str | Path) -> MediaInfo:
-    """The size of an image as shown (after its EXIF orientation) from its header,
-    without decoding pixels.
+def probe_image(source: str | Path | bytes, *, name: str | None = None) -> MediaInfo:
+    """The size of an image (a path, or the file's bytes) as shown (after its EXIF
+    orientation) from its header, without decoding pixels.
 
     A PNG's chunk checksums are verified too (which finds truncated files). Raises
     :class:`MediaReadError` for anything that is not a PNG, JPEG, BMP, GIF, TIFF or
     WebP image tok can open (by content, whatever its name), and for a picture of more
-    than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels.
+    than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels; the error names ``name`` (default: the
+    path, or ``"image data"`` for bytes).
     """
-    with _open_image(path) as image:
+    with _open_image(source, _name(source, name, "image")) as image:
         _, width, height = _shown_size(image)
         if image.format == "PNG":
             image.verify()
     return MediaInfo(height=height, width=width)
 
 
-def read_image(path: str | Path, *, channels: int) -> Tensor:
-    """Decode an image file into uint8 ``(channels, h, w)``, ``channels`` 1 (gray) or 3 (RGB).
+def read_image(source: str | Path | bytes, *, channels: int, name: str | None = None) -> Tensor:
+    """Decode an image file (a path, or the file's bytes) into uint8 ``(channels, h, w)``,
+    ``channels`` 1 (gray) or 3 (RGB).
 
     PNG, JPEG, BMP, GIF, TIFF and WebP in any bit depth and mode, by the policy of
     ``docs/media.md``: upright by its EXIF orientation; the first frame of a multi-frame
@@ -288,15 +304,16 @@ def read_image(path: str | Path, *, channels: int) -> Tensor:
     converted to RGB by Pillow; gray replicated to RGB; RGB to gray by ITU-R 601-2 luma
     (as Pillow's ``"L"``).
 
-    Raises :class:`MediaReadError` (naming the file and the reason) when the file cannot
-    be decoded — broken data never crashes the process — and ``ValueError`` for
-    ``channels`` other than 1 or 3.
+    Raises :class:`MediaReadError` (naming ``name`` — default: the path, or ``"image
+    data"`` for bytes — and the reason) when the file cannot be decoded — broken data
+    never crashes the process — and ``ValueError`` for ``channels`` other than 1 or 3.
     """
     from PIL import Image
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    with _open_image(path) as image:
+    name = _name(source, name, "image")
+    with _open_image(source, name) as image:
         orientation, width, height = _shown_size(image)
         image.load()
         if orientation in _UPRIGHT:
@@ -304,7 +321,7 @@ def read_image(path: str | Path, *, channels: int) -> Tensor:
         if image.size != (width, height):  # e.g. Pillow 13 on an uncompressed turned TIFF
             got = f"{image.size[1]}x{image.size[0]}"
             raise MediaReadError(
-                str(path), f"cannot decode: Pillow gave {got} pixels, its header {height}x{width}"
+                name, f"cannot decode: Pillow gave {got} pixels, its header {height}x{width}"
             )
         samples, alpha = _samples(image, channels)
     if samples.dtype != np.uint8:
@@ -330,12 +347,7 @@ def write_png(path: str | Path, image: Tensor) -> Path:
 def _open_video(source: str | Path | bytes):
     import av
 
-    raw = io.BytesIO(source) if isinstance(source, bytes) else str(source)
-    return av.open(raw, metadata_errors="ignore")
-
-
-def _name(source: str | Path | bytes) -> str:
-    return "video data" if isinstance(source, bytes) else str(source)
+    return av.open(_opened(source), metadata_errors="ignore")
 
 
 def _quarter_turns(frame) -> int:

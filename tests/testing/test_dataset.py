@@ -18,6 +18,7 @@ from conftest import mnist_dir
 import tok
 from tok import hookimpl
 from tok.data import MNIST, MovingMNIST, Samples
+from tok.data.pack import pack_folder
 from tok.media import write_video
 from tok.registry import unregister_plugin
 from tok.testing import check_dataset
@@ -71,12 +72,22 @@ def _video_shards(out: Path) -> Path:
     return out / "shards"
 
 
+def _image_shards(pngs: Path, out: Path) -> Path:
+    """``train/`` and ``test/`` shards of real MNIST PNGs, as ``tok shards`` packs them."""
+    pack_folder(_split_pngs(pngs, out / "pngs"), out=out / "shards", per_shard=5, progress=False)
+    return out / "shards"
+
+
 #: the real data each registered dataset is checked on: name → (pytest request, a fresh
 #: folder) → config. A registered dataset missing here fails the tests below.
 CONFIGS: dict[str, Callable[[pytest.FixtureRequest, Path], dict[str, Any]]] = {
     "mnist": lambda request, tmp: {"root": str(mnist_dir()), "download": False},
     "imagefolder": lambda request, tmp: {
         "path": str(_split_pngs(request.getfixturevalue("mnist_pngs"), tmp)),
+        "channels": 1,
+    },
+    "imageshards": lambda request, tmp: {
+        "path": str(_image_shards(request.getfixturevalue("mnist_pngs"), tmp)),
         "channels": 1,
     },
     "movingmnist": lambda request, tmp: {
@@ -105,7 +116,7 @@ def test_every_registered_dataset_conforms(
     check_dataset(name, config=CONFIGS[name](request, tmp_path))
 
 
-@pytest.mark.parametrize("name", ["imagefolder", "videofolder", "videoshards"])
+@pytest.mark.parametrize("name", ["imagefolder", "imageshards", "videofolder", "videoshards"])
 def test_flat_folders_and_single_shards_reject_unknown_splits(
     name: str, mnist_pngs: Path, tmp_path: Path
 ) -> None:
@@ -115,6 +126,8 @@ def test_flat_folders_and_single_shards_reject_unknown_splits(
     Until that is fixed this test xfails on exactly that promise; then it passes."""
     if name == "imagefolder":
         path = mnist_pngs
+    elif name == "imageshards":
+        path = _image_shards(mnist_pngs, tmp_path) / "test" / "shard-000000.tar"
     elif name == "videofolder":
         path = _video_files(tmp_path) / "test"
     else:

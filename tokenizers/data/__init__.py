@@ -10,6 +10,7 @@ from .base import Dataset, Samples, data_root
 from .folder import IMAGE_EXTENSIONS, ImageFolder, ImageSkippedWarning
 from .mnist import MNIST
 from .moving_mnist import MovingMNIST
+from .shards import ImageShards
 from .video import VIDEO_EXTENSIONS, VideoFolder, VideoShards, VideoSkippedWarning
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "Samples",
     "data_root",
     "ImageFolder",
+    "ImageShards",
     "ImageSkippedWarning",
     "IMAGE_EXTENSIONS",
     "MNIST",

@@ -29,7 +29,8 @@ reads only the files' headers (:func:`tok.media.probe_image`), which is enough
 to skip what is not an image and to check sizes before anything is written;
 :meth:`FileDataset.read` decodes. What either step skips is reported once, by
 :meth:`FileDataset.report_skipped`. Inside :func:`walk_once` a folder is
-listed once however often it is asked for.
+listed once however often it is asked for. :meth:`FileDataset.readable_names`
+is the first step without the size policy (what ``tok shards`` packs).
 """
 
 from __future__ import annotations
@@ -230,6 +231,16 @@ class FileDataset(Dataset):
             self._cache: dict[str, Any] = {"plans": {}, "skipped": {}}
         return self._cache
 
+    def split_root(self, split: str) -> Path:
+        """The folder or file that holds ``split``: ``path`` itself when it is a file, else
+        :meth:`split_folder`."""
+        self.check_split(split)
+        if not self.path.exists():
+            raise DatasetError(f"{self.kind} path {self.path} does not exist")
+        if self.path.is_file():
+            return self.path
+        return self.split_folder(split)
+
     def split_folder(self, split: str) -> Path:
         """``split``'s subfolder of the folder when present, else the whole folder.
 
@@ -295,26 +306,33 @@ class FileDataset(Dataset):
         first one's name and size (the reference when no ``size`` is set)."""
         plans = self._state()["plans"]
         if split not in plans:
-            items, skipped = self._scan(split)
-            where = self._where(split)
-            kept, ref = {}, None
-            for key, item in items.items():
-                name = self._name(item, where)
-                try:
-                    info = self._probe(item)
-                except MediaReadError as exc:
-                    skipped.append(f"{name} ({exc.reason})")
-                    continue
-                hw = (info.height, info.width)
-                ref = ref or (name, hw)
-                self._check_size(hw, name, ref)
-                kept[key] = item
-            self._skip(split, skipped)
-            if not kept:
-                self.report_skipped(split)
-                raise self.none_readable(split, len(items))
-            plans[split] = (kept, ref)
+            plans[split] = self._probe_split(split, check_sizes=True)
         return plans[split]
+
+    def _probe_split(
+        self, split: str, *, check_sizes: bool
+    ) -> tuple[dict, tuple[str, tuple[int, int]] | None]:
+        """:meth:`_plan`'s work, each header read now; ``check_sizes`` applies the size policy."""
+        items, skipped = self._scan(split)
+        where = self._where(split)
+        kept, ref = {}, None
+        for key, item in items.items():
+            name = self._name(item, where)
+            try:
+                info = self._probe(item)
+            except MediaReadError as exc:
+                skipped.append(f"{name} ({exc.reason})")
+                continue
+            hw = (info.height, info.width)
+            ref = ref or (name, hw)
+            if check_sizes:
+                self._check_size(hw, name, ref)
+            kept[key] = item
+        self._skip(split, skipped)
+        if not kept:
+            self.report_skipped(split)
+            raise self.none_readable(split, len(items))
+        return kept, ref
 
     def _nothing_found(self, split: str, message: str, skipped: list[str]) -> DatasetError:
         """Report ``skipped`` and return the error ``message`` (nothing of the kind found)."""
@@ -327,6 +345,16 @@ class FileDataset(Dataset):
         return DatasetError(
             f"none of the {n} {self.noun} files in {self._where(split)} is a {self.usable}"
         )
+
+    def readable_names(self, split: str) -> dict[str, str]:
+        """Key → name of each item of ``split`` whose header reads, in the order of
+        :meth:`keys`, whatever its size (the size policy is not applied); for a folder the
+        name is the file's path relative to :meth:`split_folder`. What is skipped is reported by
+        :meth:`report_skipped` (``strict``: raised). Raises :class:`DatasetError` when the
+        split has nothing readable."""
+        where = self._where(split)
+        kept, _ = self._probe_split(split, check_sizes=False)
+        return {key: self._name(item, where) for key, item in kept.items()}
 
     # the Dataset interface ------------------------------------------------------------
 
@@ -402,7 +430,7 @@ class ImageFolder(FileDataset):
     ) -> None:
         self.path = Path(path).expanduser()
         if channels not in (1, 3):
-            raise DatasetError(f"image folder channels must be 1 or 3, got {channels}")
+            raise DatasetError(f"{self.kind} channels must be 1 or 3, got {channels}")
         check_resize(resize, size)
         self.channels = channels
         self.size = tuple(size) if size is not None else None

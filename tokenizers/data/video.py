@@ -9,18 +9,16 @@ Policy (also in the README and ``docs/design.md``):
   folder without them serves every split, a folder with one but not the
   other is an error for the missing split. Two files with one key are an error.
 - **Shards.** ``VideoShards`` reads uncompressed ``.tar`` files in the
-  webdataset layout (one file, or a folder of them with the same split rule):
-  the members ``<key>.<ext>`` sharing a key form one sample, the key and the
-  extension split exactly as the ``webdataset`` library splits them
-  (``__key__``: ``./000001`` for a member ``./000001.mp4`` written by
-  ``tar -C DIR .``, ``clips/000001`` for ``clips/000001.mp4``). A sample's
+  webdataset layout (one file, or a folder of them with the same split rule)
+  as :mod:`tok.data.shards` reads image shards: the members ``<key>.<ext>``
+  sharing a key form one sample, split exactly as the ``webdataset`` library
+  splits them (``__key__``: ``./000001`` for a member ``./000001.mp4`` written
+  by ``tar -C DIR .``, ``clips/000001`` for ``clips/000001.mp4``). A sample's
   video is its one member whose extension (webdataset's field name) is a
   video extension, ``mp4`` or ``gif`` …; other members (``json``, ``cls``,
   ``b.mp4`` of ``a.b.mp4``) are ignored, and so is every member webdataset
-  drops (names it cannot split, like ``._a.mp4``; ``__meta__`` names). A
-  member path with ``..`` is never read. Shards are
-  read with the standard library's ``tarfile`` (each video's bytes are read
-  straight from its offset), so reading a sample by key needs no pass over
+  drops. A member path with ``..`` is never read; each video's bytes are read
+  straight from its offset, so reading a sample by key needs no pass over
   the shard.
 - **Frames.** Every frame is decoded to RGB; ``channels = 1`` converts by luma
   (as image folders do). ``fps = None`` keeps the source's frames as they
@@ -46,9 +44,6 @@ only, and each video is decoded once, when it is read.
 
 from __future__ import annotations
 
-import re
-import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
@@ -56,14 +51,8 @@ from torch import Tensor
 from ..errors import DatasetError
 from ..media import VIDEO_EXTENSIONS, MediaInfo, MediaReadError, probe_video, read_video, reason
 from .base import to_channels
-from .folder import (
-    FileDataset,
-    ImageSkippedWarning,
-    Resize,
-    check_resize,
-    scan_folder,
-    walk_files,
-)
+from .folder import FileDataset, ImageSkippedWarning, Resize, check_resize, scan_folder
+from .shards import MediaFile, TarShards
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -75,28 +64,6 @@ __all__ = [
 
 class VideoSkippedWarning(ImageSkippedWarning):
     """Videos were skipped because they cannot be decoded or are too short."""
-
-
-@dataclass(frozen=True)
-class _Item:
-    """Where one video is: a file, or ``size`` bytes at ``offset`` in a tar shard."""
-
-    path: Path
-    name: str  # how messages name it
-    offset: int | None = None
-    size: int | None = None
-
-    def data(self) -> str | bytes:
-        if self.offset is None:
-            return str(self.path)
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read(self.size)
-        if len(data) != self.size:
-            raise MediaReadError(
-                self.name, f"cut short ({len(data)} of {self.size} bytes in the shard)"
-            )
-        return data
 
 
 class _VideoDataset(FileDataset):
@@ -144,28 +111,19 @@ class _VideoDataset(FileDataset):
         self.strict = strict
         self._shape: tuple[int, int, int, int] | None = None
 
-    def split_root(self, split: str) -> Path:
-        """The folder or file that holds ``split`` (its ``train``/``test`` subfolder when present)."""
-        self.check_split(split)
-        if not self.path.exists():
-            raise DatasetError(f"{self.kind} path {self.path} does not exist")
-        if self.path.is_file():
-            return self.path
-        return self.split_folder(split)
-
     def _where(self, split: str) -> Path:
         return self.split_root(split)
 
-    def _name(self, item: _Item, where: Path) -> str:
+    def _name(self, item: MediaFile, where: Path) -> str:
         return item.name
 
-    def _probe(self, item: _Item) -> MediaInfo:
+    def _probe(self, item: MediaFile) -> MediaInfo:
         try:
             return probe_video(item.data())
         except OSError as exc:  # the file itself cannot be read
             raise MediaReadError(item.name, f"cannot read: {reason(exc)}") from None
 
-    def _decode(self, item: _Item, name: str) -> Tensor:
+    def _decode(self, item: MediaFile, name: str) -> Tensor:
         """The video of ``item`` as uint8 ``(c, t, h, w)`` (channels and frames applied).
 
         Too few frames raise :class:`MediaReadError` (the video is skipped); with
@@ -218,7 +176,7 @@ class VideoFolder(_VideoDataset):
     kind = "video folder"
     source_extensions = VIDEO_EXTENSIONS
 
-    def _scan(self, split: str) -> tuple[dict[str, _Item], list[str]]:
+    def _scan(self, split: str) -> tuple[dict[str, MediaFile], list[str]]:
         folder = self.split_root(split)
         if not folder.is_dir():
             raise DatasetError(f"video folder {folder} is not a folder")
@@ -227,91 +185,19 @@ class VideoFolder(_VideoDataset):
             message = f"no video files ({' '.join(VIDEO_EXTENSIONS)}) in {folder}"
             raise self._nothing_found(split, message, skipped)
         items = {
-            key: _Item(path=p, name=p.relative_to(folder).as_posix()) for key, p in files.items()
+            key: MediaFile(path=p, name=p.relative_to(folder).as_posix())
+            for key, p in files.items()
         }
         return items, skipped
 
 
-_WDS_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
-_WDS_META = re.compile(r"__[^/]*__($|/)")  # members webdataset skips (its skip_meta)
-
-
-def _tar_members(shard: Path, name: str, skipped: list[str]) -> list[tarfile.TarInfo]:
-    """The regular files in the tar ``shard``, in order. A shard that cannot be opened, or
-    is damaged part way, adds its reason to ``skipped`` (the members before the damage count)."""
-    members = []
-    try:
-        with tarfile.open(shard, "r:") as tar:
-            while True:
-                try:
-                    member = tar.next()
-                except (tarfile.TarError, OSError, EOFError) as exc:
-                    skipped.append(f"{name} (damaged after {len(members)} files: {reason(exc)})")
-                    break
-                if member is None:
-                    break
-                if member.isfile():
-                    members.append(member)
-    except (tarfile.TarError, OSError) as exc:
-        skipped.append(f"{name} (not a readable tar file: {reason(exc)})")
-    return members
-
-
-class VideoShards(_VideoDataset):
+class VideoShards(TarShards, _VideoDataset):
     """Videos in webdataset-style ``.tar`` shards: one shard, or a folder of them.
 
     Members ``<key>.<ext>`` with one key form a sample; its video is the member
     whose name ends in a video extension (``.mp4``, ``.gif`` …). Keys are
-    webdataset's ``__key__``. Options as :class:`VideoFolder`.
+    webdataset's ``__key__`` (:mod:`tok.data.shards`). Options as :class:`VideoFolder`.
     """
 
     kind = "video shards"
-    source_extensions = (".tar",)
-
-    def shards(self, split: str) -> tuple[list[Path], list[str]]:
-        """The ``.tar`` shards of ``split`` (sorted), and the other files found beside them."""
-        root = self.split_root(split)
-        if root.is_file():
-            if root.suffix.lower() != ".tar":
-                raise DatasetError(f"{root} is not a .tar shard")
-            return [root], []
-        shards, other = [], []
-        found, problems = walk_files(root)
-        for p in found:
-            (shards if p.suffix.lower() == ".tar" else other).append(p)
-        return shards, [
-            *problems,
-            *(f"{p.relative_to(root).as_posix()} (not a .tar shard)" for p in other),
-        ]
-
-    def _scan(self, split: str) -> tuple[dict[str, _Item], list[str]]:
-        shards, skipped = self.shards(split)
-        root = self.split_root(split)
-        base = root.parent if root.is_file() else root
-        items: dict[str, _Item] = {}
-        others: dict[str, str] = {}  # keys of samples that have no video (yet)
-        for shard in shards:
-            sname = shard.relative_to(base).as_posix()
-            for member in _tar_members(shard, sname, skipped):
-                m = _WDS_KEY.match(member.name)  # no match: webdataset drops it too
-                if m is None or _WDS_META.match(member.name) or ".." in member.name.split("/"):
-                    continue
-                key = m.group(1)  # as webdataset: "./a" for ./a.mp4, "clips/" for clips/._a.mp4
-                name = f"{sname}:{member.name}"
-                if f".{m.group(2).lower()}" not in VIDEO_EXTENSIONS:  # the field is not "mp4" …
-                    others.setdefault(key, name)
-                    continue
-                if key in items:
-                    raise DatasetError(
-                        f"{items[key].name} and {name} both have the key {key!r}; "
-                        f"a sample may hold one video"
-                    )
-                items[key] = _Item(
-                    path=shard, name=name, offset=member.offset_data, size=member.size
-                )
-        skipped += [
-            f"{name} (a sample without a video)" for k, name in others.items() if k not in items
-        ]
-        if not items:
-            raise self._nothing_found(split, f"no videos in the .tar shards of {root}", skipped)
-        return items, skipped
+    member_extensions = VIDEO_EXTENSIONS
