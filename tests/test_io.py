@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tok._io import load_optimizer, optimizer_tensors
+from tok._io import load_optimizer, optimizer_tensors, write_safetensors
 from tok.errors import CheckpointError
 
 
@@ -51,3 +53,28 @@ def test_state_for_another_model_is_one_error_naming_the_run() -> None:
     )
     with pytest.raises(CheckpointError, match=r"cannot resume runs/x: .* 1 parameter .* now has 2"):
         load_optimizer(other, tensors, "optimizer", groups, run=Path("runs/x"))
+
+
+def test_safetensors_files_are_a_function_of_their_contents(tmp_path: Path) -> None:
+    """safetensors writes ``__metadata__`` in a Rust HashMap's random order (safetensors
+    issue #584); tok's files sort it, so equal contents give equal bytes — whatever the
+    order the metadata was given in — and safetensors reads them back unchanged."""
+    metadata = {f"key{i}": f"value {i} ü\n\"" for i in range(16)}
+    tensors = {"b": torch.arange(6, dtype=torch.int16), "a": torch.ones(2, 3)}
+    saved = []
+    for n in range(8):
+        items = list(metadata.items())
+        path = tmp_path / f"{n}.safetensors"
+        write_safetensors(path, tensors, metadata=dict(items[n:] + items[:n]))
+        saved.append(path.read_bytes())
+    assert len(set(saved)) == 1
+    with safe_open(tmp_path / "0.safetensors", "pt") as f:
+        assert f.metadata() == metadata
+    back = load_file(tmp_path / "0.safetensors")
+    assert back.keys() == tensors.keys()
+    for name, t in tensors.items():
+        assert torch.equal(back[name], t)
+
+    # the metadata safetensors wrote in some random order, here sorted
+    header = json.loads(saved[0][8 : 8 + int.from_bytes(saved[0][:8], "little")])
+    assert list(header["__metadata__"]) == sorted(metadata)

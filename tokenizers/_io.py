@@ -5,7 +5,9 @@ A reader never sees a half-written file, and a killed process leaves at most a
 here, because they are the other ends of the same files: what the OS refused
 as one :class:`FileAccessError` line (:func:`io_failure`, :func:`check_readable`,
 :func:`check_writable`), the ``metrics.jsonl`` appender (:class:`JsonLines`), and
-optimizer state as flat safetensors tensors (:func:`optimizer_tensors`).
+optimizer state as flat safetensors tensors (:func:`optimizer_tensors`), and
+safetensors files whose bytes are a function of their contents
+(:func:`write_safetensors`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "JsonLines",
     "check_readable",
     "check_writable",
+    "write_safetensors",
     "io_failure",
     "atomic_path",
     "write_json",
@@ -166,6 +169,33 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Atomically write ``text`` to ``path``."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_safetensors(
+    path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], *, metadata: dict[str, str]
+) -> None:
+    """Write ``tensors`` and ``metadata`` to the safetensors file ``path``, atomically, with
+    the header's ``__metadata__`` keys in sorted order.
+
+    ``safetensors.torch.save_file`` writes them in the order of a Rust ``HashMap``, random
+    per map (safetensors issue #584), so the same contents would give other bytes on every
+    save — and two processes encoding the same shard would disagree byte for byte. The
+    header is rewritten in place at its own length (safetensors pads it with spaces); the
+    tensors' entries keep the order safetensors gave them.
+    """
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "r+b") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+            if "__metadata__" in header:
+                header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+            text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+            if len(text) <= size:  # always, as both escape alike; else keep safetensors'
+                f.seek(8)
+                f.write(text.ljust(size, b" "))
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:

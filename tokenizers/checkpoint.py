@@ -21,10 +21,14 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from ._io import atomic_path, load_optimizer, nonfinite_tensors, optimizer_tensors
+from ._io import (
+    load_optimizer,
+    nonfinite_tensors,
+    optimizer_tensors,
+    write_safetensors,
+)
 from .errors import CheckpointError
 from .helpers import rank, world_size
 from .models import Tokenizer
@@ -115,8 +119,8 @@ def save_state(
         "param_groups": groups,
         "loss_param_groups": loss_groups,
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"format": STATE_FORMAT, "state": json.dumps(scalars)})
+    metadata = {"format": STATE_FORMAT, "state": json.dumps(scalars)}
+    write_safetensors(path, tensors, metadata=metadata)
 
 
 def load_state(path: Path, parts: Checkpoint, *, run: Path) -> tuple[int, float]:

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .._io import atomic_path, check_readable, nonfinite_tensors, write_json
+from .._io import check_readable, nonfinite_tensors, write_json, write_safetensors
 from ..components import Facts, build
 from ..errors import CheckpointError, ConfigError, TokError, UnknownNameError
 from ..helpers import differing_keys
@@ -316,8 +316,8 @@ class Tokenizer(nn.Module):
                 f"refusing to save the tokenizer into {folder}: non-finite weights in "
                 f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} (a diverged run?)"
             )
-        with atomic_path(folder / WEIGHTS) as tmp:
-            save_file(state, tmp, metadata={WEIGHTS_CONFIG: json.dumps(self.model_config())})
+        metadata = {WEIGHTS_CONFIG: json.dumps(self.model_config())}
+        write_safetensors(folder / WEIGHTS, state, metadata=metadata)
         self.weights_sha256 = file_sha256(folder / WEIGHTS)
         write_json(folder / CONFIG, {**self.config(), "weights_sha256": self.weights_sha256})
         return folder

@@ -15,10 +15,9 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
-from .._io import atomic_path, check_readable
+from .._io import check_readable, write_safetensors
 from ..errors import ConfigError, IndexRangeError, TokenFileError, TokError
 from .keys import MAX_HEADER_BYTES, keys_json, keys_sha256, metadata_bytes
 
@@ -413,8 +412,7 @@ def write_tokens(
             "allows; write fewer rows per file"
         )
     stored = tokens.to(token_dtype(header.codebook_sizes)).contiguous()
-    with atomic_path(path) as tmp:
-        save_file({TENSOR: stored}, str(tmp), metadata=meta)
+    write_safetensors(path, {TENSOR: stored}, metadata=meta)
     return path
 
 
