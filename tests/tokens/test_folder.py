@@ -339,18 +339,52 @@ def test_token_dir_resume_keeps_finished_shards(tmp_path):
     assert TokenDir.open(out, header=header, keys=KEYS, shard_size=3).pending() == []
 
 
-def test_token_dir_rewrites_shard_whose_file_is_gone_or_not_marked(tmp_path):
+def test_token_dir_rewrites_shard_whose_file_is_gone(tmp_path):
     header = make_header(codebook_sizes=(8,), grid=(2,))
     tokens = all_tokens(header)
     out = tmp_path / "out"
     td = TokenDir.open(out, header=header, keys=KEYS, shard_size=3)
     write_some(td, tokens, [0, 1])
     (out / "00000.safetensors").unlink()
-    # a shard file renamed into place but not yet marked done (killed in between)
-    write_tokens(out / "00002.safetensors", tokens[6:9], keys=KEYS[6:9], header=header)
     td2 = TokenDir.open(out, header=header, keys=KEYS, shard_size=3)
     assert [i for i, _ in td2.pending()] == [0, 2, 3]
     assert read_manifest(out)["shards"][0]["done"] is False
+
+
+def test_token_dir_adopts_shard_files_written_without_their_entry(tmp_path):
+    """A shard file is the record: one renamed into place but not marked done (another
+    rank's, written with ``record=False``, or a run killed between the two writes) is
+    adopted on reopening, its skipped keys read from the keys it lacks — the manifest
+    ends as if it had been recorded. A file that is not this plan's is written again."""
+    header = make_header(codebook_sizes=(8,), grid=(2,))
+    tokens = all_tokens(header)
+    recorded, out = tmp_path / "recorded", tmp_path / "out"
+    td = TokenDir.open(recorded, header=header, keys=KEYS, shard_size=3)
+    write_some(td, tokens, [0, 2, 3])
+    td.write_shard(1, rows(tokens, ["k03", "k05"]), skipped=["k04"])
+
+    td = TokenDir.open(out, header=header, keys=KEYS, shard_size=3)
+    write_some(td, tokens, [0])
+    other = TokenDir.joined(out, keys=KEYS, shard_size=3)  # as rank 1 sees it
+    other.write_shard(1, rows(tokens, ["k03", "k05"]), skipped=["k04"], record=False)
+    other.write_shard(2, tokens[6:9], record=False)
+    assert read_manifest(out)["shards"][1]["done"] is False  # rank 1 never writes it
+    # shard 3's file from another tokenizer, and keys out of the plan's order: not adopted
+    write_tokens(out / "00003.safetensors", tokens[9:], keys=KEYS[9:],
+                 header=make_header(codebook_sizes=(8,), grid=(2,), sha=OTHER_SHA))  # fmt: skip
+    td2 = TokenDir.open(out, header=header, keys=KEYS, shard_size=3)
+    assert [i for i, _ in td2.pending()] == [3]
+    td2.write_shard(3, tokens[9:])
+    assert read_manifest(out) == read_manifest(recorded)
+    assert (out / "00001.safetensors").read_bytes() == (recorded / "00001.safetensors").read_bytes()
+
+    swapped = tmp_path / "swapped"
+    td = TokenDir.open(swapped, header=header, keys=KEYS, shard_size=3)
+    write_tokens(swapped / "00000.safetensors", rows(tokens, ["k01", "k00"]), keys=["k01", "k00"],
+                 header=header)  # fmt: skip
+    assert [
+        i for i, _ in TokenDir.open(swapped, header=header, keys=KEYS, shard_size=3).pending()
+    ] == [0, 1, 2, 3]
 
 
 def test_token_dir_removes_stale_tmp_on_reopen(tmp_path):

@@ -87,7 +87,9 @@ class TokenDir:
         A missing or empty folder gets a fresh manifest planning ``keys`` in
         shards of ``shard_size``. A folder whose manifest was planned by the
         same tokenizer (sha256) for the same keys and ``shard_size`` is resumed:
-        stale ``.tmp-*`` files are removed and finished shards kept (a manifest
+        stale ``.tmp-*`` files are removed and finished shards kept, including shard
+        files written without their manifest entry (by another rank under torchrun, or
+        by a run killed between the two writes), which are adopted (a manifest
         of ``tok.tokens/1`` is rewritten as ``tok.manifest/2``). A manifest
         from another tokenizer raises :class:`TokenizerMismatchError`; other
         keys or shard size, files tok did not write or a manifest format this
@@ -175,27 +177,63 @@ class TokenDir:
             manifest=manifest,
             removed_tmp=removed,
         )
-        # A shard counts as finished only if it is marked done and its file is
-        # there and says what we expect; otherwise it is written again.
-        shards = [
-            s if not s.done or self._verify(i, s) else ShardEntry(file=s.file, planned=s.planned)
-            for i, s in enumerate(manifest.shards)
-        ]
+        shards = [self._settled(i, s) for i, s in enumerate(manifest.shards)]
         updated = manifest.with_shards(shards, keys=keys)
         if updated != manifest or stored_format != MANIFEST_FORMAT:
             self.manifest = updated
             write_json(out / MANIFEST, updated.to_dict())
         return self
 
-    def _verify(self, index: int, shard: ShardEntry) -> bool:
+    @classmethod
+    def joined(
+        cls, out_dir: str | os.PathLike[str], *, keys: list[str], shard_size: int
+    ) -> TokenDir:
+        """The token folder ``out_dir`` as another process (rank 0 under torchrun) opened it
+        with :meth:`open` for the same ``keys`` and ``shard_size``, for writing shard files
+        with ``record=False``: its manifest is read, never written."""
+        out = Path(out_dir)
+        manifest, _ = read_manifest(out, for_writing=True)
+        return cls(out, header=manifest.header, keys=list(keys), shard_size=shard_size,
+                   manifest=manifest)  # fmt: skip
+
+    def _settled(self, index: int, shard: ShardEntry) -> ShardEntry:
+        """Shard ``index``'s entry as its file says. The file is the record, written
+        atomically before the manifest: a shard marked done counts only if its file is
+        there and holds what the entry says (else it is written again); a shard not marked
+        done whose file is there — written by another rank, which never writes the
+        manifest, or by a run killed between the two writes — is adopted when the file
+        is from this tokenizer and holds the shard's planned keys in order, less some
+        (the skipped ones)."""
+        written = self._written_keys(index, shard)
+        if shard.done:
+            if written == shard.written(self._shard_keys(index)):
+                return shard
+            return ShardEntry(file=shard.file, planned=shard.planned)
+        if written is None:
+            return shard
+        kept = set(written)
+        planned = self._shard_keys(index)
+        return ShardEntry(
+            file=shard.file,
+            planned=shard.planned,
+            count=len(written),
+            skipped=tuple(k for k in planned if k not in kept),
+            done=True,
+        )
+
+    def _written_keys(self, index: int, shard: ShardEntry) -> list[str] | None:
+        """The keys in shard ``index``'s file, if it is there, reads, comes from this
+        tokenizer and holds planned keys of the shard in their order; else ``None``."""
         path = self.path / shard.file
         if not path.is_file():
-            return False
+            return None
         try:
             header, keys = read_header(path)
         except TokenFileError:
-            return False
-        return header.same_tokenizer(self.header) and keys == shard.written(self._shard_keys(index))
+            return None
+        planned = iter(self._shard_keys(index))
+        in_order = all(any(k == p for p in planned) for k in keys)  # a subsequence
+        return keys if header.same_tokenizer(self.header) and in_order else None
 
     # -- writing ----------------------------------------------------------
 
@@ -223,8 +261,11 @@ class TokenDir:
         *,
         keys: list[str] | None = None,
         skipped: Iterable[str] = (),
+        record: bool = True,
     ) -> Path:
         """Write shard ``index`` and mark it done in the manifest; return the shard's path.
+        With ``record=False`` only the shard's file is written (atomically): the process
+        that writes the manifest adopts it when it reopens the folder (:meth:`open`).
 
         ``skipped`` are planned keys of this shard whose source turned out
         unreadable; ``keys`` (default: the planned keys less ``skipped``) must
@@ -287,7 +328,8 @@ class TokenDir:
         shards = list(self.manifest.shards)
         shards[index] = entry
         self.manifest = self.manifest.with_shards(shards, keys=self.keys)
-        write_json(self.path / MANIFEST, self.manifest.to_dict())
+        if record:
+            write_json(self.path / MANIFEST, self.manifest.to_dict())
         return path
 
     @property
