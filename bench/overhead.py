@@ -4,6 +4,7 @@
     python bench/overhead.py --threads 1 --repeats 3
     python bench/overhead.py --recipe recipes/video_fsq_movingmnist.toml
     python bench/overhead.py --repeats 0 --step-blocks 8      # the loop body alone
+    python bench/overhead.py --concurrent --repeats 2         # side by side, a core each
     python bench/overhead.py --threads 1 --set train.steps=40 \\
         --set train.eval_every=20 --set train.checkpoint_every=20   # a quick check
 
@@ -33,6 +34,12 @@ their pictures, checkpoints, the final loss plot. The breakdown times tok's call
 of those functions by wrapping them (``unittest.mock.patch``; the wrappers cost
 microseconds per call, and tok's code is not changed); what is left is the cost of
 the steps themselves plus noise. Target: an overhead of at most 5 %.
+
+``--concurrent`` runs the two sides at the same time instead, in two processes of
+one thread each, each pinned to a core of its own (``os.sched_setaffinity``), the
+cores swapped from one round to the next: a machine whose speed drifts over minutes
+(a shared VM) then slows both sides alike, and what is left between them is tok's
+cost and the difference of the two cores, which the swap cancels.
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -292,6 +301,52 @@ def step_blocks(recipe: Recipe, steps: int, pairs: int) -> list[tuple[float, flo
     return results
 
 
+# side by side -----------------------------------------------------------------------
+
+
+def run_side(name: str, recipe: Recipe, recipe_path: str, overrides: list[str], out: Path) -> None:
+    """Run one side (``bare`` or ``tok``) and write its result to ``out`` (JSON) and its
+    final weights beside it (safetensors): the child process of ``--concurrent``."""
+    from safetensors.torch import save_file
+
+    device = resolve_device(recipe.train.device)
+    if name == "bare":
+        build_s, train_s, weights = bare(recipe)
+        result = {"build": build_s, "train": train_s}
+    else:
+        result = with_tok(recipe_path, overrides, device)
+        weights = result.pop("weights")
+    save_file({k: v.contiguous() for k, v in weights.items()}, out.with_suffix(".safetensors"))
+    out.write_text(json.dumps(result))
+
+
+def concurrent(args: argparse.Namespace, r: int) -> dict:
+    """Round ``r`` of ``--concurrent``: bare and tok at once, one core each (swapped on odd
+    rounds); the two results as the sequential rounds give them."""
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    if len(cores) < 2:
+        sys.exit("--concurrent needs two cores")
+    cores = cores if r % 2 == 0 else cores[::-1]
+    procs, result = {}, {}
+    with tempfile.TemporaryDirectory(prefix="tok-overhead-") as tmp:
+        for name, core in zip(("bare", "tok"), cores, strict=True):
+            cmd = [sys.executable, __file__, "--recipe", args.recipe, "--side", name]
+            cmd += ["--result", str(Path(tmp) / f"{name}.json"), "--threads", "1"]
+            cmd += [a for item in args.set for a in ("--set", item)]
+            procs[name] = subprocess.Popen(
+                cmd, preexec_fn=functools.partial(os.sched_setaffinity, 0, {core})
+            )
+        for name, proc in procs.items():
+            if proc.wait():
+                sys.exit(f"the {name} side failed")
+            result[name] = json.loads((Path(tmp) / f"{name}.json").read_text())
+            result[name]["weights"] = load_file(Path(tmp) / f"{name}.safetensors")
+            if name == "tok":
+                result[name]["parts"] = {k: tuple(v) for k, v in result[name]["parts"].items()}
+    result["order"] = (f"bare on cpu{cores[0]}", f"tok on cpu{cores[1]}")
+    return result
+
+
 # the report --------------------------------------------------------------------------
 
 
@@ -320,6 +375,13 @@ def main() -> None:
         help="also time the loop body alone: PAIRS interleaved blocks of 150 steps, bare and "
         "tok's (0: not)",
     )
+    parser.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="run bare and tok at the same time, one thread on a core each (see above)",
+    )
+    parser.add_argument("--side", choices=["bare", "tok"], help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     # a short check run's codebooks look collapsed; the warning is not what is measured
     warnings.filterwarnings("ignore", category=tok_train.CollapseWarning)
@@ -333,8 +395,22 @@ def main() -> None:
     if t.threads:
         torch.set_num_threads(t.threads)
 
+    if args.side:  # a child of --concurrent
+        run_side(args.side, recipe, args.recipe, overrides, args.result)
+        return
+
     rounds = []
-    for r in range(args.repeats):
+    for r in range(args.repeats if args.concurrent else 0):
+        result = concurrent(args, r)
+        result["diff"] = max_difference(result["bare"]["weights"], result["tok"]["weights"])
+        print(
+            f"round {r + 1} side by side: bare {result['bare']['train']:.2f} s, tok "
+            f"{result['tok']['train']:.2f} s training",
+            file=sys.stderr,
+            flush=True,
+        )
+        rounds.append(result)
+    for r in range(0 if args.concurrent else args.repeats):
         order = ("bare", "tok") if r % 2 == 0 else ("tok", "bare")
         result = {}
         for side in order:
@@ -356,14 +432,16 @@ def main() -> None:
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
         print(
             f"device: {device} ({where}); torch {torch.__version__}; threads "
-            f"{torch.get_num_threads()}; precision {precision}; recipe {args.recipe}"
+            f"{1 if args.concurrent else torch.get_num_threads()}; precision {precision}; recipe {args.recipe}"
             + (f" --set {' --set '.join(args.set)}" if args.set else "")
         )
         print(
             f"steps {t.steps}, batch {t.batch_size}, log_every {t.log_every}, eval_every "
             f"{t.eval_every} ({t.eval_samples} test items), checkpoint_every "
-            f"{t.checkpoint_every}; {args.repeats} round(s), order alternating"
-        )
+            f"{t.checkpoint_every}; {args.repeats} round(s), "
+            + ("side by side, one thread on a core each, cores swapped" if args.concurrent
+               else "order alternating")
+        )  # fmt: skip
         print()
         print(
             "| round | order | bare load+build s | tok load+build s | bare training s | "

@@ -7,6 +7,7 @@ is ``torchrun`` — with one thread per process, as torchrun sets by default.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import PIL.Image
 import pytest
 import torch
 from conftest import RECIPE, TINY, mnist_dir, one_error, snapshot
@@ -163,6 +165,20 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert losses(run) == losses(tmp_path / "straight")
 
 
+def workers(pid: int) -> list[int]:
+    """The pids of the processes ``pid`` (torchrun) started: its ranks."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    assert len(found) == 2, found
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -228,12 +244,71 @@ def test_what_cannot_train_under_torchrun_is_one_line(tmp_path, sets, needles):
     assert not (tmp_path / "run").exists()
 
 
-def test_encode_under_torchrun_is_refused_in_one_line(trained_run, tmp_path):
-    """Until tok encode splits its work over ranks, two ranks would race for --out."""
-    proc = torchrun(
-        "tok", "encode", "mnist:test", "--tokenizer", str(trained_run), "--out", str(tmp_path / "t")
+def encode_cmd(run: Path, src: Path | str, out: Path, *extra: str) -> list[str]:
+    """``tok encode SRC --tokenizer RUN --out OUT`` in shards of 20 rows, batches of 8."""
+    return ["tok", "encode", str(src), "--tokenizer", str(run), "--out", str(out),
+            "--shard-size", "20", "--batch-size", "8", "--no-progress", *extra]  # fmt: skip
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_two_process_encode_equals_one_process_byte_for_byte(trained_run, mnist_pngs, tmp_path):
+    """``tok encode --nproc 2``: rank r encodes shards r, r + 2, …, rank 0 adopts rank 1's
+    into the manifest. Every file — shards, manifest with its skipped key — is the same,
+    byte for byte, as one process's with one thread: the forward batches are cut from each
+    shard's start, and token files sort their metadata. A truncated JPEG in shard 1 (rank
+    1's) is skipped there, named once, and recorded."""
+    src = tmp_path / "src"
+    src.mkdir()
+    pngs = sorted(mnist_pngs.rglob("*.png"))[:200]
+    for i, png in enumerate(pngs):
+        (src / f"d{i:03d}.png").write_bytes(png.read_bytes())
+    jpeg = io.BytesIO()
+    PIL.Image.open(pngs[0]).save(jpeg, "JPEG")
+    data = jpeg.getvalue()
+    (src / "d030x.jpg").write_bytes(data[: len(data) * 2 // 3])  # header reads, pixels do not
+
+    one = alone(*encode_cmd(trained_run, src, tmp_path / "one", "--threads", "1"))
+    ok(one)
+    two = alone(*encode_cmd(trained_run, src, tmp_path / "two", "--nproc", "2"))
+    ok(two)
+    assert two.stdout.count("wrote 200 rows") == 1  # rank 0 reports
+    assert two.stderr.count("d030x.jpg") == 1, two.stderr  # rank 1 read it, and says so
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["shards"][1]["skipped"] == ["d030x"] and manifest["complete"]
+    assert contents(tmp_path / "two") == contents(tmp_path / "one")
+    assert len(contents(tmp_path / "one")) == 12  # 11 shards and the manifest
+
+
+def test_killed_encode_resumes_without_redoing_finished_shards(trained_run, tmp_path):
+    """SIGKILL to one rank part way (torchrun then stops the other), then the same
+    command: the shard files already there are kept as they are (same inode and time: not
+    rewritten) and adopted, and the folder ends byte for byte as one never stopped."""
+    mnist_dir()
+    straight, out = tmp_path / "straight", tmp_path / "killed"
+    ok(alone(*encode_cmd(trained_run, "mnist:test", straight, "--threads", "1")))
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node=2", "-m",
+           *encode_cmd(trained_run, "mnist:test", out)]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("tok: error:")]
-    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
-    assert "does not split its work over torchrun processes" in lines[0]
-    assert not (tmp_path / "t").exists()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_dir() and len(list(out.glob("*.safetensors"))) >= 40:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the encode ended before it could be killed"
+    os.kill(random.Random(5).choice(workers(proc.pid)), signal.SIGKILL)  # one rank
+    assert proc.wait(timeout=60) != 0  # torchrun stops the other rank, and fails
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.safetensors")}
+    assert 40 <= len(kept) < 500, len(kept)
+
+    again = torchrun(*encode_cmd(trained_run, "mnist:test", out))
+    ok(again)
+    assert f"({len(kept)} shard(s) were already done)" in again.stdout, again.stdout
+    for name, stat in kept.items():
+        p = out / name
+        assert (p.stat().st_ino, p.stat().st_mtime_ns) == stat, name
+    assert contents(out) == contents(straight)

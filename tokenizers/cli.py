@@ -113,14 +113,18 @@ def _default_tokenizer(src: str) -> str:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    from .distributed import launch
     from .encode import encode
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # not yet split over ranks: no race
-        raise TokError(
-            "tok encode does not split its work over torchrun processes yet; run it as one "
-            "process (torchrun --nproc-per-node=1, or without torchrun)"
-        )
     tokenizer = args.tokenizer or _default_tokenizer(args.src)
+    if args.nproc is not None:  # the same command, as N processes started by torchrun
+        again = [args.src, "--out", args.out, "--tokenizer", tokenizer, "--split", args.split]
+        again += ["--shard-size", str(args.shard_size), "--batch-size", str(args.batch_size)]
+        again += ["--resize", args.resize, "--limit", str(args.limit), "--device", args.device]
+        again += ["--fps", str(args.fps)] if args.fps is not None else []
+        again += ["--threads", str(args.threads)] if args.threads else []
+        again += ["--no-progress"] * args.no_progress + ["--debug"] * args.debug
+        return launch(["encode", *again], args.nproc)
     result = encode(
         args.src,
         out=args.out,
@@ -133,7 +137,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
         limit=args.limit,
         progress=not args.no_progress,
         device=args.device,
+        threads=args.threads,
     )
+    if _env_rank():  # under torchrun, rank 0 reports
+        return 0
     print(
         f"wrote {result['items']} rows of tokens {result['grid']}x{result['streams']} "
         f"in {result['shards']} shard(s) to {args.out}"
@@ -452,6 +459,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="encode only the first N items (default: all)",
     )
     _device_option(p)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="CPU threads per process (default: torch's; under torchrun 1, as torchrun sets "
+        "OMP_NUM_THREADS); the same number gives the same tokens byte for byte",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="encode as N processes on this machine, each writing its own shards: runs this "
+        "command through `torchrun --standalone --nproc-per-node=N` (see README, Scaling out)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode)
 

@@ -40,6 +40,7 @@ __all__ = [
     "launched",
     "barrier",
     "gather",
+    "all_ok",
     "mean_over_ranks",
     "launch",
     "check_world",
@@ -110,6 +111,16 @@ def gather(t: Tensor) -> list[Tensor]:
     parts = [torch.empty_like(local) for _ in range(world_size())]
     torch.distributed.all_gather(parts, local)
     return [p.cpu() for p in parts]
+
+
+def all_ok(ok: bool) -> bool:
+    """Whether ``ok`` holds on every rank (``ok`` itself alone): after a step only some
+    ranks can fail (rank 0 opening a folder), every rank learns whether to go on."""
+    if not is_distributed():
+        return ok
+    flag = torch.tensor([int(ok)], device=_device())
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def mean_over_ranks(t: Tensor) -> Tensor:

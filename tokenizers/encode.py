@@ -24,6 +24,8 @@ by side.
 from __future__ import annotations
 
 import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from ._io import check_writable
 from .data.folder import walk_once
 from .data.sources import open_source
 from .device import resolve_device
+from .distributed import all_ok, barrier, is_main, process_group, rank, world_size
 from .errors import (
     ConfigError,
     DatasetError,
@@ -41,7 +44,9 @@ from .errors import (
     OutputDirError,
     TokenFileError,
     TokenizerMismatchError,
+    TokError,
 )
+from .helpers import is_distributed
 from .locks import folder_lock
 from .media import VIDEO_FORMATS, save_preview, to_uint8, write_item
 from .models import Tokenizer
@@ -81,82 +86,118 @@ def encode(
     limit: int = 0,
     progress: bool = True,
     device: str = "cpu",
+    threads: int = 0,
 ) -> dict[str, Any]:
     """Encode ``src`` with the tokenizer in the run folder ``tokenizer`` into the token
     folder ``out``.
 
     ``src`` is what :func:`tok.data.sources.open_source` accepts; ``fps``
-    resamples videos; ``limit`` keeps the first N items (0: all). Returns a
-    summary: ``items`` (rows in the folder), ``skipped`` (source items left out),
-    ``shards``, ``resumed`` (shards already done before this call), ``grid``
-    and ``streams``. Raises :class:`TokError` subclasses naming the problem;
-    nothing the user had is changed.
+    resamples videos; ``limit`` keeps the first N items (0: all); ``threads`` sets
+    torch's CPU threads (0: leave them). Returns a summary: ``items`` (rows in the
+    folder), ``skipped`` (source items left out), ``shards``, ``resumed`` (shards
+    already done before this call), ``grid`` and ``streams``. Raises :class:`TokError`
+    subclasses naming the problem; nothing the user had is changed.
+
+    Under torchrun (``WORLD_SIZE`` > 1) each rank encodes every ``WORLD_SIZE``-th
+    pending shard (rank r: shards r, r + W, …) and writes its files; rank 0 alone
+    writes the manifest, adopting the other ranks' shards at the end (and on any rerun,
+    so a killed encode resumes without redoing a finished shard). Forward batches are
+    cut from each shard's start, ``batch_size`` rows at a time, whichever process
+    encodes it, so with the same thread count every byte equals a one-process encode.
+    On CUDA, rank r computes on ``cuda:LOCAL_RANK``.
     """
     if shard_size < 1 or batch_size < 1:
         raise DatasetError("--shard-size and --batch-size must be at least 1")
     if limit < 0:
         raise DatasetError(f"--limit must be 0 (all) or a positive number, got {limit}")
+    if threads < 0:
+        raise DatasetError(f"--threads must be 0 (torch's default) or more, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
     check_writable(out, what="tokens")  # before the encoding, not after it
-    where = resolve_device(device, option="--device")
-    model = Tokenizer.load(tokenizer, map_location=where)
-    token_dtype(model.quantizer.codebook_sizes)  # a codebook too large for token files: now
-    if fps is not None and len(model.input_shape) != 4:
-        raise DatasetError("--fps applies to video tokenizers only; this tokenizer takes images")
-    with folder_lock(out), walk_once():  # one writer per token folder, for the whole encode
-        dataset, split = open_source(
-            src,
-            input_shape=model.input_shape,
-            split=split,
-            options={"resize": resize, "fps": fps},
-        )
-        keys = dataset.keys(split)
-        keys = keys[:limit] if limit else keys
-        _check_shape(src, tokenizer, tuple(dataset.input_shape()), model)
-        header = TokenHeader.for_tokenizer(
-            model,
-            path=str(Path(tokenizer).resolve()),
-            source=src,
-            source_options={"resize": resize, "fps": fps},
-        )
-        check_shard_headers(header, keys, shard_size)  # before any encoding
-        out = Path(out)
-        tdir = None
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):  # resume, or refuse now
-            tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
-        plan = tdir.pending() if tdir else list(enumerate(plan_shards(keys, shard_size)))
-        resumed = (tdir.num_shards if tdir else len(plan)) - len(plan)
-        held: list[tuple[int, torch.Tensor, list[str], list[str]]] = []
-        for index, shard_keys in tqdm(plan, desc="encode", unit="shard", disable=not progress):
-            samples = dataset.read(split, shard_keys)
-            if samples.keys:
-                _check_shape(src, tokenizer, tuple(samples.images.shape[1:]), model)
-            rows = [
-                model.encode(samples.floats(slice(i, i + batch_size)).to(where)).cpu()
-                for i in range(0, len(samples), batch_size)
-            ]
-            tokens = (
-                torch.cat(rows)
-                if rows
-                else torch.zeros(0, *model.grid, model.quantizer.num_streams, dtype=torch.long)
+    with process_group(resolve_device(device, option="--device")) as where:
+        model = Tokenizer.load(tokenizer, map_location=where)
+        token_dtype(model.quantizer.codebook_sizes)  # a codebook too large for token files
+        if fps is not None and len(model.input_shape) != 4:
+            raise DatasetError(
+                "--fps applies to video tokenizers only; this tokenizer takes images"
             )
-            read = set(samples.keys)
-            shard = (index, tokens, samples.keys, [k for k in shard_keys if k not in read])
-            if tdir is None and not samples.keys:  # nothing readable yet: no folder yet
-                held.append(shard)
-                continue
-            if tdir is None:
-                tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
-            try:
-                for i, t, kept, skipped in [*held, shard]:
-                    tdir.write_shard(i, t, keys=kept, skipped=skipped)
-            except FileAccessError as exc:  # a full disk: say what is kept
-                done = tdir.num_shards - len(tdir.pending())
-                raise FileAccessError(
-                    f"{exc}; {done} of {tdir.num_shards} shards are written and kept, and the "
-                    "same command finishes the rest"
-                ) from exc
-            held = []
-        dataset.report_skipped(split)
+        with folder_lock(out), walk_once():  # one writer per token folder (rank 0's lock)
+            return _encode(src, Path(out), model, where, tokenizer, split=split,
+                           shard_size=shard_size, batch_size=batch_size, resize=resize,
+                           fps=fps, limit=limit, progress=progress)  # fmt: skip
+
+
+def _encode(
+    src: str, out: Path, model: Tokenizer, where: torch.device, tokenizer: Any, *,
+    split: str, shard_size: int, batch_size: int, resize: str, fps: float | None,
+    limit: int, progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    dataset, split = open_source(
+        src, input_shape=model.input_shape, split=split, options={"resize": resize, "fps": fps}
+    )
+    keys = dataset.keys(split)
+    keys = keys[:limit] if limit else keys
+    if not is_main():  # rank 0 names the files the listing skipped, once
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset.report_skipped(split)
+    _check_shape(src, tokenizer, tuple(dataset.input_shape()), model)
+    header = TokenHeader.for_tokenizer(
+        model,
+        path=str(Path(tokenizer).resolve()),
+        source=src,
+        source_options={"resize": resize, "fps": fps},
+    )
+    check_shard_headers(header, keys, shard_size)  # before any encoding
+    if is_distributed() and not keys:
+        raise dataset.none_readable(split, 0)
+    fresh = not out.is_dir() or not any(out.iterdir())
+    tdir = _token_dir(out, header, keys, shard_size)
+    plan = tdir.pending() if tdir else list(enumerate(plan_shards(keys, shard_size)))
+    resumed = (tdir.num_shards if tdir else len(plan)) - len(plan)
+    held: list[tuple[int, torch.Tensor, list[str], list[str]]] = []
+    mine = plan[rank() :: world_size()]  # rank r: pending shards r, r + W, …
+    for index, shard_keys in tqdm(
+        mine, desc="encode", unit="shard", disable=not progress or not is_main()
+    ):
+        samples = dataset.read(split, shard_keys)
+        if samples.keys:
+            _check_shape(src, tokenizer, tuple(samples.images.shape[1:]), model)
+        rows = [
+            model.encode(samples.floats(slice(i, i + batch_size)).to(where)).cpu()
+            for i in range(0, len(samples), batch_size)
+        ]
+        tokens = (
+            torch.cat(rows)
+            if rows
+            else torch.zeros(0, *model.grid, model.quantizer.num_streams, dtype=torch.long)
+        )
+        read = set(samples.keys)
+        shard = (index, tokens, samples.keys, [k for k in shard_keys if k not in read])
+        if tdir is None and not samples.keys:  # alone, nothing readable yet: no folder yet
+            held.append(shard)
+            continue
+        if tdir is None:
+            tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
+        try:
+            for i, t, kept, skipped in [*held, shard]:
+                tdir.write_shard(i, t, keys=kept, skipped=skipped, record=is_main())
+        except FileAccessError as exc:  # a full disk: say what is kept
+            done = tdir.num_shards - len(tdir.pending())
+            raise FileAccessError(
+                f"{exc}; {done} of {tdir.num_shards} shards are written and kept, and the "
+                "same command finishes the rest"
+            ) from exc
+        held = []
+    dataset.report_skipped(split)
+    if is_distributed():
+        barrier()  # every rank's shards are written
+        if is_main():  # adopt them into the manifest
+            tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
+            if fresh and not tdir.manifest.num_items:  # nothing readable: leave nothing
+                shutil.rmtree(out)
+                tdir = None
     if tdir is None:
         raise dataset.none_readable(split, len(keys))
     return {
@@ -167,6 +208,26 @@ def encode(
         "grid": "x".join(str(g) for g in model.grid),
         "streams": model.quantizer.num_streams,
     }
+
+
+def _token_dir(out: Path, header: TokenHeader, keys: list[str], shard_size: int) -> TokenDir | None:
+    """The token folder to write. Alone: ``out`` resumed if it holds anything (or
+    refused now), else ``None`` (created with the first readable shard). Under
+    torchrun: rank 0 creates or resumes it, then the others join it; when rank 0
+    cannot, every rank stops (rank 0 says why)."""
+    if not is_distributed():
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):  # resume, or refuse
+            return TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
+        return None
+    tdir, error = None, None
+    if is_main():
+        try:
+            tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
+        except TokError as exc:
+            error = exc
+    if not all_ok(error is None):
+        raise error or TokError(f"rank 0 could not open {out}")
+    return tdir or TokenDir.joined(out, keys=keys, shard_size=shard_size)
 
 
 def _row_path(out: Path, key: str) -> Path:

@@ -14,8 +14,9 @@ import torch
 from conftest import RECIPE, TINY, mnist_dir
 from safetensors.torch import load_file
 
-from tok.data import ImageFolder
+from tok.data import Dataset, ImageFolder, ImageShards, VideoFolder, VideoShards
 from tok.data.batches import Augment, Streamed, global_batch, item_generator
+from tok.data.pack import pack_folder
 from tok.recipe import load_recipe
 from tok.train import CollapseWarning, train
 
@@ -56,18 +57,44 @@ def test_augmentations_depend_on_seed_and_position_only():
         Augment(random_crop=(7, 4)).check((2, 6, 8))
 
 
+@pytest.fixture(scope="module")
+def sources(mnist_pngs: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Dataset]:
+    """The four file datasets over real files: MNIST PNGs as a folder and packed into tar
+    shards by ``tok shards``' packer; 24 mp4 clips as a folder and as shards."""
+    from conftest import moving_square
+
+    from tok.media import write_video
+
+    tmp = tmp_path_factory.mktemp("sources")
+    clips = tmp / "clips"
+    for i in range(24):
+        write_video(clips / f"c{i:02d}.mp4", moving_square(4).roll(i, dims=-1), fps=4)
+    pack_folder(mnist_pngs, out=tmp / "png-shards", per_shard=300, progress=False)
+    pack_folder(clips, out=tmp / "clip-shards", per_shard=10, progress=False)
+    return {
+        "imagefolder": ImageFolder(path=str(mnist_pngs), channels=1),
+        "imageshards": ImageShards(path=str(tmp / "png-shards"), channels=1),
+        "videofolder": VideoFolder(path=str(clips), channels=1, frames=4),
+        "videoshards": VideoShards(path=str(tmp / "clip-shards"), channels=1, frames=4),
+    }
+
+
 @pytest.mark.parametrize("workers", [0, 2])
-def test_streamed_batches_are_the_files_of_the_global_batch(mnist_pngs, workers):
-    folder = ImageFolder(path=str(mnist_pngs), channels=1)
-    keys = folder.keys("train")
+@pytest.mark.parametrize("kind", ["imagefolder", "imageshards", "videofolder", "videoshards"])
+def test_streamed_batches_are_the_files_of_the_global_batch(sources, kind, workers):
+    """Image and video folders and shards stream alike: the batches of steps 4–6 are the
+    items of those global batches, read directly."""
+    dataset = sources[kind]
+    keys = dataset.keys("test")
     stream = Streamed(
-        folder, keys, split="train", batch_size=16, seed=3, augment=Augment(), step=4,
+        dataset, keys, split="test", batch_size=16, seed=3, augment=Augment(), step=4,
         workers=workers, pin_memory=False,
     )  # fmt: skip
     try:
         for step in (4, 5, 6):
-            want = folder.read("train", [keys[i] for i in global_batch(len(keys), 16, 3, step)])
-            assert torch.equal(next(stream), want.images)
+            want = dataset.read("test", [keys[i] for i in global_batch(len(keys), 16, 3, step)])
+            got = next(stream)
+            assert got.shape == want.images.shape and torch.equal(got, want.images)
     finally:
         stream.close()
 
