@@ -50,6 +50,17 @@ from _common import cpu_model  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def timed(cmd: list[str]) -> float:
+    """Run ``cmd`` (one thread per process) from the repository; its wall seconds."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return wall
+
+
 def train(recipe: str, run: Path, nproc: int, steps: int, batch: int, log_every: int) -> dict:
     """Train; return whole-command wall seconds and the steady training span."""
     sets = [
@@ -69,12 +80,7 @@ def train(recipe: str, run: Path, nproc: int, steps: int, batch: int, log_every:
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         cmd += [f"--nproc-per-node={nproc}", "-m", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    wall = timed(cmd)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]
     first, last = train_rows[0], train_rows[-1]
@@ -89,12 +95,7 @@ def encode(run: Path, out: Path, nproc: int, limit: int) -> dict:
     cmd += ["--tokenizer", str(run), "--out", str(out), "--limit", str(limit)]
     cmd += ["--shard-size", "1000", "--batch-size", "256", "--no-progress"]
     cmd += ["--threads", "1"] if nproc == 1 else ["--nproc", str(nproc)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    wall = timed(cmd)
     return {"wall": wall, "samples_per_s": limit / wall}
 
 
