@@ -108,7 +108,8 @@ def _default_tokenizer(src: str) -> str:
             f"no --tokenizer given and no complete {media} tokenizer under ./runs; train one "
             f"(`tok train {example}`) or name one with --tokenizer RUN"
         )
-    print(f"tokenizer: {run.path} (the newest complete {media} run under ./runs)")
+    if not _env_rank():  # under torchrun, rank 0 says which
+        print(f"tokenizer: {run.path} (the newest complete {media} run under ./runs)")
     return str(run.path)
 
 
