@@ -59,7 +59,7 @@ def test_safetensors_files_are_a_function_of_their_contents(tmp_path: Path) -> N
     """safetensors writes ``__metadata__`` in a Rust HashMap's random order (safetensors
     issue #584); tok's files sort it, so equal contents give equal bytes — whatever the
     order the metadata was given in — and safetensors reads them back unchanged."""
-    metadata = {f"key{i}": f"value {i} ü\n\"" for i in range(16)}
+    metadata = {f"key{i}": f'value {i} ü\n"' for i in range(16)}
     tensors = {"b": torch.arange(6, dtype=torch.int16), "a": torch.ones(2, 3)}
     saved = []
     for n in range(8):
