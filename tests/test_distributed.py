@@ -312,3 +312,39 @@ def test_killed_encode_resumes_without_redoing_finished_shards(trained_run, tmp_
         p = out / name
         assert (p.stat().st_ino, p.stat().st_mtime_ns) == stat, name
     assert contents(out) == contents(straight)
+
+
+def test_errors_under_nproc_are_one_line(trained_run, tmp_path):
+    """``--nproc`` runs torch's elastic agent in tok's own process: a failure is the ranks'
+    one line, without the agent's report and traceback; the other ranks leave quietly
+    rather than crash at a collective (``leading``/``follow``), and nothing is written."""
+    mnist_dir()
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine\n")
+    encode = alone(*encode_cmd(trained_run, "mnist:test", taken, "--nproc", "2"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine\n")
+    train = alone(*train_cmd(run), "--nproc", "2")
+    for proc, needle in ((encode, "is not a tok token folder"), (train, "already exists")):
+        assert proc.returncode == 1, proc.stderr
+        one_error(proc.stderr, str(needle))
+    assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("command", ["decode", "eval", "inspect", "shards"])
+def test_commands_that_do_not_split_refuse_torchrun(command, tmp_path):
+    """Each rank would do the whole job into the same output: one line, nothing written."""
+    args = {
+        "decode": ["decode", str(tmp_path / "tokens"), "--out", str(tmp_path / "out")],
+        "eval": ["eval", str(tmp_path / "run")],
+        "inspect": ["inspect", str(tmp_path / "run")],
+        "shards": ["shards", str(tmp_path / "src"), "--out", str(tmp_path / "out")],
+    }[command]
+    proc = torchrun("tok", *args)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("tok: error:")]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert f"tok {command} runs as one process" in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import warnings
 from typing import Any, NoReturn
 
@@ -635,6 +636,23 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+#: seconds a rank other than 0 waits before it reports its error and leaves: time for rank
+#: 0, failing alike, to say it first (torchrun then stops the others)
+_RANK_GRACE = 3.0
+
+
+def _failed(code: int) -> int:
+    """``code``; under torchrun with several processes the process ends here, said and
+    flushed, skipping the interpreter's teardown: the process group's C++ threads, torn
+    down while the other ranks leave on the same error, can abort the process
+    ("terminate called without an active exception", SIGABRT) after the one line."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``tok`` command; returns the exit code."""
     parser = build_parser()
@@ -648,16 +666,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _one_line_warnings()
     try:
+        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if several and args.command not in ("train", "encode"):  # each rank would do it all
+            raise TokError(
+                f"tok {args.command} runs as one process; run it without torchrun (tok train "
+                "and tok encode are the commands that split their work over processes)"
+            )
         return args.func(args)
     except TokError as exc:
         if args.debug:
             raise
-        if not _env_rank():  # under torchrun every rank fails alike; rank 0 says why
+        if _env_rank():  # under torchrun: rank 0 says it when every rank fails alike (the
+            time.sleep(_RANK_GRACE)  # others are stopped meanwhile); else this rank does
+            print(f"tok: error: process {_env_rank()}: {exc}", file=sys.stderr)
+        else:
             print(f"tok: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _failed(exc.exit_code)
     except KeyboardInterrupt:
-        print("tok: interrupted", file=sys.stderr)
-        return 130
+        if not _env_rank():  # Ctrl-C reaches every rank; one says so
+            print("tok: interrupted", file=sys.stderr)
+        return _failed(130)
     except BrokenPipeError:  # `tok plugins --json | head`: the reader left; no traceback
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

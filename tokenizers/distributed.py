@@ -23,15 +23,15 @@ The contract, for the training loop (:mod:`tok.train`):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
-import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from .errors import ConfigError, TokError
 from .helpers import is_distributed, rank, world_size
 
 __all__ = [
@@ -41,6 +41,8 @@ __all__ = [
     "barrier",
     "gather",
     "all_ok",
+    "leading",
+    "follow",
     "mean_over_ranks",
     "launch",
     "check_world",
@@ -66,7 +68,8 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
     """Join the process group torchrun set up (if it did) for the block; yield the
     device this rank computes on: ``device``, or on CUDA the GPU of this local rank
     (``cuda:LOCAL_RANK``). A process group that is already running (a test, a
-    program of the user's) is used as it is and left running.
+    program of the user's) is used as it is and left running; so is the group of a
+    block that raises (see the comment at its end).
 
     :raises ConfigError: ``cuda`` under torchrun with more local ranks than GPUs.
     """
@@ -83,10 +86,11 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield device
-    finally:
-        torch.distributed.destroy_process_group()
+    yield device
+    # Only on success: destroying a gloo group while the other ranks are leaving on the
+    # same error can abort this process (SIGABRT, "terminate called without an active
+    # exception") and turn a one-line error into a crash; a failing process ends anyway.
+    torch.distributed.destroy_process_group()
 
 
 def _device() -> torch.device:
@@ -123,6 +127,33 @@ def all_ok(ok: bool) -> bool:
     return bool(flag.item())
 
 
+@contextlib.contextmanager
+def leading() -> Iterator[Callable[[], None]]:
+    """Rank 0's side of preparing what the other ranks then use (a run or token folder,
+    made or checked): the block calls the yielded ``ready()`` once it is there, and the
+    others, waiting in :func:`follow`, go on. If the block raises first, they are told
+    to stop, rather than wait at a collective for a rank that has left."""
+    said = []
+
+    def ready() -> None:
+        said.append(all_ok(True))
+
+    try:
+        yield ready
+    finally:
+        if not said:
+            all_ok(False)
+
+
+def follow(what: object) -> None:
+    """The other ranks' side of :func:`leading`: wait until rank 0 has ``what`` ready.
+
+    :raises TokError: rank 0 could not make it (rank 0 says why).
+    """
+    if not all_ok(True):
+        raise TokError(f"rank 0 could not open {what}")
+
+
 def mean_over_ranks(t: Tensor) -> Tensor:
     """The mean over ranks of ``t`` (float32, detached; ``t`` itself alone). Ranks hold
     equal shares of the global batch, so the mean of their batch means is the global
@@ -136,18 +167,48 @@ def mean_over_ranks(t: Tensor) -> Tensor:
 
 
 def launch(argv: list[str], nproc: int) -> int:
-    """Run ``tok ARGV`` as ``nproc`` processes on this machine through ``torchrun
-    --standalone`` (a free port; one node) and return its exit code.
+    """Run ``tok ARGV`` as ``nproc`` processes on this machine, as ``torchrun --standalone
+    --nproc-per-node=NPROC -m tok ARGV`` does (torch's elastic agent in this process, a
+    c10d rendezvous on a free local port, one thread per process unless
+    ``OMP_NUM_THREADS`` says otherwise), and return the exit code: 0, or the first
+    failed rank's. What the ranks print is all that is shown: a failure is the ranks'
+    one ``tok: error:`` line, without the agent's report and traceback around it.
 
     :raises ConfigError: ``nproc`` below 1, or ``--nproc`` given under torchrun.
     """
+    import logging
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, not {nproc}")
     if launched():
         raise ConfigError("--nproc starts torchrun; under torchrun, leave it out")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += [f"--nproc-per-node={nproc}", "-m", "tok", *argv]
-    return subprocess.run(command, check=False).returncode
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    for name in list(logging.root.manager.loggerDict):  # the agent's reports: the ranks speak
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+    )
+    try:
+        elastic_launch(config, sys.executable)("-u", "-m", "tok", *argv)
+    except ChildFailedError as exc:  # rank 0's code: it said why; the others were stopped
+        failure = exc.failures.get(0) or exc.get_first_failure()[1]
+        return failure.exitcode if 0 < failure.exitcode < 256 else 1
+    except SignalException as exc:  # SIGTERM, SIGINT …: the agent has stopped the ranks
+        print(f"tok: stopped by {exc.sigval.name}", file=sys.stderr)
+        return 128 + int(exc.sigval)
+    return 0
 
 
 def check_world(batch_size: int) -> None:
@@ -197,5 +258,14 @@ def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     # has initialised it): DDP must then look for them, a graph traversal per step
     idle = any(p.requires_grad for p in getattr(model, "quantizer", nn.Module()).parameters())
     return nn.parallel.DistributedDataParallel(
-        model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=idle
+        model, device_ids=ids, find_unused_parameters=idle, **_NO_BUFFER_SYNC
     )
+
+
+#: DDP syncing no buffers at each forward: ``forward_sync_buffers=False`` where torch has
+#: it (2.12 and later, which deprecate ``broadcast_buffers``), else ``broadcast_buffers``
+_NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)

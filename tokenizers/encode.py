@@ -36,7 +36,7 @@ from ._io import check_writable
 from .data.folder import walk_once
 from .data.sources import open_source
 from .device import resolve_device
-from .distributed import all_ok, barrier, is_main, process_group, rank, world_size
+from .distributed import barrier, follow, is_main, leading, process_group, rank, world_size
 from .errors import (
     ConfigError,
     DatasetError,
@@ -44,7 +44,6 @@ from .errors import (
     OutputDirError,
     TokenFileError,
     TokenizerMismatchError,
-    TokError,
 )
 from .helpers import is_distributed
 from .locks import folder_lock
@@ -133,15 +132,19 @@ def _encode(
     split: str, shard_size: int, batch_size: int, resize: str, fps: float | None,
     limit: int, progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    dataset, split = open_source(
-        src, input_shape=model.input_shape, split=split, options={"resize": resize, "fps": fps}
-    )
-    keys = dataset.keys(split)
-    keys = keys[:limit] if limit else keys
-    if not is_main():  # rank 0 names the files the listing skipped, once
-        with warnings.catch_warnings():
+    with warnings.catch_warnings():
+        if not is_main():  # rank 0 names the files the listing skips, once
             warnings.simplefilter("ignore")
-            dataset.report_skipped(split)
+        dataset, split = open_source(
+            src,
+            input_shape=model.input_shape,
+            split=split,
+            options={"resize": resize, "fps": fps},
+        )
+        keys = dataset.keys(split)
+        if not is_main():
+            dataset.report_skipped(split)  # forgotten here; decoding skips are reported
+    keys = keys[:limit] if limit else keys
     _check_shape(src, tokenizer, tuple(dataset.input_shape()), model)
     header = TokenHeader.for_tokenizer(
         model,
@@ -184,10 +187,14 @@ def _encode(
             for i, t, kept, skipped in [*held, shard]:
                 tdir.write_shard(i, t, keys=kept, skipped=skipped, record=is_main())
         except FileAccessError as exc:  # a full disk: say what is kept
-            done = tdir.num_shards - len(tdir.pending())
+            done = tdir.num_shards - len(tdir.pending())  # this process knows its own only
+            kept = (
+                "the shards written so far"
+                if is_distributed()
+                else f"{done} of {tdir.num_shards} shards"
+            )
             raise FileAccessError(
-                f"{exc}; {done} of {tdir.num_shards} shards are written and kept, and the "
-                "same command finishes the rest"
+                f"{exc}; {kept} are written and kept, and the same command finishes the rest"
             ) from exc
         held = []
     dataset.report_skipped(split)
@@ -214,20 +221,18 @@ def _token_dir(out: Path, header: TokenHeader, keys: list[str], shard_size: int)
     """The token folder to write. Alone: ``out`` resumed if it holds anything (or
     refused now), else ``None`` (created with the first readable shard). Under
     torchrun: rank 0 creates or resumes it, then the others join it; when rank 0
-    cannot, every rank stops (rank 0 says why)."""
+    cannot, every rank stops (rank 0 says why: :func:`tok.distributed.leading`)."""
     if not is_distributed():
         if out.exists() and (not out.is_dir() or any(out.iterdir())):  # resume, or refuse
             return TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
         return None
-    tdir, error = None, None
-    if is_main():
-        try:
-            tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
-        except TokError as exc:
-            error = exc
-    if not all_ok(error is None):
-        raise error or TokError(f"rank 0 could not open {out}")
-    return tdir or TokenDir.joined(out, keys=keys, shard_size=shard_size)
+    if not is_main():
+        follow(out)
+        return TokenDir.joined(out, keys=keys, shard_size=shard_size)
+    with leading() as ready:
+        tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
+        ready()
+    return tdir
 
 
 def _row_path(out: Path, key: str) -> Path:

@@ -32,11 +32,12 @@ from .data import Samples
 from .data.batches import Batches, training_data
 from .device import autocast, resolve_device, resolve_precision
 from .distributed import (
-    barrier,
     check_world,
     data_parallel,
+    follow,
     gather,
     is_main,
+    leading,
     mean_over_ranks,
     process_group,
 )
@@ -153,12 +154,12 @@ def train(
     with process_group(resolve_device(recipe.train.device)) as device:  # under torchrun
         check_world(recipe.train.batch_size)
         if not is_main():  # rank 0 checks or makes the run folder; the others only read it
-            barrier()
+            follow(recipe.run_dir)
             return _train(Run(recipe.run_dir), recipe, device, **args)
-        with folder_lock(recipe.run_dir):  # one writer per run folder, for the whole command
+        with leading() as ready, folder_lock(recipe.run_dir):  # one writer per run folder
             check_writable(recipe.run_dir, what="the run")  # a read-only disk: now, not later
             run = Run.open(recipe.run_dir) if resume else Run.create(recipe.run_dir)
-            barrier()
+            ready()
             with run.failing(new=not resume):  # undoes an unstarted run; a full disk: what is kept
                 return _train(run, recipe, device, **args)
 
@@ -193,7 +194,7 @@ def _train(
     if progress and main:
         tqdm.write(
             f"tok: training {recipe.name} on {device} ({precision}, {torch.get_num_threads()} "
-            f"threads) for {t.steps} steps into {run.path}"
+            f"thread{'s' * (torch.get_num_threads() > 1)}) for {t.steps} steps into {run.path}"
         )
     tokenizer, optimizer = parts.tokenizer, parts.optimizer
     last_eval: dict[str, Any] = {}
