@@ -43,3 +43,33 @@ def test_tar_shards_go_to_the_dataset_of_the_tokenizers_media(tmp_path):
     (folder / "c.png").write_bytes(b"\x89PNG")
     image, _ = open_source(str(folder), input_shape=(1, 28, 28), split="test")
     assert type(image).__name__ == "ImageFolder"
+
+
+def test_source_media_of_tar_shards_is_what_their_members_are(tmp_path):
+    """Both shard datasets read ``.tar``, so a shard counts as what its members are (the
+    first shard's first members, headers only): ``tok encode SHARDS`` without
+    ``--tokenizer`` then picks an image run for image shards. A shard that cannot be read
+    counts for both kinds, a tie that goes to video, as every shard did before."""
+    import io
+    import tarfile
+
+    from tok.data.sources import source_media
+
+    def shard(path, names):
+        with tarfile.open(path, "w") as tar:
+            for name in names:
+                info = tarfile.TarInfo(name)
+                info.size = 3
+                tar.addfile(info, io.BytesIO(b"abc"))
+
+    (tmp_path / "img").mkdir()
+    shard(tmp_path / "img" / "shard-000000.tar", ["a.png", "a.cls", "a.json", "b.jpg"])
+    shard(tmp_path / "img" / "shard-000001.tar", ["c.png"])
+    (tmp_path / "vid").mkdir()
+    shard(tmp_path / "vid" / "shard-000000.tar", ["a.mp4", "a.json"])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.tar").write_bytes(b"not a tar file at all")
+    assert source_media(str(tmp_path / "img")) == "image"
+    assert source_media(str(tmp_path / "img" / "shard-000001.tar")) == "image"
+    assert source_media(str(tmp_path / "vid")) == "video"
+    assert source_media(str(tmp_path / "bad")) == "video"

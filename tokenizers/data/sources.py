@@ -16,11 +16,13 @@ from the tokenizer's input shape (:func:`tok.components.fill`).
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 from typing import Any
 
 from ..components import Facts, build
 from ..errors import ConfigError, DatasetError
+from ..media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from ..registry import registry
 from ..signatures import parameters
 from .base import Dataset
@@ -108,12 +110,31 @@ def open_source(
     )
 
 
+def _shard_media(shard: Path, members: int = 64) -> str | None:
+    """``"image"`` or ``"video"``: what the first ``members`` members of the ``.tar`` shard
+    are, by their extensions (headers only; a tie, GIFs, goes to video); ``None`` when it
+    cannot be read or holds neither."""
+    counts = {"image": 0, "video": 0}
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            for _, member in zip(range(members), tar, strict=False):
+                ext = Path(member.name).suffix.lower()
+                counts["image"] += ext in IMAGE_EXTENSIONS
+                counts["video"] += ext in VIDEO_EXTENSIONS
+    except (tarfile.TarError, OSError):
+        return None
+    best = max(("video", "image"), key=counts.get)
+    return best if counts[best] else None
+
+
 def source_media(src: str) -> str | None:
     """``"image"`` or ``"video"``: what ``src`` holds, as far as its name and its files'
     extensions tell (``None`` when nothing registered reads it)."""
     path = Path(src)
     if path.exists():
         files = [path] if path.is_file() else list_files(path)
+        shards = [p for p in files if p.suffix.lower() == ".tar"]  # counted by what they hold
+        files = [p for p in files if p.suffix.lower() != ".tar"]
         counts = {
             media: sum(
                 p.suffix.lower() in cls.source_extensions
@@ -122,6 +143,10 @@ def source_media(src: str) -> str | None:
             )
             for media in ("image", "video")
         }
+        if shards:  # as the first holds; unreadable or neither: either kind (a tie: video)
+            held = _shard_media(shards[0])
+            for media in (held,) if held else ("image", "video"):
+                counts[media] += len(shards)
         # a tie (a folder of GIFs only, which both kinds read) goes to video, as it did
         # before images could be GIFs: ``max`` keeps the first of equal counts
         best = max(("video", "image"), key=counts.get)
