@@ -398,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--nproc",
         type=int,
         metavar="N",
-        help="train as N processes on this machine: runs this command through "
-        "`torchrun --standalone --nproc-per-node=N` (see README, Scaling out)",
+        help="train as N processes on this machine, as `torchrun --standalone "
+        "--nproc-per-node=N` would run this command (see README, Scaling out)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -474,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="encode as N processes on this machine, each writing its own shards: runs this "
-        "command through `torchrun --standalone --nproc-per-node=N` (see README, Scaling out)",
+        "command as `torchrun --standalone --nproc-per-node=N` would (see README, Scaling out)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode)
