@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import shutil
 from pathlib import Path
 
@@ -224,16 +223,16 @@ class _Boom:
         return (Path.touch, (self.marker,))
 
 
-@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+@pytest.mark.parametrize("how", ["bare pickle stream", "torch.save"])
 def test_a_pickle_in_place_of_the_weights_is_refused_without_running_it(run_copy, tmp_path, how):
+    """Both pickle layouts torch writes — the legacy one, a bare stream of pickles, and
+    the zip archive — are refused before anything in them runs."""
     marker = tmp_path / "pwned"
     weights = run_copy / "model.safetensors"
     # clone: load_file maps the file, which is overwritten next
     payload = {"state": _Boom(marker), **{k: v.clone() for k, v in load_file(str(weights)).items()}}
-    if how == "pickle":
-        weights.write_bytes(pickle.dumps(payload))
-    else:
-        torch.save(payload, weights)
+    legacy = how == "bare pickle stream"
+    torch.save(payload, weights, _use_new_zipfile_serialization=not legacy)
     with pytest.raises(CheckpointError, match=str(weights)):
         Tokenizer.load(run_copy)
     assert not marker.exists()
