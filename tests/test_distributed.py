@@ -348,3 +348,26 @@ def test_commands_that_do_not_split_refuse_torchrun(command, tmp_path):
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert f"tok {command} runs as one process" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_source_with_nothing_decodable_leaves_nothing_under_nproc(
+    trained_run, mnist_pngs, tmp_path
+):
+    """Truncated JPEGs pass the listing (their headers read) and fail to decode on both
+    ranks: rank 0 removes the manifest and empty shards it wrote, and an --out folder the
+    user made beforehand stays, empty; the error is one line."""
+    src = tmp_path / "src"
+    src.mkdir()
+    jpeg = io.BytesIO()
+    PIL.Image.open(sorted(mnist_pngs.rglob("*.png"))[0]).save(jpeg, "JPEG")
+    for name in ("a", "b", "c"):
+        (src / f"{name}.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) * 2 // 3])
+    made = tmp_path / "made"
+    made.mkdir()
+    for out in (tmp_path / "new", made):
+        proc = alone(*encode_cmd(trained_run, src, out, "--shard-size", "1", "--nproc", "2"))
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("tok: error:")]
+        assert proc.returncode == 1 and len(errors) == 1, proc.stderr
+        assert "none of the 3" in errors[0], errors[0]
+    assert not (tmp_path / "new").exists()
+    assert made.is_dir() and not any(made.iterdir())

@@ -45,6 +45,13 @@ def _env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _env_several() -> bool:
+    """Whether torchrun started this process as one of several (``WORLD_SIZE`` > 1); read
+    from the environment, as :func:`tok.distributed.launched` does, without importing
+    torch."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import launch
     from .health import percent
@@ -646,7 +653,7 @@ def _failed(code: int) -> int:
     flushed, skipping the interpreter's teardown: the process group's C++ threads, torn
     down while the other ranks leave on the same error, can abort the process
     ("terminate called without an active exception", SIGABRT) after the one line."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if _env_several():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -666,8 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _one_line_warnings()
     try:
-        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if several and args.command not in ("train", "encode"):  # each rank would do it all
+        if _env_several() and args.command not in ("train", "encode"):  # each rank would do it all
             raise TokError(
                 f"tok {args.command} runs as one process; run it without torchrun (tok train "
                 "and tok encode are the commands that split their work over processes)"

@@ -170,8 +170,8 @@ def launch(argv: list[str], nproc: int) -> int:
     """Run ``tok ARGV`` as ``nproc`` processes on this machine, as ``torchrun --standalone
     --nproc-per-node=NPROC -m tok ARGV`` does (torch's elastic agent in this process, a
     c10d rendezvous on a free local port, one thread per process unless
-    ``OMP_NUM_THREADS`` says otherwise), and return the exit code: 0, or the first
-    failed rank's. What the ranks print is all that is shown: a failure is the ranks'
+    ``OMP_NUM_THREADS`` says otherwise), and return the exit code: 0, rank 0's when
+    it failed, else the first failed rank's. What the ranks print is all that is shown: a failure is the ranks'
     one ``tok: error:`` line, without the agent's report and traceback around it.
 
     :raises ConfigError: ``nproc`` below 1, or ``--nproc`` given under torchrun.

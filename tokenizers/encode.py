@@ -24,7 +24,6 @@ by side.
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -155,7 +154,8 @@ def _encode(
     check_shard_headers(header, keys, shard_size)  # before any encoding
     if is_distributed() and not keys:
         raise dataset.none_readable(split, 0)
-    fresh = not out.is_dir() or not any(out.iterdir())
+    existed = out.exists()
+    fresh = not existed or (out.is_dir() and not any(out.iterdir()))
     tdir = _token_dir(out, header, keys, shard_size)
     plan = tdir.pending() if tdir else list(enumerate(plan_shards(keys, shard_size)))
     resumed = (tdir.num_shards if tdir else len(plan)) - len(plan)
@@ -203,7 +203,10 @@ def _encode(
         if is_main():  # adopt them into the manifest
             tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
             if fresh and not tdir.manifest.num_items:  # nothing readable: leave nothing
-                shutil.rmtree(out)
+                for written in out.iterdir():  # the manifest and empty shards
+                    written.unlink()
+                if not existed:
+                    out.rmdir()
                 tdir = None
     if tdir is None:
         raise dataset.none_readable(split, len(keys))
