@@ -174,28 +174,34 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 def write_safetensors(
     path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], *, metadata: dict[str, str]
 ) -> None:
-    """Write ``tensors`` and ``metadata`` to the safetensors file ``path``, atomically, with
-    the header's ``__metadata__`` keys in sorted order.
+    """Write ``tensors`` and ``metadata`` to the safetensors file ``path``, atomically
+    (:func:`atomic_path`), with the header's ``__metadata__`` keys in sorted order.
 
-    ``safetensors.torch.save_file`` writes them in the order of a Rust ``HashMap``, random
-    per map (safetensors issue #584), so the same contents would give other bytes on every
-    save — and two processes encoding the same shard would disagree byte for byte. The
-    header is rewritten in place at its own length (safetensors pads it with spaces); the
-    tensors' entries keep the order safetensors gave them.
+    safetensors serialises the file in memory (``safetensors.torch.save``) and tok writes
+    the bytes itself, for two reasons. ``save_file`` writes the metadata in the order of
+    a Rust ``HashMap``, random per map (safetensors issue #584), so the same contents
+    would give other bytes on every save — two processes encoding the same shard would
+    disagree byte for byte; here the header is rewritten at its own length (safetensors
+    pads it with spaces) with the keys sorted, the tensors' entries in the order
+    safetensors gave them. And ``save_file`` goes through a temporary file of its own
+    (``.tmpXXXXXX``, Rust's ``tempfile``) that a killed process leaves behind, under a
+    name tok's clean-up of its own temporary files does not know. The file is held in
+    memory once while it is written.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "r+b") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
-            if "__metadata__" in header:
-                header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-            text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-            if len(text) <= size:  # always, as both escape alike; else keep safetensors'
-                f.seek(8)
-                f.write(text.ljust(size, b" "))
+    data = memoryview(save(tensors, metadata=metadata))
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(bytes(data[8 : 8 + size]))
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # never: both escape alike; keep safetensors' header then
+        text = bytes(data[8 : 8 + size])
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data[:8])
+        f.write(text.ljust(size, b" "))
+        f.write(data[8 + size :])
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
