@@ -1,0 +1,167 @@
+"""Gaussian (VAE) bottleneck: a continuous latent in place of a quantizer.
+
+Kingma & Welling 2013, "Auto-Encoding Variational Bayes", https://arxiv.org/abs/1312.6114.
+Two linear heads turn the encoder's ``z`` into the posterior's mean μ and log-variance
+log σ² per latent dimension; in train mode the latent is the reparameterised sample
+μ + σ·ε, in eval mode μ itself; everything runs in float32, also under autocast. The KL to N(0, I) is in closed form per latent unit
+(:func:`tok.kl.gaussian_kl`); ``aux_loss`` is β·β(t)·KL, with β(t) from the KL schedule
+(:class:`tok.kl.KLSchedule`, t counted by the bottleneck itself in a buffer, so a
+checkpoint resumes it) and, with ``free_bits`` λ > 0, each unit's batch-mean KL floored
+at λ nats (:func:`tok.kl.free_bits_kl`).
+
+Axis legend: ``b`` batch, ``...`` grid axes, ``d`` the encoder's channels (``dim``),
+``l`` latent dimensions (``latent_dim``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tok.errors import ConfigError
+from tok.kl import KLSchedule, free_bits_kl, gaussian_kl, reparameterize
+from tok.quantizer import Projection, projection
+
+__all__ = ["Gaussian", "GaussianOutput"]
+
+#: log σ² is clamped to this range before it is used: exp(±30) keeps σ² and its
+#: gradient finite in float32, far outside what a trained posterior holds
+LOGVAR_RANGE = (-30.0, 20.0)
+
+
+@dataclass(frozen=True)
+class GaussianOutput:
+    """What :class:`Gaussian` returns from ``forward``.
+
+    - ``latent``: float32 ``(b, ..., d)``, what the decoder reads: the sample (train
+      mode) or the mean (eval mode), brought back to the encoder's ``d`` channels.
+    - ``mean``, ``logvar``: float32 ``(b, ..., l)``, μ and log σ² (clamped).
+    - ``kl``: float32 ``(b, ..., l)``, each unit's KL to N(0, 1) in nats, unweighted.
+    - ``aux_loss``: float32 scalar, β·β(t)·(free-bits) KL in nats per item.
+    - ``metrics``: detached scalars: ``kl`` (nats per item), ``beta`` (the weight used),
+      ``kl_dim{j}`` (dimension j's KL averaged over the batch and grid positions).
+    """
+
+    latent: Tensor
+    mean: Tensor
+    logvar: Tensor
+    kl: Tensor
+    aux_loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Gaussian(nn.Module):
+    """A diagonal-Gaussian posterior with a N(0, I) prior.
+
+    :param dim: channels of the encoder output ``z`` (``d``; supplied by tok from the
+        architecture's ``latent_dim``).
+    :param latent_dim: latent dimensions ``l`` (default ``dim``).
+    :param beta: the KL weight (1: the ELBO).
+    :param kl_schedule: ``"constant"``, ``"linear"``, ``"sigmoid"`` or ``"cyclical"``.
+    :param kl_fraction: f of ``linear`` (β(t) reaches 1 after f·steps).
+    :param kl_steepness: k of ``sigmoid``, per step.
+    :param kl_midpoint: t0 of ``sigmoid``, in steps.
+    :param kl_period: P of ``cyclical``, in steps.
+    :param steps: the run's training steps T (supplied by tok from ``train.steps``).
+    :param free_bits: λ, nats per latent unit (0: none).
+    :raises ConfigError: a parameter out of range, naming it.
+    """
+
+    paper = "https://arxiv.org/abs/1312.6114"
+    supplied_args = ("dim", "steps")
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        latent_dim: int | None = None,
+        beta: float = 1.0,
+        kl_schedule: str = "constant",
+        kl_fraction: float = 0.5,
+        kl_steepness: float = 0.01,
+        kl_midpoint: float = 0.0,
+        kl_period: int = 1000,
+        steps: int = 1,
+        free_bits: float = 0.0,
+    ) -> None:
+        super().__init__()
+        latent_dim = dim if latent_dim is None else latent_dim
+        for name, value in (("dim", dim), ("latent_dim", latent_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"gaussian: {name} must be a positive integer, got {value!r}")
+        if not math.isfinite(beta) or beta < 0:
+            raise ConfigError(f"gaussian: beta must be a finite number ≥ 0, got {beta}")
+        if not math.isfinite(free_bits) or free_bits < 0:
+            raise ConfigError(f"gaussian: free_bits must be a finite number ≥ 0, got {free_bits}")
+        self.dim, self.latent_dim, self.beta, self.free_bits = dim, latent_dim, beta, free_bits
+        self.schedule = KLSchedule(
+            name=kl_schedule, steps=steps, fraction=kl_fraction, steepness=kl_steepness,
+            midpoint=kl_midpoint, period=kl_period,
+        )  # fmt: skip
+        self.to_mean = Projection(dim, latent_dim)
+        self.to_logvar = Projection(dim, latent_dim)
+        self.out = projection(latent_dim, dim)
+        #: training steps taken (train-mode forwards): t of the KL schedule
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def example_config(cls) -> dict[str, Any]:
+        """A small instance with a latent narrower than its input and annealing."""
+        return {"dim": 8, "latent_dim": 3, "kl_schedule": "linear", "steps": 10}
+
+    def forward(self, z: Tensor) -> GaussianOutput:
+        """``z``: float ``(b, ..., d)`` → :class:`GaussianOutput`. In train mode the
+        latent is a sample and the step counter advances."""
+        if not torch.is_floating_point(z) or z.ndim < 2 or z.shape[-1] != self.dim:
+            raise ConfigError(
+                f"Gaussian expects a float tensor (batch, *grid, {self.dim}), "
+                f"got {tuple(z.shape)} {z.dtype}"
+            )
+        with torch.autocast(device_type=z.device.type, enabled=False):  # float32 throughout
+            mean = self.to_mean(z.float())
+            logvar = self.to_logvar(z.float()).clamp(*LOGVAR_RANGE)
+            sample = reparameterize(mean, logvar) if self.training else mean
+            latent = self.out(sample).float()
+        kl = gaussian_kl(mean, logvar)
+        weight = self.beta * self.schedule(int(self.step))
+        aux = weight * free_bits_kl(kl, self.free_bits)
+        if self.training:
+            self.step += 1
+        per_dim = kl.detach().reshape(-1, self.latent_dim).mean(0)
+        metrics = {
+            "kl": kl.detach().sum(tuple(range(1, kl.ndim))).mean(),
+            "beta": torch.tensor(weight),
+            **{f"kl_dim{j}": v for j, v in enumerate(per_dim)},
+        }
+        return GaussianOutput(
+            latent=latent, mean=mean, logvar=logvar, kl=kl,
+            aux_loss=aux, metrics=metrics,
+        )  # fmt: skip
+
+    def latent_to_codes(self, latent: Tensor) -> Tensor:
+        """Stored latents (means, ``(b, ..., l)``) → what the decoder reads,
+        ``(b, ..., d)`` float32: equal to ``forward(z).latent`` in eval mode."""
+        if latent.ndim < 2 or latent.shape[-1] != self.latent_dim:
+            raise ConfigError(
+                f"latents must have shape (batch, *grid, {self.latent_dim}), "
+                f"got {tuple(latent.shape)}"
+            )
+        with torch.autocast(device_type=latent.device.type, enabled=False):
+            return self.out(latent.float()).float()
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable keyword arguments that rebuild this bottleneck."""
+        s = self.schedule
+        return {
+            "dim": self.dim, "latent_dim": self.latent_dim, "beta": self.beta,
+            "kl_schedule": s.name, "kl_fraction": s.fraction, "kl_steepness": s.steepness,
+            "kl_midpoint": s.midpoint, "kl_period": s.period, "steps": s.steps,
+            "free_bits": self.free_bits,
+        }  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
