@@ -16,45 +16,25 @@ Axis legend: ``b`` batch, ``...`` grid axes, ``d`` the encoder's channels (``dim
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from tok import hookimpl
+from tok.bottleneck import ContinuousBottleneck, LatentOutput
 from tok.errors import ConfigError
 from tok.kl import KLSchedule, free_bits_kl, gaussian_kl, reparameterize
 from tok.quantizer import Projection, projection
 
-__all__ = ["Gaussian", "GaussianOutput"]
+__all__ = ["Gaussian"]
 
 #: log σ² is clamped to this range before it is used: exp(±30) keeps σ² and its
 #: gradient finite in float32, far outside what a trained posterior holds
 LOGVAR_RANGE = (-30.0, 20.0)
 
 
-@dataclass(frozen=True)
-class GaussianOutput:
-    """What :class:`Gaussian` returns from ``forward``.
-
-    - ``latent``: float32 ``(b, ..., d)``, what the decoder reads: the sample (train
-      mode) or the mean (eval mode), brought back to the encoder's ``d`` channels.
-    - ``mean``, ``logvar``: float32 ``(b, ..., l)``, μ and log σ² (clamped).
-    - ``kl``: float32 ``(b, ..., l)``, each unit's KL to N(0, 1) in nats, unweighted.
-    - ``aux_loss``: float32 scalar, β·β(t)·(free-bits) KL in nats per item.
-    - ``metrics``: detached scalars: ``kl`` (nats per item), ``beta`` (the weight used),
-      ``kl_dim{j}`` (dimension j's KL averaged over the batch and grid positions).
-    """
-
-    latent: Tensor
-    mean: Tensor
-    logvar: Tensor
-    kl: Tensor
-    aux_loss: Tensor
-    metrics: dict[str, Tensor] = field(default_factory=dict)
-
-
-class Gaussian(nn.Module):
+class Gaussian(ContinuousBottleneck):
     """A diagonal-Gaussian posterior with a N(0, I) prior.
 
     :param dim: channels of the encoder output ``z`` (``d``; supplied by tok from the
@@ -88,23 +68,19 @@ class Gaussian(nn.Module):
         steps: int = 1,
         free_bits: float = 0.0,
     ) -> None:
-        super().__init__()
-        latent_dim = dim if latent_dim is None else latent_dim
-        for name, value in (("dim", dim), ("latent_dim", latent_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"gaussian: {name} must be a positive integer, got {value!r}")
+        super().__init__(dim=dim, latent_dim=dim if latent_dim is None else latent_dim)
         if not math.isfinite(beta) or beta < 0:
             raise ConfigError(f"gaussian: beta must be a finite number ≥ 0, got {beta}")
         if not math.isfinite(free_bits) or free_bits < 0:
             raise ConfigError(f"gaussian: free_bits must be a finite number ≥ 0, got {free_bits}")
-        self.dim, self.latent_dim, self.beta, self.free_bits = dim, latent_dim, beta, free_bits
+        self.beta, self.free_bits = beta, free_bits
         self.schedule = KLSchedule(
             name=kl_schedule, steps=steps, fraction=kl_fraction, steepness=kl_steepness,
             midpoint=kl_midpoint, period=kl_period,
         )  # fmt: skip
-        self.to_mean = Projection(dim, latent_dim)
-        self.to_logvar = Projection(dim, latent_dim)
-        self.out = projection(latent_dim, dim)
+        self.to_mean = Projection(dim, self.latent_dim)
+        self.to_logvar = Projection(dim, self.latent_dim)
+        self.out = projection(self.latent_dim, dim)
         #: training steps taken (train-mode forwards): t of the KL schedule
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
@@ -113,14 +89,13 @@ class Gaussian(nn.Module):
         """A small instance with a latent narrower than its input and annealing."""
         return {"dim": 8, "latent_dim": 3, "kl_schedule": "linear", "steps": 10}
 
-    def forward(self, z: Tensor) -> GaussianOutput:
-        """``z``: float ``(b, ..., d)`` → :class:`GaussianOutput`. In train mode the
-        latent is a sample and the step counter advances."""
-        if not torch.is_floating_point(z) or z.ndim < 2 or z.shape[-1] != self.dim:
-            raise ConfigError(
-                f"Gaussian expects a float tensor (batch, *grid, {self.dim}), "
-                f"got {tuple(z.shape)} {z.dtype}"
-            )
+    def forward(self, z: Tensor) -> LatentOutput:
+        """``z``: float ``(b, ..., d)`` → :class:`tok.bottleneck.LatentOutput` with
+        ``mean`` μ and ``kl`` per unit; ``metrics``: ``kl`` (nats per item), ``beta``
+        (the weight used this step) and ``kl_dim{j}`` (dimension j's KL averaged over the
+        batch and grid positions). In train mode the latent is a sample and the step
+        counter advances."""
+        self.check_input(z)
         with torch.autocast(device_type=z.device.type, enabled=False):  # float32 throughout
             mean = self.to_mean(z.float())
             logvar = self.to_logvar(z.float()).clamp(*LOGVAR_RANGE)
@@ -137,19 +112,12 @@ class Gaussian(nn.Module):
             "beta": torch.tensor(weight),
             **{f"kl_dim{j}": v for j, v in enumerate(per_dim)},
         }
-        return GaussianOutput(
-            latent=latent, mean=mean, logvar=logvar, kl=kl,
-            aux_loss=aux, metrics=metrics,
-        )  # fmt: skip
+        return LatentOutput(latent=latent, mean=mean, kl=kl, aux_loss=aux, metrics=metrics)
 
     def latent_to_codes(self, latent: Tensor) -> Tensor:
         """Stored latents (means, ``(b, ..., l)``) → what the decoder reads,
         ``(b, ..., d)`` float32: equal to ``forward(z).latent`` in eval mode."""
-        if latent.ndim < 2 or latent.shape[-1] != self.latent_dim:
-            raise ConfigError(
-                f"latents must have shape (batch, *grid, {self.latent_dim}), "
-                f"got {tuple(latent.shape)}"
-            )
+        self.check_latent(latent)
         with torch.autocast(device_type=latent.device.type, enabled=False):
             return self.out(latent.float()).float()
 
@@ -163,5 +131,7 @@ class Gaussian(nn.Module):
             "free_bits": self.free_bits,
         }  # fmt: skip
 
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+
+@hookimpl
+def register_bottlenecks(register):
+    register(Gaussian, name="gaussian", aliases=("vae",))

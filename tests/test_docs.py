@@ -35,6 +35,7 @@ def python_blocks() -> list[str]:
 def test_hooks_found():
     assert HOOKS == [
         "register_architectures",
+        "register_bottlenecks",
         "register_datasets",
         "register_losses",
         "register_quantizers",

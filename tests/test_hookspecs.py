@@ -24,6 +24,7 @@ HOOKS = hookspec_functions()
 def test_there_are_hooks_for_each_kind_of_component():
     assert set(HOOKS) == {
         "register_quantizers",
+        "register_bottlenecks",
         "register_architectures",
         "register_datasets",
         "register_losses",

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 import tok
 from tok import Quantizer, QuantizerOutput, hookimpl
+from tok.bottleneck import ContinuousBottleneck, LatentOutput
 from tok.components import build
 from tok.data import Dataset, Samples
 from tok.errors import DuplicateNameError, PluginError, RecipeError, UnknownNameError
@@ -197,7 +198,9 @@ def test_builtin_plugins_come_from_entry_points():
                 "videoshards",
             ]
         },
-        "losses": {"losses": ["l1", "mse"]},
+        "losses": {"losses": ["bernoulli_nll", "gaussian_nll", "l1", "mse"]},
+        "gaussian": {"bottlenecks": ["gaussian"]},
+        "mlp": {"architectures": ["mlp"]},
     }.items():
         p = infos[name]
         assert p.source == "builtin"
@@ -676,3 +679,82 @@ def test_the_allow_list_says_what_it_leaves_out(monkeypatch, capsys):
     capsys.readouterr()
     assert cli.main(["plugins"]) == 0
     assert "left out by TOK_PLUGINS: " in capsys.readouterr().out
+
+
+class Identity(ContinuousBottleneck):
+    """A plain autoencoder's bottleneck: the latent is ``z`` itself, its KL 0."""
+
+    stochastic = False
+
+    def __init__(self, *, dim: int) -> None:
+        super().__init__(dim=dim, latent_dim=dim)
+
+    def forward(self, z: Tensor) -> LatentOutput:
+        self.check_input(z)
+        z = z.float()
+        return LatentOutput(z, z, torch.zeros_like(z), z.new_zeros(()), {})
+
+    def latent_to_codes(self, latent: Tensor) -> Tensor:
+        self.check_latent(latent)
+        return latent.float()
+
+    def config(self) -> dict[str, Any]:
+        return {"dim": self.dim}
+
+
+class LaplacePlugin:
+    """A third-party continuous bottleneck (``register_bottlenecks``) beside a test
+    architecture: a recipe's ``[bottleneck]`` table trains it like a quantizer."""
+
+    @hookimpl
+    def register_bottlenecks(register):
+        register(Identity, name="test-identity")
+
+    @hookimpl
+    def register_architectures(register):
+        register(Patches, name="test-patches")
+
+    @hookimpl
+    def register_datasets(register):
+        register(Stripes, name="test-stripes")
+
+
+def test_register_bottlenecks_trains_encodes_and_reloads_a_continuous_tokenizer(
+    add_plugin, tmp_path
+):
+    from tok.train import train
+
+    add_plugin(LaplacePlugin, "test-laplace")
+    assert info("test-laplace").provides["bottlenecks"] == ["test-identity"]
+    recipe = parse_recipe(
+        {
+            "data": {"name": "test-stripes", "count": 8},
+            "model": {"name": "test-patches", "latent_dim": 4},
+            "bottleneck": {"name": "test-identity"},
+            "train": {
+                "steps": 2, "batch_size": 4, "eval_every": 2, "eval_samples": 4,
+                "checkpoint_every": 2, "device": "cpu", "warmup_steps": 1,
+            },
+            "output": {"dir": str(tmp_path / "run"), "samples": 4},
+        }
+    )  # fmt: skip
+    assert recipe.role == "bottleneck" and recipe.quantizer is None
+    result = train(recipe, progress=False)
+    assert result.eval["kl"] == 0 and result.eval["active_dims"] == 0  # deterministic: no KL
+    reloaded = Tokenizer.load(tmp_path / "run")
+    assert reloaded.continuous and reloaded.quantizer is None
+    assert reloaded.config()["bottleneck"] == {"name": "test-identity", "config": {"dim": 4}}
+    x = torch.rand(3, 1, 8, 8)
+    latents = reloaded.encode(x)
+    assert latents.dtype == torch.float32 and latents.shape == (3, 2, 2, 4)
+    assert torch.allclose(reloaded.decode(latents), reloaded.reconstruct(x), atol=1e-6)
+
+
+def test_a_recipe_names_a_quantizer_or_a_bottleneck_not_both():
+    base = {"data": {"name": "mnist"}, "model": {"name": "mlp"}}
+    with pytest.raises(RecipeError, match=r"\[quantizer\] and \[bottleneck\]"):
+        parse_recipe({**base, "quantizer": {"name": "fsq"}, "bottleneck": {"name": "gaussian"}})
+    with pytest.raises(RecipeError, match=r"missing table \[quantizer\] \(or \[bottleneck\]"):
+        parse_recipe(base)
+    with pytest.raises(RecipeError, match="gaussian"):  # a bottleneck is no quantizer
+        parse_recipe({**base, "quantizer": {"name": "gaussian"}})

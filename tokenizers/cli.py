@@ -91,13 +91,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     ev = result.eval
     print(f"run folder: {result.run_dir}  (step {result.step})")
-    if ev:
+    if ev and "kl" in ev:  # a continuous tokenizer
+        print(f"test {_latent_summary(ev)}")
+    elif ev:
         print(
             f"test psnr {ev['psnr']:.2f} dB  usage {percent(ev['usage'])}  "
             f"perplexity {ev['perplexity']:.1f}  bits/pixel {ev['bits_per_pixel']:.3f}  "
             f"({ev['images']} images)"
         )
     return 0
+
+
+def _latent_summary(ev: dict) -> str:
+    """One line of a continuous tokenizer's evaluation (:func:`tok.run.evaluate_latents`)."""
+    elbo = f"-ELBO {ev['neg_elbo']:.2f} nats  " if "neg_elbo" in ev else ""
+    return (
+        f"{elbo}KL {ev['kl']:.2f} nats  psnr {ev['psnr']:.2f} dB  active dims "
+        f"{ev['active_dims']}/{ev['latent_dim']}  ({ev['images']} images)"
+    )
 
 
 def _default_tokenizer(src: str) -> str:
@@ -197,9 +208,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device, option="--device")
     result = Run.open(args.run).evaluate(split=args.split, samples=args.samples, device=device)
-    result.pop("counts")
+    result.pop("counts", None)
     if args.json:
         print(json.dumps(result, indent=2))
+        return 0
+    if "kl" in result:  # a continuous tokenizer: nats per image
+        print(f"{args.run}: {result['images']} {args.split} images, per image")
+        if "neg_elbo" in result:
+            print(f"  reconstruction  {result['recon_nll']:.2f} nats (-log p(x|z), the run's loss)")
+        print(f"  KL              {result['kl']:.2f} nats")
+        if "neg_elbo" in result:
+            print(f"  -ELBO           {result['neg_elbo']:.2f} nats")
+        print(f"  psnr            {result['psnr']:.2f} dB")
+        print(
+            f"  active dims     {result['active_dims']} of {result['latent_dim']} "
+            f"(KL ≥ {result['active_threshold']:g} nats)"
+            + (f"; inactive: {', '.join(map(str, result['inactive']))}" * bool(result["inactive"]))
+        )
         return 0
     print(f"{args.run}: {result['images']} {args.split} images")
     print(f"  psnr            {result['psnr']:.2f} dB")

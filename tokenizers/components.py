@@ -18,7 +18,8 @@ channels      the same (what datasets call it)
 image_size    ``[h, w]`` of the input shape
 size          the same (what datasets call it)
 frames        ``t`` of a video input shape (images: not supplied)
-dim           the architecture's ``latent_dim`` (quantizers)
+dim           the architecture's ``latent_dim`` (quantizers, bottlenecks)
+steps         the run's ``train.steps`` (a KL schedule's length)
 ============  ==========================================================
 
 :func:`fill` is the one place where that happens. Recipe validation calls it
@@ -47,11 +48,13 @@ class Facts:
     """What tok knows when it builds a component; ``None`` where it does not know yet.
 
     ``input_shape`` is ``(c, h, w)`` for images, ``(c, t, h, w)`` for videos;
-    ``latent_dim`` is the architecture's latent channels.
+    ``latent_dim`` is the architecture's latent channels; ``steps`` the run's training
+    steps.
     """
 
     input_shape: tuple[int, ...] | None = None
     latent_dim: int | None = None
+    steps: int | None = None
 
 
 def _video_frames(facts: Facts) -> int | None:
@@ -75,6 +78,7 @@ SUPPLIED: dict[str, Callable[[Facts], Any]] = {
     "size": _size,
     "frames": _video_frames,
     "dim": lambda facts: facts.latent_dim,
+    "steps": lambda facts: facts.steps,
 }
 
 

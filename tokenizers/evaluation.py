@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from .data import Samples
 from .errors import TrainingError
-from .health import warn_collapse
+from .health import warn_collapse, warn_inactive
 from .models import Tokenizer
-from .run import Run, evaluate
+from .run import Run, evaluate, likelihood_of
 
 if TYPE_CHECKING:
     from ._io import JsonLines
@@ -35,14 +35,29 @@ def evaluate_and_show(
     step: int,
     log: JsonLines | None,
 ) -> dict[str, Any]:
-    """Evaluate on ``eval_set``, log the test row, warn about collapsed streams, and draw
-    the reconstructions and the usage histogram into the run folder."""
+    """Evaluate on ``eval_set``, log the test row, warn about collapsed streams (inactive
+    latent dimensions for a continuous tokenizer), and draw the reconstructions and the
+    usage histogram (the KL per dimension) into the run folder."""
     device = next(tokenizer.parameters()).device
-    result = evaluate(tokenizer, eval_set, device=device, keep=recipe.output.samples)
+    extra = (
+        {"likelihood": likelihood_of(recipe), "active_threshold": recipe.train.active_threshold}
+        if tokenizer.continuous
+        else {}
+    )
+    result = evaluate(tokenizer, eval_set, device=device, keep=recipe.output.samples, **extra)
     if not math.isfinite(result["psnr"]):  # neither logged nor drawn
         raise NonFiniteEvaluation(
             f"its evaluation gave non-finite reconstructions (psnr {result['psnr']})"
         )
+    if tokenizer.continuous:
+        if log is not None:
+            keys = ("psnr", "mse", "recon_nll", "kl", "neg_elbo", "active_dims", "kl_dims")
+            log.write({"step": step, "split": "test", **{k: result[k] for k in keys}})
+        if tokenizer.bottleneck.stochastic:  # a deterministic one has no KL to lose
+            warn_inactive(result, recipe=recipe.name, run=run.path, step=step)
+        run.save_samples(*result.pop("kept"))
+        run.save_kl(result["kl_dims"], result["active_threshold"], step)
+        return result
     if log is not None:
         keys = ("psnr", "mse", "usage", "perplexity", "streams")
         log.write({"step": step, "split": "test", **{k: result[k] for k in keys}})

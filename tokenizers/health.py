@@ -43,6 +43,8 @@ __all__ = [
     "percent",
     "usage_history",
     "inspect_run",
+    "PosteriorCollapseWarning",
+    "warn_inactive",
 ]
 
 
@@ -71,6 +73,33 @@ def warn_collapse(
             CollapseWarning,
             stacklevel=3,
         )
+
+
+class PosteriorCollapseWarning(CollapseWarning):
+    """Latent dimensions of a continuous tokenizer carry less than
+    ``train.active_threshold`` nats of KL on the evaluation images: their posterior is
+    the prior, the decoder ignores them (posterior collapse)."""
+
+
+def warn_inactive(result: dict[str, Any], *, recipe: str, run: str | Path, step: int) -> None:
+    """One :class:`PosteriorCollapseWarning` when :func:`tok.run.evaluate_latents`'s
+    ``result`` has inactive dimensions, naming them (at most 12, then a count), the step,
+    the threshold and the cures."""
+    inactive = result["inactive"]
+    if not inactive:
+        return
+    shown = ", ".join(map(str, inactive[:12])) + (
+        f" and {len(inactive) - 12} more" * (len(inactive) > 12)
+    )
+    warnings.warn(
+        f"tok: posterior collapse in recipe {recipe} ({run}) at step {step}: "
+        f"{len(inactive)} of {result['latent_dim']} latent dimensions inactive ({shown}: "
+        f"KL < {result['active_threshold']:g} nats on {result['images']} test images); "
+        f"KL annealing (kl_schedule) or free bits (free_bits) keep dimensions in use; "
+        f"see `tok inspect {run}`",
+        PosteriorCollapseWarning,
+        stacklevel=3,
+    )
 
 
 def attainable_usage(stats: dict[str, Any]) -> float:

@@ -1,4 +1,5 @@
-"""The hooks through which plugins add quantizers, architectures, datasets and training losses.
+"""The hooks through which plugins add quantizers, continuous bottlenecks, architectures,
+datasets and training losses.
 
 Every hook is ``register_<things>(register)``: tok hands the plugin a
 callback, so the core decides how a registration is recorded (which plugin
@@ -48,6 +49,21 @@ def register_quantizers(register: Register) -> None:
     The return value is ignored. Registering a name another plugin also
     registers makes that name an error (naming both owners) until one of the
     plugins is removed; the other names keep working.
+    """
+
+
+@hookspec
+def register_bottlenecks(register: Register) -> None:
+    """Register continuous bottlenecks (the Gaussian of a VAE …).
+
+    :param register: call ``register(cls, name=None, aliases=())`` once per
+        bottleneck. ``cls`` is a subclass of
+        :class:`tok.bottleneck.ContinuousBottleneck`: it maps the encoder's latents
+        ``(B, *grid, D)`` to a :class:`tok.bottleneck.LatentOutput` and stored latents
+        back with ``latent_to_codes``. A recipe names it in its ``[bottleneck]`` table,
+        where a discrete tokenizer has ``[quantizer]``.
+
+    The return value is ignored.
     """
 
 

@@ -301,3 +301,20 @@ def batch_stream_stats(indices: Tensor, codebook_sizes: tuple[int, ...]) -> list
             }
         )
     return stats
+
+
+def stream_row(out: Any, tokenizer: Any) -> dict[str, Any]:
+    """The ``streams`` entry of a training row (:func:`batch_stream_stats` of a
+    :class:`tok.models.TokenizerOutput`'s indices); empty for a continuous tokenizer,
+    whose rows carry the bottleneck's ``kl``, ``beta`` and ``kl_dim{j}`` instead."""
+    if tokenizer.continuous:
+        return {}
+    return {"streams": batch_stream_stats(out.indices, tokenizer.quantizer.codebook_sizes)}
+
+
+def progress_figures(row: dict[str, Any]) -> dict[str, str]:
+    """What the progress bar shows of a training row beside the loss: the batch's codebook
+    usage, or a continuous tokenizer's KL (nats per item)."""
+    if "kl" in row:
+        return {"kl": f"{row['kl']:.2f}"}
+    return {"batch_usage": f"{row.get('usage', 0):.2f}"}

@@ -28,7 +28,7 @@ from torch import Tensor
 from ._io import atomic_path
 from .metrics import CodeCounts, codebook_stats
 
-__all__ = ["MAX_BARS", "save_usage_histogram", "save_line_plot", "usage_caption"]
+__all__ = ["MAX_BARS", "save_usage_histogram", "save_kl_bars", "save_line_plot", "usage_caption"]
 
 MAX_BARS = 512  # save_usage_histogram sums adjacent ranks so that at most this many bars remain
 
@@ -76,6 +76,8 @@ _PALETTE = [  # matplotlib's tab10, fixed here so a user's style cannot change i
     (23, 190, 207),
 ]
 _GRID = "#e6e6e6"
+_GRID_DARK = (160, 160, 160)  # inactive latent dimensions
+_THRESHOLD = (214, 39, 40)  # threshold lines
 _LABEL = "#444444"
 
 
@@ -145,6 +147,59 @@ def _style(ax) -> None:
     ax.xaxis.set_major_formatter(_tick_formatter_class()())
     if ax.get_yscale() == "linear":
         ax.yaxis.set_major_formatter(_tick_formatter_class()())
+
+
+# ----------------------------------------------------------------------------- KL per dimension
+
+
+def save_kl_bars(
+    path: PathLike,
+    kl_dims: Sequence[float],
+    *,
+    threshold: float,
+    title: str = "KL per latent dimension",
+    size: tuple[int, int] = (640, 400),
+) -> Path:
+    """Write a bar chart of each latent dimension's KL (nats, log scale) with the
+    active-dimension threshold as a dashed line; bars below it (inactive, collapsed to
+    the prior) in grey. The caption counts the active dimensions. Returns the path.
+
+    :param kl_dims: the KL of dimension j at position j, nats (≥ 0).
+    :param threshold: nats; a dimension is active at or above it.
+    """
+    values = [max(float(v), 0.0) for v in kl_dims]
+    if not values:
+        raise ValueError("kl_dims is empty")
+    active = sum(v >= threshold for v in values)
+    floor = min(threshold / 10, *[v for v in values if v > 0] or [threshold])
+    fig = _figure(*size)
+    fig.suptitle(title, wrap=True)
+    ax = fig.subplots()
+    ax.set_yscale("log")
+    colours = [_rgb(_BAR) if v >= threshold else _rgb(_GRID_DARK) for v in values]
+    ax.bar(range(len(values)), [max(v, floor / 2) for v in values], color=colours, width=0.8)
+    ax.axhline(threshold, color=_rgb(_THRESHOLD), linestyle="--", linewidth=1.2)
+    ax.annotate(
+        f"active ≥ {threshold:g} nats",
+        (1.0, threshold),
+        xycoords=("axes fraction", "data"),
+        ha="right",
+        va="bottom",
+        fontsize="small",
+        color=_rgb(_THRESHOLD),
+    )
+    ax.set_title(
+        f"{active} of {len(values)} dimensions active; total {sum(values):.2f} nats",
+        fontsize="medium",
+        loc="left",
+    )
+    ax.set_xlabel("latent dimension")
+    ax.set_ylabel("KL (nats, log scale)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _style(ax)
+    return _save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- usage histogram

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ConfigError, IndexRangeError
+from .bottleneck import Bottleneck
+from .errors import IndexRangeError
 
 __all__ = [
     "Quantizer",
@@ -110,45 +111,29 @@ class QuantizerOutput:
     aux_loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
+    @property
+    def latent(self) -> Tensor:
+        """What the decoder reads: ``quantized`` (the name every bottleneck output shares,
+        :class:`tok.bottleneck.LatentOutput`)."""
+        return self.quantized
 
-class Quantizer(nn.Module):
-    """Base class of quantizers. Subclasses set ``codebook_sizes`` and implement
-    ``forward``, ``indices_to_codes`` and ``config``.
 
-    Constructors take keyword-only arguments, and ``cls(**q.config())`` rebuilds
-    an equivalent quantizer; all learned state lives in parameters and buffers.
+class Quantizer(Bottleneck):
+    """Base class of quantizers: the discrete :class:`tok.bottleneck.Bottleneck`.
+    Subclasses set ``codebook_sizes`` and implement ``forward``, ``indices_to_codes``
+    and ``config``.
+
+    Constructors take keyword-only arguments, and ``cls(**q.config())`` rebuilds an
+    equivalent quantizer; all learned state lives in parameters and buffers
+    (``paper``, ``supplied_args`` and ``float32_buffers``: see
+    :class:`tok.bottleneck.Bottleneck`).
     """
 
-    #: A link to the paper the method comes from (shown by ``tok quantizers``).
-    paper: ClassVar[str] = ""
-
-    #: constructor arguments tok fills in when a recipe leaves them out: ``dim`` is the
-    #: architecture's ``latent_dim`` (see :mod:`tok.components`).
-    supplied_args: ClassVar[tuple[str, ...]] = ("dim",)
-
-    #: buffers holding learned statistics (EMA sums, counts, an EMA codebook): they stay
-    #: float32 when the module is cast (``.to(torch.bfloat16)``, ``.half()``), so the
-    #: statistics keep accumulating at full precision; moves between devices apply.
-    float32_buffers: ClassVar[tuple[str, ...]] = ()
+    discrete: ClassVar[bool] = True
 
     def __init__(self, *, dim: int, codebook_sizes: tuple[int, ...]) -> None:
-        super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ConfigError(f"{type(self).__name__}: dim must be a positive integer, got {dim!r}")
-        self.dim = dim
+        super().__init__(dim=dim)
         self.codebook_sizes = tuple(int(k) for k in codebook_sizes)
-
-    @classmethod
-    def example_config(cls) -> dict[str, Any]:
-        """Keyword arguments that build a small, representative instance.
-
-        :func:`tok.testing.check_quantizer` builds the quantizer with
-        ``cls(**cls.example_config())`` when it is given no ``config``.
-        Override it so the conformance suite exercises what matters in your
-        method (a projection, several streams, a learned codebook…); keep it
-        small so the checks stay fast. The default is ``{"dim": 8}``.
-        """
-        return {"dim": 8}
 
     @property
     def num_streams(self) -> int:
@@ -175,14 +160,6 @@ class Quantizer(nn.Module):
 
     # helpers for subclasses -------------------------------------------------
 
-    def check_input(self, z: Tensor) -> None:
-        """Raise :class:`ConfigError` unless ``z`` is a float ``(b, ..., dim)`` tensor."""
-        if not torch.is_floating_point(z) or z.ndim < 2 or z.shape[-1] != self.dim:
-            raise ConfigError(
-                f"{type(self).__name__} expects a float tensor (batch, *grid, {self.dim}), "
-                f"got {tuple(z.shape)} {z.dtype}"
-            )
-
     def check_indices(self, indices: Tensor) -> Tensor:
         """Validate ``(b, ..., s)`` indices against the codebook sizes; return them as int64."""
         if indices.dtype.is_floating_point or indices.dtype == torch.bool or indices.is_complex():
@@ -204,18 +181,3 @@ class Quantizer(nn.Module):
                     f"for codebook size {self.codebook_sizes[stream]} (valid: 0..{self.codebook_sizes[stream] - 1})"
                 )
         return indices
-
-    def _apply(self, fn: Any, recurse: bool = True) -> Quantizer:
-        # nn.Module.to / .half / .cuda all go through _apply: keep float32_buffers float32
-        kept = {
-            n: self._buffers[n] for n in self.float32_buffers if self._buffers.get(n) is not None
-        }
-        super()._apply(fn, recurse)
-        for name, old in kept.items():
-            new = self._buffers[name]
-            if new is not None and new.dtype != old.dtype:
-                self._buffers[name] = old.to(device=new.device)
-        return self
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())

@@ -11,6 +11,9 @@ A recipe has one table per component::
     [quantizer]
     name = "fsq"              # a registered quantizer; other keys are its options
     levels = [8, 5, 5, 5]
+    # or, for a continuous tokenizer (a VAE), instead of [quantizer]:
+    # [bottleneck]
+    # name = "gaussian"       # a registered continuous bottleneck
     [losses.lpips]            # optional: further registered losses, each with its options
     weight = 0.5
     [train]
@@ -58,8 +61,13 @@ __all__ = [
     "check_resume",
 ]
 
-TABLES = ("data", "model", "quantizer", "losses", "train", "output")
-_COMPONENT_KINDS = {"data": "datasets", "model": "architectures", "quantizer": "quantizers"}
+TABLES = ("data", "model", "quantizer", "bottleneck", "losses", "train", "output")
+_COMPONENT_KINDS = {
+    "data": "datasets",
+    "model": "architectures",
+    "quantizer": "quantizers",
+    "bottleneck": "bottlenecks",
+}
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,11 @@ class TrainConfig:
     processes (memory bounded whatever the dataset's size), ``"auto"`` preloads the
     datasets that say they fit (MNIST, Moving MNIST) and streams the others
     (:mod:`tok.data.batches`)."""
+    sampling: Literal["replacement", "epochs"] = "replacement"
+    """How the preloaded loader draws each batch: ``"replacement"``, uniformly at random
+    with replacement (from the run's batch generator); ``"epochs"``, each training item
+    once per epoch in a fresh random order, as a shuffling ``DataLoader`` does (the
+    streamed loader always works by epochs)."""
     workers: int = 2
     """DataLoader worker processes that decode streamed items (0: in the training process)."""
     random_crop: list[int] | None = None
@@ -131,6 +144,9 @@ class TrainConfig:
     """Save a resumable checkpoint every N steps and at the end."""
     collapse_threshold: float = 0.1
     """Warn when a stream's codebook usage on the evaluation images falls below this fraction."""
+    active_threshold: float = 0.01
+    """Continuous tokenizers: a latent dimension whose KL over the evaluation images is
+    below this many nats is inactive (posterior collapse); training warns naming them."""
 
 
 @dataclass(frozen=True)
@@ -145,24 +161,38 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A whole recipe; ``source`` is the file it came from (if any)."""
+    """A whole recipe; ``source`` is the file it came from (if any). It has a
+    ``quantizer`` (a discrete tokenizer) or a ``bottleneck`` (a continuous one), never
+    both: :attr:`role` says which."""
 
     data: Component
     model: Component
-    quantizer: Component
+    quantizer: Component | None
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     losses: tuple[Component, ...] = ()
     """Further training losses (``[losses.NAME]`` tables), added to ``train.loss``."""
     name: str = "run"
     source: str | None = None
+    bottleneck: Component | None = None
+    """A continuous bottleneck (``[bottleneck]``), in place of ``quantizer``."""
+
+    @property
+    def role(self) -> str:
+        """``"quantizer"`` or ``"bottleneck"``: the table that names the bottleneck."""
+        return "bottleneck" if self.bottleneck is not None else "quantizer"
+
+    @property
+    def latent(self) -> Component:
+        """The ``[quantizer]`` or ``[bottleneck]`` component, whichever the recipe has."""
+        return self.bottleneck if self.bottleneck is not None else self.quantizer
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as nested plain dicts (what ``recipe.toml`` in a run folder holds)."""
         data = {
             "data": self.data.to_dict(),
             "model": self.model.to_dict(),
-            "quantizer": self.quantizer.to_dict(),
+            self.role: self.latent.to_dict(),
             "train": dataclasses.asdict(self.train),
             "output": dataclasses.asdict(self.output),
         }
@@ -203,6 +233,7 @@ _BOUNDS: dict[str, dict[str, tuple[str, Any]]] = {
         "eval_samples": _at_least(1),
         "checkpoint_every": _at_least(1),
         "collapse_threshold": ("a fraction in [0, 1]", lambda v: 0 <= v <= 1),
+        "active_threshold": _at_least(0),
     },
     "output": {"samples": _at_least(1)},
 }
@@ -278,9 +309,14 @@ def parse_recipe(data: dict[str, Any], *, name: str = "run", source: str | None 
         if key not in TABLES:
             problems.append(f"unknown table [{key}] (valid tables: {', '.join(TABLES)})")
     parts: dict[str, Any] = {}
-    for table_name in ("data", "model", "quantizer"):
+    if "quantizer" in data and "bottleneck" in data:
+        problems.append("[quantizer] and [bottleneck]: a recipe names one of the two")
+    latent = "bottleneck" if "bottleneck" in data and "quantizer" not in data else "quantizer"
+    parts["quantizer"] = None
+    for table_name in ("data", "model", latent):
         if table_name not in data:
-            problems.append(f"missing table [{table_name}]")
+            extra = " (or [bottleneck] for a continuous tokenizer)" * (table_name == "quantizer")
+            problems.append(f"missing table [{table_name}]{extra}")
             continue
         parts[table_name], found = _check_component(table_name, data[table_name])
         problems += found
@@ -351,6 +387,8 @@ RESUMABLE_KEYS = (
     "train.eval_samples",
     "train.checkpoint_every",
     "train.collapse_threshold",
+    "train.active_threshold",
+    "train.sampling",
     "output.dir",
     "output.samples",
 )

@@ -74,6 +74,7 @@ DISTRIBUTION = "tok-vision"
 # registry kind -> (hook name, singular noun used in messages, CLI command that lists it)
 KINDS: dict[str, tuple[str, str, str]] = {
     "quantizers": ("register_quantizers", "quantizer", "tok quantizers"),
+    "bottlenecks": ("register_bottlenecks", "bottleneck", "tok plugins"),
     "architectures": ("register_architectures", "architecture", "tok plugins"),
     "datasets": ("register_datasets", "dataset", "tok plugins"),
     "losses": ("register_losses", "loss", "tok plugins"),

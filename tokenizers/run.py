@@ -47,6 +47,7 @@ from .checkpoint import STATE_FORMAT, Checkpoint, load_state, save_state
 from .components import build
 from .data import Dataset, Samples
 from .errors import CheckpointError, FileAccessError, OutputDirError, RecipeError, TokError
+from .latents import evaluate_latents, likelihood_of
 from .metrics import CodeCounts, psnr
 from .models import Tokenizer
 from .models.tokenizer import CONFIG, WEIGHTS, config_differences, recorded_config
@@ -64,8 +65,11 @@ def evaluate(
     batch_size: int = 500,
     device: torch.device | str | None = None,
     keep: int = 0,
+    **continuous: Any,
 ) -> dict[str, Any]:
-    """Reconstruct ``samples`` and measure them (eval mode, fp32).
+    """Reconstruct ``samples`` and measure them (eval mode, fp32). A continuous
+    tokenizer is measured by :func:`evaluate_latents` (``continuous``: its
+    ``likelihood`` and ``active_threshold``).
 
     Returns ``psnr`` (mean dB over items, reconstructions clamped to
     ``[0, 1]``), ``mse``, per-stream ``streams``
@@ -77,6 +81,10 @@ def evaluate(
     ``n`` items and their (clamped) reconstructions on the CPU, to draw without a rerun.
     """
     device = torch.device(device) if device is not None else next(tokenizer.parameters()).device
+    if tokenizer.continuous:
+        return evaluate_latents(
+            tokenizer, samples, batch_size=batch_size, device=device, keep=keep, **continuous
+        )
     was_training = tokenizer.training
     tokenizer.eval()
     sizes = tokenizer.quantizer.codebook_sizes
@@ -123,6 +131,7 @@ class Run:
     RECON_GIF = "recon.gif"
     RECON_FRAMES = "recon_frames.png"
     USAGE_PNG = "usage.png"
+    KL_PNG = "kl.png"
     LOSS_PNG = "loss.png"
     HEALTH_PNG = "health.png"
     USAGE_OVER_TIME_PNG = "usage_over_time.png"
@@ -281,6 +290,7 @@ class Run:
         for table, role, kind in (
             ("model", "architecture", "architectures"),
             ("quantizer", "quantizer", "quantizers"),
+            ("bottleneck", "bottleneck", "bottlenecks"),
         ):
             name = (data.get(table) or {}).get("name")
             message = missing_plugin(kind, name, recorded.get(role)) if name else None
@@ -370,6 +380,14 @@ class Run:
             self.file(self.USAGE_PNG), counts, title=f"codebook usage at step {step}"
         )
 
+    def save_kl(self, kl_dims: list[float], threshold: float, step: int) -> None:
+        """``kl.png``: a continuous tokenizer's KL per latent dimension at an evaluation,
+        with the active-dimension threshold."""
+        plots.save_kl_bars(
+            self.file(self.KL_PNG), kl_dims, threshold=threshold,
+            title=f"KL per latent dimension at step {step}",
+        )  # fmt: skip
+
     def save_curves(self) -> None:
         """``loss.png``: training loss and test MSE over the steps of the log."""
         rows = self.log_rows()
@@ -399,7 +417,12 @@ class Run:
         dataset = self.dataset(recipe)
         keys = dataset.keys(split)[:samples] if samples else None
         data = dataset.read(split, keys) if keys else dataset.load(split)
-        return {**evaluate(tokenizer, data, device=device), "split": split}
+        extra = (
+            {"likelihood": likelihood_of(recipe), "active_threshold": recipe.train.active_threshold}
+            if tokenizer.continuous
+            else {}
+        )
+        return {**evaluate(tokenizer, data, device=device, **extra), "split": split}
 
 
 MetricsLog = JsonLines  # metrics.jsonl: one row per logged step and per evaluation

@@ -46,7 +46,7 @@ from .evaluation import NonFiniteEvaluation, evaluate_and_show
 from .health import CollapseWarning
 from .locks import folder_lock
 from .losses import Loss, LossInputs
-from .metrics import batch_stream_stats
+from .metrics import progress_figures, stream_row
 from .models import Tokenizer
 from .recipe import Recipe, check_resume
 from .run import NO_LOG, Checkpoint, Run
@@ -84,9 +84,10 @@ def build_tokenizer(recipe: Recipe, input_shape: tuple[int, ...]) -> Tokenizer:
     return Tokenizer.from_config(
         {
             "architecture": {"name": recipe.model.name, "config": dict(recipe.model.options)},
-            "quantizer": {"name": recipe.quantizer.name, "config": dict(recipe.quantizer.options)},
+            recipe.role: {"name": recipe.latent.name, "config": dict(recipe.latent.options)},
             "input_shape": list(input_shape),
-        }
+        },
+        steps=recipe.train.steps,
     )
 
 
@@ -189,12 +190,12 @@ def _train(
     if not resume and main:  # a resume rewrites recipe.toml with its first checkpoint
         run.write_recipe(recipe)
     model = data_parallel(parts.tokenizer, device)  # DDP under torchrun, else the tokenizer
-
     precision = resolve_precision(t.precision, device)
     if progress and main:
+        n, threads = sum(p.numel() for p in parts.tokenizer.parameters()), torch.get_num_threads()
         tqdm.write(
-            f"tok: training {recipe.name} on {device} ({precision}, {torch.get_num_threads()} "
-            f"thread{'s' * (torch.get_num_threads() > 1)}) for {t.steps} steps into {run.path}"
+            f"tok: training {recipe.name} ({n:,} parameters) on {device} ({precision}, {threads} "
+            f"thread{'s' * (threads > 1)}) for {t.steps} steps into {run.path}"
         )
     tokenizer, optimizer = parts.tokenizer, parts.optimizer
     last_eval: dict[str, Any] = {}
@@ -238,8 +239,8 @@ def _train(
                     "aux_loss": mean_over_ranks(out.aux_loss).item(),
                     "lr": lr,
                     "time": round(time.perf_counter() - start_time, 3),
-                    **{k: float(v) for k, v in out.metrics.items()},
-                    "streams": batch_stream_stats(out.indices, tokenizer.quantizer.codebook_sizes),
+                    **{k: float(v) for k, v in out.metrics.items()},  # a VAE's: kl, beta, kl_dim{j}
+                    **stream_row(out, tokenizer),
                 }
                 if recipe.losses:
                     row["losses"] = {
@@ -247,7 +248,7 @@ def _train(
                         for name, term in terms.items()
                     }
                 log.write(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", batch_usage=f"{row.get('usage', 0):.2f}")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", **progress_figures(row))
             shown = step % t.eval_every == 0 or step == t.steps
             if (shown or step % t.checkpoint_every == 0 or step == end) and (
                 bad := nonfinite_tensors(tokenizer.state_dict())

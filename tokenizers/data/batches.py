@@ -6,7 +6,9 @@ says fits in memory — MNIST, Moving MNIST —, stream the rest):
 
 - :class:`Preloaded`: the whole training split as one uint8 tensor on the
   device; step *t* draws ``batch_size`` indices with replacement from the
-  run's batch generator (saved in checkpoints). The fast path for small data.
+  run's batch generator (saved in checkpoints), or with ``train.sampling =
+  "epochs"`` takes global batch *t* of the epochs' permutations, as the streamed
+  path does. The fast path for small data.
 - :class:`Streamed`: only the keys are held; a :class:`torch.utils.data.DataLoader`
   with ``train.workers`` worker processes decodes the items of each step. The
   items of global batch *t* are positions ``t·B … (t+1)·B − 1`` of the endless
@@ -144,20 +146,26 @@ class Batches(Protocol):
 
 
 class Preloaded:
-    """Batches drawn with replacement from ``images`` (uint8 ``(n, c, …)``, on the device)
-    with ``generator`` (the run's batch generator, saved in checkpoints); this rank's share."""
+    """Batches of ``images`` (uint8 ``(n, c, …)``, on the device), this rank's share:
+    drawn with replacement with ``generator`` (the run's batch generator, saved in
+    checkpoints), or with ``epochs`` global batch ``step`` of :func:`global_batch`."""
 
     def __init__(
         self, images: Tensor, generator: torch.Generator, *, batch_size: int, seed: int,
-        augment: Augment, step: int,
+        augment: Augment, step: int, epochs: bool = False,
     ) -> None:  # fmt: skip
         self.images, self.generator, self.batch_size = images, generator, batch_size
         self.seed, self.augment, self.step = seed, augment, step
+        self.perms = _Permutations(len(images), seed) if epochs else None
 
     def __next__(self) -> Tensor:
-        idx = my_share(
-            torch.randint(0, len(self.images), (self.batch_size,), generator=self.generator)
-        )
+        if self.perms is not None:
+            n = len(self.images)
+            idx = my_share(global_batch(n, self.batch_size, self.seed, self.step, self.perms))
+        else:
+            idx = my_share(
+                torch.randint(0, len(self.images), (self.batch_size,), generator=self.generator)
+            )
         x = self.images[idx.to(self.images.device)]
         if self.augment:
             first = self.step * self.batch_size + rank() * len(idx)
@@ -274,7 +282,8 @@ def training_data(
     if train.loader == "preload" or (train.loader == "auto" and dataset.preload):
         images = dataset.load("train").images.to(device)
         shape = tuple(images.shape[1:])
-        make = functools.partial(Preloaded, images, generator, **order)
+        epochs = train.sampling == "epochs"
+        make = functools.partial(Preloaded, images, generator, **order, epochs=epochs)
     else:  # only the keys in memory; DataLoader workers decode each step's items
         keys, shape = dataset.keys("train"), tuple(dataset.input_shape())
         make = functools.partial(

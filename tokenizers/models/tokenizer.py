@@ -1,7 +1,9 @@
-"""``Tokenizer``: an architecture's encoder → a quantizer → the decoder.
+"""``Tokenizer``: an architecture's encoder → a bottleneck → the decoder.
 
-Images go in and come out as floats in ``[0, 1]``, ``(b, c, h, w)``; tokens
-are int64 ``(b, *grid, s)``. A saved tokenizer is a folder with
+The bottleneck is a quantizer (a discrete tokenizer: tokens are int64 ``(b, *grid,
+s)``) or a continuous bottleneck such as ``gaussian`` (a VAE: latents are float32
+means ``(b, *grid, l)``); :mod:`tok.bottleneck` has the contract. Images go in and
+come out as floats in ``[0, 1]``, ``(b, c, h, w)``. A saved tokenizer is a folder with
 ``model.safetensors`` (the weights, plus one metadata entry, ``tok.config``: the
 architecture and quantizer configs they were trained with, so that weights and a
 ``tokenizer.json`` that disagree are named key by key; ``sha256sum`` of the file is
@@ -22,6 +24,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from .._io import check_readable, nonfinite_tensors, write_json, write_safetensors
+from ..bottleneck import Bottleneck
 from ..components import Facts, build
 from ..errors import CheckpointError, ConfigError, TokError, UnknownNameError
 from ..helpers import differing_keys
@@ -41,19 +44,38 @@ TOKENIZER_FORMAT = "tok.tokenizer/2"
 READABLE_FORMATS = ("tok.tokenizer/1", TOKENIZER_FORMAT)
 
 
+#: the two roles a bottleneck can have: tokenizer.json key -> registry kind
+ROLES = {"quantizer": "quantizers", "bottleneck": "bottlenecks"}
+
+
 @dataclass(frozen=True)
 class TokenizerOutput:
     """What ``Tokenizer.forward`` returns.
 
-    ``reconstruction`` is in ``[0, 1]`` only approximately (not clamped, so the
-    loss sees the raw output); ``indices`` are ``(b, *grid, s)``; ``aux_loss``
-    and ``metrics`` come from the quantizer.
+    - ``reconstruction``: float32, the input's shape, in ``[0, 1]`` only approximately
+      (not clamped, so the loss sees the raw output).
+    - ``codes``: what tok stores for the input — int64 token indices ``(b, *grid, s)``
+      for a quantizer, float32 latent means ``(b, *grid, l)`` for a continuous
+      bottleneck.
+    - ``aux_loss``, ``metrics``: the bottleneck's.
+    - ``kl``: float32 ``(b, *grid, l)``, each latent unit's KL in nats (continuous
+      bottlenecks); ``None`` for a quantizer.
     """
 
     reconstruction: Tensor
-    indices: Tensor
+    codes: Tensor
     aux_loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    kl: Tensor | None = None
+
+    @property
+    def indices(self) -> Tensor:
+        """The token indices ``(b, *grid, s)`` of a discrete tokenizer.
+
+        :raises TokError: for a continuous tokenizer, which has latents (``codes``)."""
+        if self.codes.is_floating_point():
+            raise TokError("a continuous tokenizer has no token indices: its latents are .codes")
+        return self.codes
 
 
 def _size(shape: tuple[int, ...]) -> str:
@@ -101,49 +123,84 @@ def file_sha256(path: str | Path) -> str:
 
 
 class Tokenizer(nn.Module):
-    """An image tokenizer: ``encode(images) -> indices`` and ``decode(indices) -> images``.
+    """An image tokenizer: ``encode(images) -> codes`` and ``decode(codes) -> images``.
+
+    Codes are token indices for a discrete tokenizer (a quantizer between encoder and
+    decoder) and latent means for a continuous one (a :class:`ContinuousBottleneck`).
 
     :param architecture: the encoder/decoder module.
-    :param quantizer: the quantizer; its ``dim`` must equal ``architecture.latent_dim``.
+    :param quantizer: a quantizer (or any :class:`tok.bottleneck.Bottleneck`); its ``dim``
+        must equal ``architecture.latent_dim``.
+    :param bottleneck: a continuous bottleneck instead of ``quantizer`` (give one of the two).
     :param input_shape: ``(c, h, w)`` of the images it was built for.
+    :raises TokError: neither or both of ``quantizer`` and ``bottleneck``; a ``dim`` that
+        does not match the architecture.
     """
 
     def __init__(
         self,
         *,
         architecture: Architecture,
-        quantizer: Quantizer,
+        quantizer: Bottleneck | None = None,
+        bottleneck: Bottleneck | None = None,
         input_shape: tuple[int, ...],
     ) -> None:
         super().__init__()
-        if quantizer.dim != architecture.latent_dim:
+        if (quantizer is None) == (bottleneck is None):
+            raise TokError("a tokenizer takes one bottleneck: a quantizer or a continuous one")
+        module = quantizer if quantizer is not None else bottleneck
+        if module.dim != architecture.latent_dim:
             raise TokError(
-                f"quantizer dim {quantizer.dim} does not match the architecture's "
-                f"latent_dim {architecture.latent_dim}"
+                f"{'quantizer' if module.discrete else 'bottleneck'} dim {module.dim} does not "
+                f"match the architecture's latent_dim {architecture.latent_dim}"
             )
         self.architecture = architecture
-        self.quantizer = quantizer
+        #: the tokenizer.json key and state-dict prefix of the bottleneck
+        self.role = "quantizer" if module.discrete else "bottleneck"
+        self._modules[self.role] = module
         self.input_shape = tuple(int(v) for v in input_shape)
         self.architecture_name = (
             registry("architectures").name_of(architecture) or type(architecture).__name__.lower()
         )
-        self.quantizer_name = (
-            registry("quantizers").name_of(quantizer) or type(quantizer).__name__.lower()
+        self.bottleneck_name = (
+            registry(ROLES[self.role]).name_of(module) or type(module).__name__.lower()
         )
         self.weights_sha256: str | None = None  # set by save() and load()
+
+    @property
+    def bottleneck(self) -> Bottleneck:
+        """The module between encoder and decoder: the quantizer or the continuous bottleneck."""
+        return self._modules[self.role]
+
+    @property
+    def quantizer(self) -> Quantizer | None:
+        """The quantizer of a discrete tokenizer; ``None`` for a continuous one."""
+        return self._modules.get("quantizer")
+
+    @property
+    def quantizer_name(self) -> str:
+        """The registry name of the bottleneck (a quantizer's, or a continuous one's)."""
+        return self.bottleneck_name
+
+    @property
+    def continuous(self) -> bool:
+        """True when the codes are float latents (a continuous bottleneck), not indices."""
+        return not self.bottleneck.discrete
 
     # construction ------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Tokenizer:
+    def from_config(cls, config: dict[str, Any], *, steps: int | None = None) -> Tokenizer:
         """Build an untrained tokenizer from a ``config()`` dict (registry names + kwargs).
 
-        ``config`` needs ``architecture`` and ``quantizer`` (``{"name", "config"}``)
-        and ``input_shape``; the options the components let tok supply and the
-        config leaves out (``in_channels``, the quantizer's ``dim`` …) come from
-        the input shape and the architecture (:func:`tok.components.fill`).
+        ``config`` needs ``architecture``, ``quantizer`` or ``bottleneck`` (``{"name",
+        "config"}``) and ``input_shape``; the options the components let tok supply and
+        the config leaves out (``in_channels``, the bottleneck's ``dim`` …) come from
+        the input shape, the architecture and ``steps``, the run's training steps
+        (:func:`tok.components.fill`).
         """
-        arch_cfg, q_cfg = config["architecture"], config["quantizer"]
+        role = "bottleneck" if "bottleneck" in config else "quantizer"
+        arch_cfg, q_cfg = config["architecture"], config[role]
         input_shape = tuple(int(v) for v in config["input_shape"])
         architecture = build(
             "architectures",
@@ -151,39 +208,47 @@ class Tokenizer(nn.Module):
             arch_cfg.get("config", {}),
             Facts(input_shape=input_shape),
         )
-        quantizer = build(
-            "quantizers",
+        module = build(
+            ROLES[role],
             q_cfg["name"],
             q_cfg.get("config", {}),
-            Facts(latent_dim=architecture.latent_dim),
+            Facts(latent_dim=architecture.latent_dim, steps=steps),
         )
-        return cls(architecture=architecture, quantizer=quantizer, input_shape=input_shape)
+        return cls(architecture=architecture, **{role: module}, input_shape=input_shape)
 
     def config(self) -> dict[str, Any]:
-        """Registry names and configs that rebuild this tokenizer (JSON-serialisable)."""
+        """Registry names and configs that rebuild this tokenizer (JSON-serialisable):
+        ``quantizer`` and ``codebook_sizes`` for a discrete tokenizer, ``bottleneck`` and
+        ``latent_dim`` for a continuous one."""
+        b = self.bottleneck
         return {
             "format": TOKENIZER_FORMAT,
             "architecture": {"name": self.architecture_name, "config": self.architecture.config()},
-            "quantizer": {"name": self.quantizer_name, "config": self.quantizer.config()},
+            self.role: {"name": self.bottleneck_name, "config": b.config()},
             "input_shape": list(self.input_shape),
             "grid": list(self.grid),
-            "codebook_sizes": list(self.quantizer.codebook_sizes),
+            **(
+                {"latent_dim": b.latent_dim}
+                if self.continuous
+                else {"codebook_sizes": list(b.codebook_sizes)}
+            ),
             "plugins": self.plugins(),
         }
 
     def model_config(self) -> dict[str, Any]:
-        """What the weights depend on — ``architecture``, ``quantizer`` and ``input_shape``
-        of :meth:`config` —, as ``model.safetensors`` records it (``tok.config``)."""
+        """What the weights depend on — ``architecture``, ``quantizer`` (or ``bottleneck``)
+        and ``input_shape`` of :meth:`config` —, as ``model.safetensors`` records it
+        (``tok.config``)."""
         config = self.config()
-        return {k: config[k] for k in ("architecture", "quantizer", "input_shape")}
+        return {k: config[k] for k in ("architecture", self.role, "input_shape")}
 
     def plugins(self) -> dict[str, dict[str, str | None]]:
         """Which plugin and distribution (and version) provided the architecture and the
-        quantizer (:func:`tok.registry.provenance`); empty for unregistered classes."""
+        bottleneck (:func:`tok.registry.provenance`); empty for unregistered classes."""
         found = {}
         for role, kind, name in (
             ("architecture", "architectures", self.architecture_name),
-            ("quantizer", "quantizers", self.quantizer_name),
+            (self.role, ROLES[self.role], self.bottleneck_name),
         ):
             if name in registry(kind):
                 found[role] = provenance(kind, name)
@@ -196,7 +261,10 @@ class Tokenizer(nn.Module):
 
     @property
     def bits_per_pixel(self) -> float:
-        """Token bits per input pixel."""
+        """Token bits per input pixel (a discrete tokenizer's rate; NaN for a continuous
+        one, whose rate is its KL, measured by :func:`tok.run.evaluate`)."""
+        if self.continuous:
+            return float("nan")
         positions = 1
         for g in self.grid:
             positions *= g
@@ -261,15 +329,17 @@ class Tokenizer(nn.Module):
         self.check_input(images, finite=False)
         dtype = self.dtype
         z = self.architecture.encode((images * 2 - 1).to(dtype))
-        q = self.quantizer(z)
-        recon = self.architecture.decode(q.quantized.to(dtype)).float() * 0.5 + 0.5
-        return TokenizerOutput(
-            reconstruction=recon, indices=q.indices, aux_loss=q.aux_loss, metrics=q.metrics
-        )
+        q = self.bottleneck(z)
+        recon = self.architecture.decode(q.latent.to(dtype)).float() * 0.5 + 0.5
+        if self.continuous:
+            return TokenizerOutput(recon, q.mean, q.aux_loss, q.metrics, kl=q.kl)
+        return TokenizerOutput(recon, q.indices, q.aux_loss, q.metrics)
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
-        """Images ``(b, c, h, w)`` in ``[0, 1]`` → token indices ``(b, *grid, s)``.
+        """Images ``(b, c, h, w)`` in ``[0, 1]`` → codes: token indices, int64 ``(b, *grid,
+        s)``, or for a continuous tokenizer the latent means, float32 ``(b, *grid, l)``
+        (eval mode gives the same means a training forward samples around).
 
         :raises ConfigError: for images the tokenizer cannot take (:meth:`check_input`):
             not float, another channel count or a size the architecture refuses, or
@@ -285,13 +355,26 @@ class Tokenizer(nn.Module):
                 f"{float(images.min()):.3g} to {float(images.max()):.3g}; a tokenizer takes "
                 f"[0, 1]): input far out of range for its {dtype} weights, or damaged weights"
             )
+        if self.continuous:
+            was_training = self.bottleneck.training
+            self.bottleneck.eval()  # the mean, never a sample
+            try:
+                return self.bottleneck(z).mean
+            finally:
+                self.bottleneck.train(was_training)
         return self.quantizer(z).indices
 
     @torch.no_grad()
-    def decode(self, indices: Tensor) -> Tensor:
-        """Token indices ``(b, *grid, s)`` → float32 images ``(b, c, h, w)`` clamped to ``[0, 1]``."""
-        codes = self.quantizer.indices_to_codes(indices)
-        return (self.architecture.decode(codes.to(self.dtype)).float() * 0.5 + 0.5).clamp(0, 1)
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes (:meth:`encode`'s: indices ``(b, *grid, s)``, or latents ``(b, *grid, l)``
+        for a continuous tokenizer) → float32 images ``(b, c, h, w)`` clamped to ``[0, 1]``.
+
+        :raises IndexRangeError: indices out of a codebook's range.
+        :raises ConfigError: latents of the wrong shape or dtype.
+        """
+        b = self.bottleneck
+        latent = b.latent_to_codes(codes) if self.continuous else b.indices_to_codes(codes)
+        return (self.architecture.decode(latent.to(self.dtype)).float() * 0.5 + 0.5).clamp(0, 1)
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor) -> Tensor:
@@ -351,7 +434,7 @@ class Tokenizer(nn.Module):
             tokenizer = cls.from_config(config)
         except UnknownNameError as exc:  # the plugin that made it is gone?
             recorded = config.get("plugins") or {}
-            for role, kind in (("architecture", "architectures"), ("quantizer", "quantizers")):
+            for role, kind in (("architecture", "architectures"), *ROLES.items()):
                 name = (config.get(role) or {}).get("name")
                 message = missing_plugin(kind, name, recorded.get(role)) if name else None
                 if message:

@@ -1,5 +1,5 @@
-"""Conformance checks for plugins: :func:`check_quantizer`, :func:`check_architecture` and
-:func:`check_dataset`.
+"""Conformance checks for plugins: :func:`check_quantizer`, :func:`check_bottleneck`,
+:func:`check_architecture` and :func:`check_dataset`.
 
 Each one checks every promise of one plugin contract (``docs/plugins.md``)
 and raises ``AssertionError`` naming the plugin and the broken promise, so it
@@ -32,7 +32,8 @@ and leaves the caller's random state as it was.
 from __future__ import annotations
 
 from .architecture import check_architecture
+from .bottleneck import check_bottleneck
 from .dataset import check_dataset
 from .quantizer import check_quantizer
 
-__all__ = ["check_architecture", "check_dataset", "check_quantizer"]
+__all__ = ["check_architecture", "check_bottleneck", "check_dataset", "check_quantizer"]
