@@ -1,9 +1,10 @@
 """Gaussian (VAE) bottleneck: a continuous latent in place of a quantizer.
 
 Kingma & Welling 2013, "Auto-Encoding Variational Bayes", https://arxiv.org/abs/1312.6114.
-Two linear heads turn the encoder's ``z`` into the posterior's mean μ and log-variance
-log σ² per latent dimension; in train mode the latent is the reparameterised sample
-μ + σ·ε, in eval mode μ itself; everything runs in float32, also under autocast. The KL to N(0, I) is in closed form per latent unit
+Two linear heads (one projection to 2·l channels) turn the encoder's ``z`` into the
+posterior's mean μ and log-variance log σ² per latent dimension; in train mode the
+latent is the reparameterised sample μ + σ·ε, in eval mode μ itself; everything runs in
+float32, also under autocast. The KL to N(0, I) is in closed form per latent unit
 (:func:`tok.kl.gaussian_kl`); ``aux_loss`` is β·β(t)·KL, with β(t) from the KL schedule
 (:class:`tok.kl.KLSchedule`, t counted by the bottleneck itself in a buffer, so a
 checkpoint resumes it) and, with ``free_bits`` λ > 0, each unit's batch-mean KL floored
@@ -78,8 +79,8 @@ class Gaussian(ContinuousBottleneck):
             name=kl_schedule, steps=steps, fraction=kl_fraction, steepness=kl_steepness,
             midpoint=kl_midpoint, period=kl_period,
         )  # fmt: skip
-        self.to_mean = Projection(dim, self.latent_dim)
-        self.to_logvar = Projection(dim, self.latent_dim)
+        #: one projection to [μ, log σ²] (2·l channels): the two heads in one matmul
+        self.to_moments = Projection(dim, 2 * self.latent_dim)
         self.out = projection(self.latent_dim, dim)
         #: training steps taken (train-mode forwards): t of the KL schedule
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
@@ -97,8 +98,8 @@ class Gaussian(ContinuousBottleneck):
         counter advances."""
         self.check_input(z)
         with torch.autocast(device_type=z.device.type, enabled=False):  # float32 throughout
-            mean = self.to_mean(z.float())
-            logvar = self.to_logvar(z.float()).clamp(*LOGVAR_RANGE)
+            mean, logvar = self.to_moments(z.float()).chunk(2, dim=-1)
+            logvar = logvar.clamp(*LOGVAR_RANGE)
             sample = reparameterize(mean, logvar) if self.training else mean
             latent = self.out(sample).float()
         kl = gaussian_kl(mean, logvar)
@@ -108,9 +109,9 @@ class Gaussian(ContinuousBottleneck):
             self.step += 1
         per_dim = kl.detach().reshape(-1, self.latent_dim).mean(0)
         metrics = {
-            "kl": kl.detach().sum(tuple(range(1, kl.ndim))).mean(),
+            "kl": per_dim.sum() * (kl[0].numel() // self.latent_dim),  # per item
             "beta": torch.tensor(weight),
-            **{f"kl_dim{j}": v for j, v in enumerate(per_dim)},
+            **{f"kl_dim{j}": v for j, v in enumerate(per_dim.unbind())},
         }
         return LatentOutput(latent=latent, mean=mean, kl=kl, aux_loss=aux, metrics=metrics)
 

@@ -9,7 +9,8 @@ reverse ``→ Linear`` to the pixels, with a sigmoid on the output (the mean of 
 Bernoulli per pixel) or none (``output = "linear"``).
 
 With a Gaussian bottleneck (``gaussian`` with ``latent_dim = 20``) in between, its two
-heads and its output projection are the lecture's ``fc21``/``fc22`` and ``fc3``, so
+heads (one projection to μ and log σ²: ``fc21`` and ``fc22`` side by side) and its
+output projection are the lecture's ``fc21``/``fc22`` and ``fc3``, so
 ``hidden = [400]`` is the lecture's 784-400-20 model parameter for parameter
 (652,824 parameters for a 28×28 image).
 
