@@ -115,6 +115,15 @@ class Gaussian(ContinuousBottleneck):
         }
         return LatentOutput(latent=latent, mean=mean, kl=kl, aux_loss=aux, metrics=metrics)
 
+    @torch.no_grad()
+    def sample(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """μ + σ·ε brought to the decoder's ``d`` channels, ε drawn with ``generator``:
+        float32 ``(b, ..., d)``; the step counter does not move."""
+        self.check_input(z)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            mean, logvar = self.to_moments(z.float()).chunk(2, dim=-1)
+            return self.out(reparameterize(mean, logvar.clamp(*LOGVAR_RANGE), generator)).float()
+
     def latent_to_codes(self, latent: Tensor) -> Tensor:
         """Stored latents (means, ``(b, ..., l)``) → what the decoder reads,
         ``(b, ..., d)`` float32: equal to ``forward(z).latent`` in eval mode."""

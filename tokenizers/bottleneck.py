@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
@@ -152,6 +153,19 @@ class ContinuousBottleneck(Bottleneck):
         """Stored latents ``(b, ..., l)`` → what the decoder reads, float32 ``(b, ..., d)``,
         equal to ``forward(z).latent`` in eval mode for ``latent = forward(z).mean``."""
         raise NotImplementedError
+
+    def sample(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """A decoder input drawn from the posterior q(· | z): float32 ``(b, ..., d)``,
+        without touching any state (evaluation's one-sample estimate of the ELBO's
+        reconstruction term). The default, for a deterministic bottleneck, is the eval-mode
+        ``latent``; a stochastic one overrides it and draws with ``generator``."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return self(z).latent
+        finally:
+            self.train(was_training)
 
     def check_latent(self, latent: Tensor) -> None:
         """Raise :class:`ConfigError` unless ``latent`` is a float ``(b, ..., latent_dim)``

@@ -50,16 +50,19 @@ def evaluate_latents(
     ``active_threshold``, the posterior-collapse test of Burda et al. 2016 with the
     lecture's 0.01 nats) with ``inactive`` (their indices below it) and
     ``active_threshold``; with a ``likelihood`` (the run's ``train.loss``),
-    ``recon_nll`` (that loss, per item — nats for ``bernoulli_nll``/``gaussian_nll``) and
-    ``neg_elbo`` = ``recon_nll + kl``; ``images`` and ``kept`` as :func:`evaluate`.
-    The reconstruction term is computed on the unclamped output (as in training), PSNR
-    on the clamped one.
+    ``recon_nll`` (that loss per item — nats for ``bernoulli_nll``/``gaussian_nll`` — of
+    the reconstruction decoded from one sample z ~ q(z|x) per image, drawn from a
+    generator seeded with 0, so the figure is the usual one-sample estimate of
+    E_q[−log p(x|z)] and repeats exactly) and ``neg_elbo`` = ``recon_nll + kl``;
+    ``images`` and ``kept`` as :func:`evaluate`. PSNR, ``mse`` and the kept pictures
+    decode the posterior means (what ``tok encode`` stores), clamped to ``[0, 1]``.
     """
     was_training = tokenizer.training
     tokenizer.eval()
     scores, mses, kl_items, kept = [], [], [], ([], [])
     kl_dims = torch.zeros(tokenizer.bottleneck.latent_dim, dtype=torch.float64)
     nll = 0.0
+    generator = torch.Generator(device=device).manual_seed(0)  # the same draws every time
     for start in range(0, len(samples), batch_size):
         x = samples.floats(slice(start, start + batch_size)).to(device)
         out = tokenizer(x)
@@ -69,8 +72,9 @@ def evaluate_latents(
         kl = out.kl.double().cpu()
         kl_items.append(kl.flatten(1).sum(1))
         kl_dims += kl.reshape(len(x), -1, kl.shape[-1]).mean(1).sum(0)
-        if likelihood is not None:
-            nll += float(likelihood(LossInputs(x, out.reconstruction, tokenizer, 0)).loss) * len(x)
+        if likelihood is not None:  # E_q[-log p(x|z)], one sample of z per image
+            sampled = tokenizer.reconstruct_sample(x, generator=generator)
+            nll += float(likelihood(LossInputs(x, sampled, tokenizer, 0)).loss) * len(x)
         kept[0].append(x[: max(0, keep - start)].cpu())
         kept[1].append(recon[: max(0, keep - start)].cpu())
     tokenizer.train(was_training)

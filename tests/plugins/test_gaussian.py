@@ -102,3 +102,15 @@ def test_wrong_input_and_latent_shapes_are_errors():
         g(torch.randn(3, 5))
     with pytest.raises(ConfigError, match=r"\(batch, \*grid, 2\)"):
         g.latent_to_codes(torch.randn(3, 4))
+
+
+def test_sample_draws_around_the_mean_with_the_posterior_spread_and_keeps_the_step():
+    torch.manual_seed(0)
+    g = Gaussian(dim=6, latent_dim=6).eval()  # latent_dim == dim: the latent is the sample
+    z = torch.randn(1, 1, 6).expand(20000, 1, 6)
+    draws = g.sample(z, generator=torch.Generator().manual_seed(1))
+    out = g(z[:1])
+    std = (0.5 * g.to_moments(z[:1]).chunk(2, -1)[1]).exp()
+    assert torch.allclose(draws.mean(0), out.mean[0], atol=4 * float(std.max()) / 20000**0.5)
+    assert torch.allclose(draws.std(0), std[0], rtol=0.05)
+    assert int(g.step) == 0

@@ -336,6 +336,21 @@ class Tokenizer(nn.Module):
         return TokenizerOutput(recon, q.indices, q.aux_loss, q.metrics)
 
     @torch.no_grad()
+    def reconstruct_sample(
+        self, images: Tensor, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """A continuous tokenizer's reconstruction decoded from one posterior sample per
+        image (:meth:`tok.bottleneck.ContinuousBottleneck.sample`), float32 like
+        ``images``, unclamped (as a training loss sees it); no state changes. A discrete
+        tokenizer's is its ordinary reconstruction."""
+        self.check_input(images, finite=False)
+        if not self.continuous:
+            return self(images).reconstruction
+        z = self.architecture.encode((images * 2 - 1).to(self.dtype))
+        latent = self.bottleneck.sample(z, generator=generator)
+        return self.architecture.decode(latent.to(self.dtype)).float() * 0.5 + 0.5
+
+    @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
         """Images ``(b, c, h, w)`` in ``[0, 1]`` → codes: token indices, int64 ``(b, *grid,
         s)``, or for a continuous tokenizer the latent means, float32 ``(b, *grid, l)``

@@ -49,8 +49,9 @@ def check_bottleneck(
       ``metrics`` are detached scalar tensors; ``z`` is left unchanged; gradients of
       ``(w * latent).sum() + aux_loss`` reach ``z``, finite and non-zero somewhere;
     - eval mode (``torch.no_grad``): two calls are identical (no sampling), nothing in
-      the state changes, ``latent_to_codes(mean)`` equals ``latent`` (to 1e-6) and is
-      float32 ``(batch, *grid, dim)``; under bf16 autocast ``mean`` stays float32 and
+      the state changes (``sample`` included), ``latent_to_codes(mean)`` equals
+      ``latent`` (to 1e-6) and is float32 ``(batch, *grid, dim)``; ``sample(z,
+      generator=g)`` is float32 shaped like ``latent`` and repeats for equal seeds; under bf16 autocast ``mean`` stays float32 and
       within 1e-2 of the float32 one;
     - ``config()`` round trips (JSON, ``cls(**config())``) and the state dict through
       safetensors, with identical eval outputs;
@@ -168,6 +169,13 @@ def _check_eval(check: Check, b: Any, z: Tensor, grid: tuple[int, ...]) -> Laten
             f"latent_to_codes(mean) equals latent in eval mode ({where})",
             diff(codes, out.latent),
         )  # fmt: skip
+        draws = [b.sample(z, generator=torch.Generator(z.device).manual_seed(5)) for _ in range(2)]
+        check.expect(
+            all(d.dtype == torch.float32 and d.shape == out.latent.shape for d in draws)
+            and torch.equal(draws[0], draws[1]),
+            f"sample(z, generator) is float32 like latent and repeats with the same seed ({where})",
+            diff(draws[0], out.latent),
+        )
         with torch.autocast(device_type=z.device.type, dtype=torch.bfloat16):
             cast = b(z)
         check.expect(
