@@ -31,6 +31,15 @@ TARGETS = {
 }
 
 
+# continuous recipes -> (maximum test negative ELBO in nats per image, minimum active latent
+# dimensions of the test split); measured runs in bench/RESULTS.md, "Continuous latents"
+LATENT_TARGETS = {
+    "vae_mnist": (106.0, 15),
+    "vae2d_mnist": (150.0, 2),
+    "tiny_vae_mnist": (100.0, 10),
+}
+
+
 def train_and_eval(recipe: str, run: Path, *sets: str) -> tuple[dict, str]:
     """Train ``recipes/{recipe}.toml`` into ``run`` (``--set`` each of ``sets``), then
     ``tok eval`` it on the whole test split: ``(the eval JSON, train's stderr)``."""
@@ -75,10 +84,22 @@ def test_recipe_reaches_its_targets(recipe, tmp_path):
     assert result["bits_per_pixel"] == pytest.approx(bpp, abs=0.01)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted(LATENT_TARGETS))
+def test_continuous_recipe_reaches_its_targets(recipe, tmp_path):
+    result, stderr = train_and_eval(recipe, tmp_path / recipe)
+    assert "posterior collapse" not in stderr
+    neg_elbo, active = LATENT_TARGETS[recipe]
+    assert result["images"] == 10000
+    assert result["neg_elbo"] <= neg_elbo
+    assert result["neg_elbo"] == pytest.approx(result["recon_nll"] + result["kl"])
+    assert result["active_dims"] >= active
+
+
 def test_every_recipe_has_a_target():
     """Not slow: a new recipe cannot slip past the slow suite."""
     recipes = {p.stem for p in (ROOT / "recipes").glob("*.toml")}
-    assert recipes == set(TARGETS)
+    assert recipes == set(TARGETS) | set(LATENT_TARGETS)
 
 
 SEQ1D = ("seq1d_mnist_k16", "seq1d_mnist", "seq1d_mnist_k64")  # K = 16, 32, 64
