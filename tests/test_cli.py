@@ -45,6 +45,8 @@ SUBCOMMAND_OPTIONS = {
     "shards": ["--out", "--per-shard", "--no-progress", "src"],
     "eval": ["--split", "--samples", "--device", "--json"],
     "inspect": ["--split", "--samples", "--threshold", "--out", "--device", "--json"],
+    "interpolate": ["--from", "--to", "--steps", "--out", "--device", "run"],
+    "latent-map": ["--out", "--split", "--samples", "--grid", "--device", "run"],
     "plugins": ["--json"],
     "quantizers": ["pattern", "--json"],
     "recipes": ["pattern", "--json"],

@@ -280,6 +280,50 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from .device import resolve_device
+    from .latent_tools import interpolate
+
+    result = interpolate(
+        args.run,
+        args.source,
+        args.target,
+        steps=args.steps,
+        out=args.out,
+        device=resolve_device(args.device, option="--device"),
+    )
+    print(
+        f"wrote {result['out']}: original A, {len(result['t'])} decoded steps (t = 0 to 1), "
+        f"original B; linear in {result['latent']}"
+    )
+    return 0
+
+
+def cmd_latent_map(args: argparse.Namespace) -> int:
+    from .device import resolve_device
+    from .latent_tools import latent_map
+
+    result = latent_map(
+        args.run,
+        out=args.out,
+        split=args.split,
+        samples=args.samples,
+        grid=args.grid,
+        device=resolve_device(args.device, option="--device"),
+    )
+    if result["explained"] is None:
+        plane = "its 2 dimensions"
+    else:
+        px, py = (100 * e for e in result["explained"])
+        plane = f"PC1 and PC2 of {result['dims']} dimensions ({px:.1f}% and {py:.1f}% of variance)"
+    print(
+        f"wrote {result['out']}: {result['images']} {args.split} images in {plane} of {result['latent']}"
+    )
+    if not result["labelled"]:
+        print("the run's dataset has no labels: the points are not coloured")
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .registry import left_out, plugins
 
@@ -620,6 +664,72 @@ def build_parser() -> argparse.ArgumentParser:
     _device_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "interpolate",
+        help="decode a straight walk between two images in a tokenizer's latent space",
+        description="Encode images A and B, walk in a straight line between their latents and "
+        "decode each step into a strip PNG: original A, the decoded steps, original B. The "
+        "latent is the encoder output before quantisation for a discrete tokenizer (each step "
+        "is quantised by the run's quantizer before decoding) and the latent mean for a "
+        "continuous one (decoded through latent_to_codes).",
+    )
+    p.add_argument("run", help="run folder written by `tok train`")
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="A",
+        help="the first image: an image file of the tokenizer's size, or DATASET:SPLIT:INDEX "
+        "(e.g. mnist:test:3)",
+    )
+    p.add_argument(
+        "--to", dest="target", required=True, metavar="B", help="the second image, as --from"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=10,
+        metavar="K",
+        help="decoded images, the ends included: t = 0, 1/(K-1), …, 1, where t = 0 and t = 1 "
+        "are the reconstructions of A and B; the strip holds K + 2 tiles with the two "
+        "originals (default: 10; at least 2)",
+    )
+    p.add_argument("--out", required=True, help="the strip, a .png file in an existing folder")
+    _device_option(p)
+    p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser(
+        "latent-map",
+        help="map a tokenizer's latent space: a labelled scatter and a decoded grid",
+        description="Encode the first N images of a split of the run's dataset and draw one "
+        "PNG: left, a scatter of their latents coloured by label (when the dataset has labels; "
+        "MNIST's digits) — their two numbers for a 2-D latent, else the two directions of "
+        "largest variance (PCA; the axes say each one's share of the variance); right, the "
+        "images decoded at a G x G grid of points over the 1st-99th percentile of the "
+        "scatter on each axis (the other directions at the mean). The latent is the latent "
+        "mean for a continuous tokenizer and the encoder output before quantisation for a "
+        "discrete one (each point quantised before decoding).",
+    )
+    p.add_argument("run", help="run folder written by `tok train`")
+    p.add_argument("--out", required=True, help="the picture, a .png file in an existing folder")
+    p.add_argument("--split", default="test", help="dataset split (default: test)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=5000,
+        metavar="N",
+        help="use the first N images of the split (default: 5000; 0: all)",
+    )
+    p.add_argument(
+        "--grid",
+        type=int,
+        default=15,
+        metavar="G",
+        help="decode G x G points over the plane (default: 15; 2 to 40)",
+    )
+    _device_option(p)
+    p.set_defaults(func=cmd_latent_map)
 
     p = sub.add_parser(
         "plugins",

@@ -9,8 +9,14 @@ reconstruction grids, video previews — are :mod:`tok.media`'s.)
   (for a codebook too large to draw every code, the ranks of the codes seen only).
 - :func:`save_line_plot`: several ``(x, y)`` series on one chart (losses, usage over time).
 - :func:`usage_caption`: the ``"used X/K (Y%), perplexity P"`` text of one histogram.
+- :func:`save_latent_map`: a scatter of 2-D latent coordinates (coloured by label) beside
+  a grid of images decoded over the same plane (``tok latent-map``, :mod:`tok.latent_tools`).
 
 Every function writes its PNG atomically (see :mod:`tok._io`) and returns the path written.
+
+Why this module is longer than 500 lines: every chart tok draws with matplotlib lives
+here, so matplotlib is imported, styled and rendered in one place and the charts share
+one look; each chart is one function.
 """
 
 from __future__ import annotations
@@ -28,7 +34,14 @@ from torch import Tensor
 from ._io import atomic_path
 from .metrics import CodeCounts, codebook_stats
 
-__all__ = ["MAX_BARS", "save_usage_histogram", "save_kl_bars", "save_line_plot", "usage_caption"]
+__all__ = [
+    "MAX_BARS",
+    "save_usage_histogram",
+    "save_kl_bars",
+    "save_line_plot",
+    "save_latent_map",
+    "usage_caption",
+]
 
 MAX_BARS = 512  # save_usage_histogram sums adjacent ranks so that at most this many bars remain
 
@@ -423,4 +436,87 @@ def save_line_plot(
         ax.set_ylabel(ylabel, fontsize="small", color=_LABEL)
     if series:
         _legend_above(ax, size[0])
+    return _save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- latent map
+
+
+def save_latent_map(
+    path: PathLike,
+    points: Tensor,
+    tiles: Tensor,
+    *,
+    box: tuple[float, float, float, float],
+    labels: Tensor | None = None,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    scatter_title: str,
+    grid_title: str,
+    size: tuple[int, int] = (1400, 700),
+) -> Path:
+    """Write two square panels on the same axes; return the path. Left: ``points``
+    ``(n, 2)`` as a scatter, coloured by ``labels`` (int ``(n,)``; a legend for up to 20
+    classes, else a colorbar; ``None``: one colour), with ``box`` ``(x0, x1, y0, y1)``
+    dashed. Right: ``tiles`` ``(G, G, c, h, w)`` in ``[0, 1]`` (row 0 the top), the
+    image decoded at each of the ``G x G`` points evenly spaced over ``box``, each
+    centred on its point. The image is ``size`` px."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    g, _, c, h, w = tiles.shape
+    x0, x1, y0, y1 = box
+    dx, dy = (x1 - x0) / max(g - 1, 1), (y1 - y0) / max(g - 1, 1)
+    pixels = tiles.permute(0, 3, 1, 4, 2).reshape(g * h, g * w, c).clamp(0, 1).numpy()
+    fig = _figure(*size)
+    fig.suptitle(title, wrap=True)
+    left, right = fig.subplots(1, 2)
+    xy = points.detach().cpu().double()
+    order = torch.randperm(len(xy), generator=torch.Generator().manual_seed(0))  # no class on top
+    style = {"s": 5, "linewidths": 0, "alpha": 0.7, "rasterized": True}
+    if labels is None:
+        left.scatter(xy[order, 0], xy[order, 1], color=_rgb(_BAR), **style)
+    else:
+        classes = sorted({int(v) for v in labels.tolist()})
+        if len(classes) <= 20:
+            import matplotlib
+
+            cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+            colour = {k: cmap(i) for i, k in enumerate(classes)}
+            left.scatter(
+                xy[order, 0], xy[order, 1], color=[colour[int(labels[j])] for j in order], **style
+            )
+            handles = [
+                Line2D([], [], marker="o", linestyle="", color=colour[k], label=str(k))
+                for k in classes
+            ]
+            left.legend(
+                handles=handles, title="label", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                frameon=False, fontsize="small", handletextpad=0.2, borderaxespad=0.0,
+            )  # fmt: skip
+        else:
+            drawn = left.scatter(
+                xy[order, 0], xy[order, 1], c=labels[order].numpy(), cmap="viridis", **style
+            )
+            fig.colorbar(drawn, ax=left, label="label", shrink=0.8)
+    left.add_patch(
+        Rectangle(
+            (x0 - dx / 2, y0 - dy / 2), x1 - x0 + dx, y1 - y0 + dy,
+            fill=False, linestyle="--", linewidth=1.0, edgecolor=_LABEL,
+        )
+    )  # fmt: skip
+    extent = (x0 - dx / 2, x1 + dx / 2, y0 - dy / 2, y1 + dy / 2)
+    right.imshow(
+        pixels[..., 0] if c == 1 else pixels,
+        cmap="gray" if c == 1 else None, vmin=0, vmax=1,
+        extent=extent, aspect="auto", interpolation="antialiased",
+    )  # fmt: skip
+    for ax, caption in ((left, scatter_title), (right, grid_title)):
+        ax.set_box_aspect(1)
+        ax.set_title(caption, fontsize="medium", loc="left", wrap=True)
+        ax.set_xlabel(xlabel, fontsize="small", color=_LABEL)
+        ax.set_ylabel(ylabel, fontsize="small", color=_LABEL)
+        _style(ax)
+    right.grid(False)
     return _save_figure(fig, path)

@@ -96,3 +96,20 @@ def test_bad_split_and_channels(root):
         ds.keys("val")
     with pytest.raises(DatasetError, match="channels"):
         MNIST(root=str(root), download=False, channels=2)
+
+
+def test_labels_are_the_digits_of_the_keys_in_their_order(root):
+    ds = MNIST(root=str(root), download=False)
+    targets = torchvision.datasets.MNIST(str(root), train=False, download=False).targets
+    keys = ["mnist/test/00042", "mnist/test/00007", "mnist/test/09999"]
+    labels = ds.labels("test", keys)
+    assert labels.dtype == torch.int64 and torch.equal(labels, targets[[42, 7, 9999]])
+    assert ds.labels("test", []).shape == (0,)
+    with pytest.raises(DatasetError, match="mnist/test/10000"):
+        ds.labels("test", ["mnist/test/10000"])
+
+
+def test_a_dataset_without_labels_says_none(root):
+    from tok.data import Dataset
+
+    assert Dataset().labels("test", ["a"]) is None

@@ -195,6 +195,11 @@ class DropsKeys(MNIST):
         return super().read(split, keys[:-1]) if len(keys) > 1 else super().read(split, keys)
 
 
+class WrongLabels(MNIST):
+    def labels(self, split: str, keys: list[str]) -> torch.Tensor:
+        return super().labels(split, keys).int()  # int32, not int64
+
+
 BROKEN = [
     (ReadIgnoresOrder, "reading the keys in reverse order returns the same rows reversed"),
     (UnknownKeyRaisesValueError, "an unknown key raises tok.errors.DatasetError"),
@@ -204,6 +209,7 @@ BROKEN = [
     (FloatImages, "images are uint8"),
     (DuplicateKeys, "keys are unique"),
     (DropsKeys, "returns the asked keys, in the asked order"),
+    (WrongLabels, "labels(split, keys) is None or an int64 (n,) tensor"),
 ]
 
 

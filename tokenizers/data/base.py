@@ -100,6 +100,12 @@ class Dataset:
         """The whole split in memory."""
         return self.read(split, self.keys(split))
 
+    def labels(self, split: str, keys: list[str]) -> Tensor | None:
+        """The class labels of the items with these keys, int64 ``(n,)`` in this order,
+        or ``None`` when the dataset has none (the default). Optional: ``tok
+        latent-map`` colours its points by them (MNIST gives the digit)."""
+        return None
+
     def input_shape(self) -> tuple[int, ...]:  # pragma: no cover - abstract
         """``(c, h, w)`` of the images this dataset yields (``(c, t, h, w)`` for videos)."""
         raise NotImplementedError

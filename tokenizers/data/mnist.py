@@ -52,12 +52,15 @@ class MNIST(Dataset):
         self.download = download
         self.channels = channels
         self._cache: dict[str, torch.Tensor] = {}
+        self._labels: dict[str, torch.Tensor] = {}
 
     def images(self, split: str) -> torch.Tensor:
         """Every image of ``split`` as one uint8 tensor ``(n, 1, 28, 28)`` (read once, kept)."""
         self.check_split(split)
         if split not in self._cache:
-            self._cache[split] = self._open(split).data.unsqueeze(1)  # (n, 1, 28, 28) uint8
+            found = self._open(split)
+            self._cache[split] = found.data.unsqueeze(1)  # (n, 1, 28, 28) uint8
+            self._labels[split] = found.targets.to(torch.int64)  # (n,) digits 0-9
         return self._cache[split]
 
     def _open(self, split: str) -> torchvision.datasets.MNIST:
@@ -89,20 +92,30 @@ class MNIST(Dataset):
         n = len(self.images(split))
         return [f"mnist/{split}/{i:05d}" for i in range(n)]
 
-    def read(self, split: str, keys: list[str]) -> Samples:
-        images = self.images(split)
+    def _rows(self, split: str, keys: list[str]) -> torch.Tensor:
+        """The row of each key in the split's tensors."""
+        n = len(self.images(split))
         prefix = f"mnist/{split}/"
         rows = []
         for k in keys:
             i = k[len(prefix) :] if k.startswith(prefix) else ""
-            if not (i.isdigit() and len(i) == 5 and int(i) < len(images)):
+            if not (i.isdigit() and len(i) == 5 and int(i) < n):
                 raise DatasetError(
                     f"no MNIST {split} image with key {k!r} (keys are {prefix}00000 to "
-                    f"{prefix}{len(images) - 1:05d})"
+                    f"{prefix}{n - 1:05d})"
                 )
             rows.append(int(i))
-        index = torch.tensor(rows, dtype=torch.long)
-        return Samples(images=to_channels(images[index], self.channels), keys=list(keys))
+        return torch.tensor(rows, dtype=torch.long)
+
+    def read(self, split: str, keys: list[str]) -> Samples:
+        images = self.images(split)[self._rows(split, keys)]
+        return Samples(images=to_channels(images, self.channels), keys=list(keys))
+
+    def labels(self, split: str, keys: list[str]) -> torch.Tensor:
+        """The digits (0-9) of the images with these keys, int64 ``(n,)``, from the
+        ``*-labels-idx1-ubyte`` file beside the images."""
+        rows = self._rows(split, keys)
+        return self._labels[split][rows]
 
     def load(self, split: str) -> Samples:
         images = self.images(split)

@@ -57,6 +57,7 @@ def check_dataset(
       reading one key alone gives the same row as the batch read;
     - ``load(split)`` (for splits of at most 20,000 items) returns ``Samples``
       whose first keys and rows are those ``read`` returned;
+    - ``labels(split, keys)`` of those keys is ``None`` or an int64 ``(n,)`` tensor;
     - an unknown split (in ``keys`` and in ``read``) and an unknown key raise
       :class:`tok.errors.DatasetError`.
 
@@ -177,6 +178,26 @@ def _check_split(check: Check, ds: Dataset, split: str, max_items: int) -> None:
         torch.equal(one.images, samples.images[j : j + 1]),
         "reading one key gives the same row as the batch read",
         f"split {split!r}, key {ask[j]!r}: " + diff(one.images, samples.images[j : j + 1]),
+    )
+
+    try:
+        labels = ds.labels(split, ask)
+    except Exception as exc:  # noqa: BLE001 - reported as the broken promise
+        check.fail("labels(split, keys) gives the labels or None", f"{type(exc).__name__}: {exc}")
+    check.expect(
+        labels is None
+        or (
+            isinstance(labels, torch.Tensor)
+            and labels.dtype == torch.int64
+            and tuple(labels.shape) == (len(ask),)
+        ),
+        "labels(split, keys) is None or an int64 (n,) tensor, one label per key",
+        f"split {split!r}: got "
+        + (
+            f"{labels.dtype} {tuple(labels.shape)}"
+            if isinstance(labels, torch.Tensor)
+            else repr(labels)
+        ),
     )
 
     if len(keys) <= LOAD_LIMIT:
