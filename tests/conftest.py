@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny trained tokenizer and a folder of real MNIST PNGs.
+"""Shared fixtures: tiny trained tokenizers (discrete and continuous) and a folder of real
+MNIST PNGs.
 
 Both need the real MNIST files: ``$TOK_DATA_DIR`` (torchvision layout,
 ``MNIST/raw/*-ubyte``). When it is unset and the workplace's shared copy
@@ -18,6 +19,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "fsq_mnist.toml"
+VAE_RECIPE = REPO / "recipes" / "vae_mnist.toml"
 
 _SHARED_DATA = REPO.parent / "shared" / "data"
 if not os.environ.get("TOK_DATA_DIR") and (_SHARED_DATA / "MNIST" / "raw").is_dir():
@@ -124,6 +126,30 @@ def train_tiny(out: Path, *extra: str) -> Path:
         warnings.simplefilter("ignore", CollapseWarning)
         train(recipe, progress=False)
     return out
+
+
+def train_tiny_vae(out: Path, *extra: str) -> Path:
+    """Train the real vae_mnist recipe (MLP 784-400-20, Gaussian latent) for 20 steps into
+    ``out``; return the run folder."""
+    import warnings
+
+    from tok.recipe import load_recipe
+    from tok.train import CollapseWarning, train
+
+    mnist_dir()
+    sets = [*TINY, "train.eval_samples=200", "train.log_every=20"]
+    recipe = load_recipe(VAE_RECIPE, [*sets, *extra, f"output.dir='{out}'"])
+    with warnings.catch_warnings():
+        # 20 steps may leave latent dimensions inactive; that is not what is tested
+        warnings.simplefilter("ignore", CollapseWarning)
+        train(recipe, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder of the vae_mnist recipe (a continuous tokenizer) trained for 20 steps."""
+    return train_tiny_vae(tmp_path_factory.mktemp("trained_vae") / "vae_mnist")
 
 
 @pytest.fixture(scope="session")

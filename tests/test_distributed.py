@@ -282,6 +282,26 @@ def test_two_process_encode_equals_one_process_byte_for_byte(trained_run, mnist_
     assert len(contents(tmp_path / "one")) == 12  # 11 shards and the manifest
 
 
+def test_two_process_latent_encode_equals_one_process_byte_for_byte(
+    trained_vae, mnist_pngs, tmp_path
+):
+    """A continuous tokenizer's latent files go through the same shared path: rank 1's
+    shards are adopted by rank 0, and every file equals one process's, byte for byte."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, png in enumerate(sorted(mnist_pngs.rglob("*.png"))[:70]):
+        (src / f"d{i:03d}.png").write_bytes(png.read_bytes())
+    bf16 = ("--latent-dtype", "bfloat16")
+    ok(alone(*encode_cmd(trained_vae, src, tmp_path / "one", "--threads", "1", *bf16)))
+    two = alone(*encode_cmd(trained_vae, src, tmp_path / "two", "--nproc", "2", *bf16))
+    ok(two)
+    assert two.stdout.count("wrote 70 rows of latents 1x20 (bfloat16) in 4 shard(s)") == 1
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["format"] == "tok.manifest/3" and manifest["complete"]
+    assert contents(tmp_path / "two") == contents(tmp_path / "one")
+    assert len(contents(tmp_path / "one")) == 5  # 4 shards and the manifest
+
+
 def test_killed_encode_resumes_without_redoing_finished_shards(trained_run, tmp_path):
     """SIGKILL to one rank part way (torchrun then stops the other), then the same
     command: the shard files already there are kept as they are (same inode and time: not

@@ -735,3 +735,235 @@ def test_rows_that_would_share_a_file_are_refused_before_decoding(encoded, tmp_p
     assert code == 1
     one_error(err, repr(keys[0]), repr(keys[1]))
     assert not (tmp_path / "out").exists()
+
+
+# latents: a continuous tokenizer (a VAE) --------------------------------------
+# `tok encode` with the tiny vae_mnist run writes latent files (the posterior means, float,
+# kind "latents", format tok.tokens/3) in the same folders, with the same provenance, resume
+# and checks; `tok decode` reads them back.
+
+LATENT_ROWS = 40  # one shard and one forward batch: encode and decode see the same batch
+
+
+@pytest.fixture(scope="module")
+def vae_latents(trained_vae: Path, mnist_pngs: Path, tmp_path_factory: pytest.TempPathFactory):
+    """40 digits encoded by the tiny VAE with ``cli.main`` (float32 latents, one shard),
+    decoded back to PNGs; returns the source folder, the latent folder and the PNGs."""
+    work = tmp_path_factory.mktemp("latents")
+    src, latents, decoded = work / "src", work / "latents", work / "decoded"
+    small_folder(mnist_pngs, src, LATENT_ROWS)
+    args = ["encode", str(src), "--out", str(latents), "--tokenizer", str(trained_vae)]
+    assert cli.main([*args, "--no-progress"]) == 0
+    assert cli.main(["decode", str(latents), "--out", str(decoded), "--no-progress"]) == 0
+    return src, latents, decoded
+
+
+def test_latent_files_decode_exactly_as_the_tokenizer_decodes_its_latents(vae_latents, trained_vae):
+    src, latents, decoded = vae_latents
+    keys = png_keys(src)
+    assert len(keys) == LATENT_ROWS and png_keys(decoded) == keys
+    x = read_pngs(src, keys).float() / 255
+    tokenizer = Tokenizer.load(trained_vae)
+    assert tokenizer.continuous
+
+    # the files hold the tokenizer's own latent means of those images, float32, exactly
+    tf = load_tokens(latents)
+    assert tf.kind == "latents" and tf.keys == keys
+    assert tf.tokens.dtype == torch.float32 and tf.tokens.shape == (LATENT_ROWS, 1, 20)
+    assert torch.equal(tf.tokens, tokenizer.encode(x))
+
+    # and tok decode's PNGs are tokenizer.decode(tokenizer.encode(x)), pixel for pixel
+    got = read_pngs(decoded, keys)
+    want = to_uint8(tokenizer.decode(tokenizer.encode(x)))
+    assert got.dtype == torch.uint8 and got.shape == (LATENT_ROWS, 1, 28, 28)
+    assert torch.equal(got, want), f"{int((got != want).sum())} pixels differ"
+    assert not torch.equal(got, read_pngs(src, keys))  # 20 training steps: not the sources
+
+
+def test_latent_files_carry_the_header_and_provenance_of_token_files(vae_latents, trained_vae):
+    src, latents, _ = vae_latents
+    sha = hashlib.sha256((trained_vae / "model.safetensors").read_bytes()).hexdigest()
+    tokenizer = Tokenizer.load(trained_vae)
+    assert sorted(p.name for p in latents.iterdir()) == ["00000.safetensors", "manifest.json"]
+    with safe_open(str(latents / "00000.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        assert list(f.keys()) == ["latents"]
+        raw = f.get_tensor("latents")
+    assert raw.dtype == torch.float32 and raw.shape == (LATENT_ROWS, 1, 20)
+    assert meta["format"] == "tok.tokens/3" and meta["kind"] == "latents"
+    assert meta["dtype"] == "float32" and json.loads(meta["latent_dim"]) == 20
+    assert meta["bottleneck"] == "gaussian"
+    assert json.loads(meta["bottleneck_config"]) == tokenizer.bottleneck.config()
+    assert json.loads(meta["grid"]) == [1]
+    assert meta["tokenizer_sha256"] == sha
+    assert json.loads(meta["tokenizer_config"]) == json.loads(json.dumps(tokenizer.config()))
+    assert meta["tokenizer_path"] == str(trained_vae.resolve())
+    assert meta["source"] == str(src)
+    assert json.loads(meta["source_options"]) == {"resize": "error", "fps": None}
+    plugins = json.loads(meta["plugins"])
+    assert plugins["bottleneck"]["plugin"] == "gaussian"
+    assert plugins["bottleneck"]["distribution"] == "tok-vision"
+    assert plugins["architecture"]["plugin"] == "mlp"
+    assert json.loads(meta["keys"]) == png_keys(src)
+    assert not {"quantizer", "quantizer_config", "codebook_sizes"} & set(meta)
+
+    manifest = json.loads((latents / "manifest.json").read_text())
+    assert manifest["format"] == "tok.manifest/3" and manifest["complete"] is True
+    assert manifest["num_items"] == LATENT_ROWS
+    header = manifest["header"]
+    assert header["kind"] == "latents" and header["dtype"] == "float32"
+    assert (header["bottleneck"], header["latent_dim"], header["grid"]) == ("gaussian", 20, [1])
+    assert header["tokenizer_sha256"] == sha
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_latent_dtype_is_stored_as_named_and_decoded_from(
+    trained_vae, mnist_pngs, tmp_path, capsys, dtype
+):
+    src, out, decoded = tmp_path / "src", tmp_path / "latents", tmp_path / "decoded"
+    small_folder(mnist_pngs, src, 12)
+    code, stdout, err = tok_cli(capsys, "encode", src, "--out", out, "--tokenizer", trained_vae,
+                                "--latent-dtype", dtype, "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert stdout.strip() == f"wrote 12 rows of latents 1x20 ({dtype}) in 1 shard(s) to {out}"
+    with safe_open(str(out / "00000.safetensors"), framework="pt") as f:
+        assert f.metadata()["dtype"] == dtype
+        assert f.get_tensor("latents").dtype == getattr(torch, dtype)
+    tokenizer = Tokenizer.load(trained_vae)
+    keys = png_keys(src)
+    x = read_pngs(src, keys).float() / 255
+    stored = tokenizer.encode(x).to(getattr(torch, dtype)).float()
+    tf = load_tokens(out)
+    assert tf.header.dtype == dtype and tf.tokens.dtype == torch.float32
+    assert torch.equal(tf.tokens, stored)
+
+    code, stdout, err = tok_cli(capsys, "decode", out, "--out", decoded, "--no-progress")
+    assert code == 0, err
+    assert stdout.strip() == f"wrote 12 images to {decoded}"
+    assert torch.equal(read_pngs(decoded, keys), to_uint8(tokenizer.decode(stored)))
+
+
+def test_decode_refuses_latents_with_a_discrete_tokenizer_and_tokens_with_a_continuous_one(
+    vae_latents, trained_vae, trained_run, mnist_pngs, tmp_path, capsys
+):
+    _, latents, _ = vae_latents
+    out = tmp_path / "decoded"
+    for force in ([], ["--force"]):  # --force bridges other weights, never another kind
+        code, _, err = tok_cli(capsys, "decode", latents, "--out", out, "--tokenizer",
+                               trained_run, *force)  # fmt: skip
+        assert code == 1
+        one_error(err, str(latents), "holds latents (float32, continuous bottleneck 'gaussian')",
+                  f"the tokenizer in {trained_run} is discrete (quantizer 'fsq')",
+                  "decodes tokens only")  # fmt: skip
+        assert not out.exists()
+
+    src, tokens = tmp_path / "src", tmp_path / "tokens"
+    small_folder(mnist_pngs, src, 3)
+    code, _, err = tok_cli(capsys, "encode", src, "--out", tokens, "--tokenizer", trained_run,
+                           "--no-progress")  # fmt: skip
+    assert code == 0, err
+    for force in ([], ["--force"]):
+        code, _, err = tok_cli(capsys, "decode", tokens, "--out", out, "--tokenizer",
+                               trained_vae, *force)  # fmt: skip
+        assert code == 1
+        one_error(err, str(tokens), "holds tokens (quantizer 'fsq')",
+                  f"the tokenizer in {trained_vae} is continuous (bottleneck 'gaussian')",
+                  "decodes latents only")  # fmt: skip
+        assert not out.exists()
+
+
+def _wild_vae(run: Path, dest: Path, *, bias: float, weight: float) -> Path:
+    """A copy of the VAE ``run`` whose mean head gives ``bias + weight * sum(z)`` (finite
+    weights: it saves and loads like any tokenizer)."""
+    tokenizer = Tokenizer.load(run)
+    with torch.no_grad():
+        tokenizer.bottleneck.to_mean.weight.fill_(weight)
+        tokenizer.bottleneck.to_mean.bias.fill_(bias)
+    return tokenizer.save(dest)
+
+
+def test_non_finite_latents_are_refused_in_one_line_and_never_written(
+    trained_vae, mnist_pngs, tmp_path, capsys
+):
+    src = tmp_path / "src"
+    small_folder(mnist_pngs, src, 4)
+    # means beyond float32 (3e38 + 1e36 * sum(z), z >= 0 after the encoder's ReLU): inf
+    wild = _wild_vae(trained_vae, tmp_path / "wild", bias=3e38, weight=1e36)
+    out = tmp_path / "latents"
+    code, _, err = tok_cli(capsys, "encode", src, "--out", out, "--tokenizer", wild,
+                           "--no-progress")  # fmt: skip
+    assert code == 1
+    one_error(err, "latent value(s) are not finite", "in float32, the first in row 'd000'",
+              "tok never stores non-finite latents")  # fmt: skip
+    assert not list(out.glob("*.safetensors"))
+
+    # means of 1e5: finite in float32, beyond float16
+    big = _wild_vae(trained_vae, tmp_path / "big", bias=1e5, weight=0.0)
+    out = tmp_path / "half"
+    code, _, err = tok_cli(capsys, "encode", src, "--out", out, "--tokenizer", big,
+                           "--latent-dtype", "float16", "--no-progress")  # fmt: skip
+    assert code == 1
+    one_error(err, "80 latent value(s) are not finite (0 NaN, 80 ±inf) in float16",
+              "beyond float16's range", "store them as float32")  # fmt: skip
+    assert not list(out.glob("*.safetensors"))
+    code, _, err = tok_cli(capsys, "encode", src, "--out", tmp_path / "full", "--tokenizer", big,
+                           "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert bool((load_tokens(tmp_path / "full").tokens == 1e5).all())
+
+
+def test_an_interrupted_latent_encode_resumes_without_redoing_shards(
+    trained_vae, mnist_pngs, tmp_path, capsys
+):
+    """A run killed after shards 0 and 1 were recorded, with shard 2's file written but not
+    recorded and shard 3 half-written: the rerun keeps 0 and 1, adopts 2, writes 3 — the
+    same bytes as an encode never interrupted."""
+    src = tmp_path / "src"
+    small_folder(mnist_pngs, src, 40)
+    args = ["--tokenizer", trained_vae, "--shard-size", "10", "--no-progress"]
+    code, _, err = tok_cli(capsys, "encode", src, "--out", tmp_path / "straight", *args)
+    assert code == 0, err
+    out = tmp_path / "latents"
+    code, _, err = tok_cli(capsys, "encode", src, "--out", out, *args)
+    assert code == 0, err
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    for shard in manifest["shards"][2:]:
+        shard.update(done=False, count=None)
+    manifest.update(num_items=20, keys_sha256=None, complete=False)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / "00003.safetensors").rename(out / ".tmp-00003.safetensors.killed")
+    old = 1_000_000_000
+    for name in ("00000.safetensors", "00001.safetensors"):
+        os.utime(out / name, ns=(old, old))
+
+    code, stdout, err = tok_cli(capsys, "encode", src, "--out", out, *args)
+    assert code == 0, err
+    assert stdout.strip() == (
+        f"wrote 40 rows of latents 1x20 (float32) in 4 shard(s) to {out} "
+        "(3 shard(s) were already done)"
+    )
+    assert [(out / f"0000{i}.safetensors").stat().st_mtime_ns for i in (0, 1)] == [old, old]
+    assert not list(out.glob(".tmp-*"))
+    straight = {p.name: p.read_bytes() for p in (tmp_path / "straight").iterdir()}
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == straight
+
+    # finishing it in another dtype would mix two: refused, nothing changed
+    before = snapshot(out)
+    code, _, err = tok_cli(capsys, "encode", src, "--out", out, *args, "--latent-dtype", "float16")
+    assert code == 1
+    one_error(
+        err, f"cannot resume {out}", "it holds latents 1x20 float32, not latents 1x20 float16"
+    )
+    assert snapshot(out) == before
+
+
+def test_latent_dtype_with_a_discrete_tokenizer_is_refused_before_any_work(
+    trained_run, tmp_path, capsys
+):
+    out = tmp_path / "t"
+    code, stdout, err = tok_cli(capsys, "encode", "mnist:test", "--tokenizer", trained_run,
+                                "--out", out, "--latent-dtype", "float16")  # fmt: skip
+    assert code == 1 and stdout == ""
+    one_error(err, "--latent-dtype applies to continuous tokenizers only", "'fsq'")
+    assert not out.exists()

@@ -143,6 +143,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         again += ["--resize", args.resize, "--limit", str(args.limit), "--device", args.device]
         again += ["--fps", str(args.fps)] if args.fps is not None else []
         again += ["--threads", str(args.threads)] if args.threads else []
+        again += ["--latent-dtype", args.latent_dtype] if args.latent_dtype else []
         again += ["--no-progress"] * args.no_progress + ["--debug"] * args.debug
         return launch(["encode", *again], args.nproc)
     result = encode(
@@ -158,12 +159,17 @@ def cmd_encode(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         device=args.device,
         threads=args.threads,
+        latent_dtype=args.latent_dtype,
     )
     if _env_rank():  # under torchrun, rank 0 reports
         return 0
+    rows = (
+        f"latents {result['grid']}x{result['latent_dim']} ({result['dtype']})"
+        if result["kind"] == "latents"
+        else f"tokens {result['grid']}x{result['streams']}"
+    )
     print(
-        f"wrote {result['items']} rows of tokens {result['grid']}x{result['streams']} "
-        f"in {result['shards']} shard(s) to {args.out}"
+        f"wrote {result['items']} rows of {rows} in {result['shards']} shard(s) to {args.out}"
         + (f" ({result['resumed']} shard(s) were already done)" if result["resumed"] else "")
     )
     return 0
@@ -483,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "encode",
         help="encode images or videos into token files",
-        description="Encode a folder of images or videos, webdataset .tar shards of images or videos, or a dataset split such as mnist:test, into sharded token files plus a manifest. Resumes when run again with the same --out.",
+        description="Encode a folder of images or videos, webdataset .tar shards of images or videos, or a dataset split such as mnist:test, into sharded token files plus a manifest (latent files of float latent means for a continuous tokenizer, a VAE). Resumes when run again with the same --out.",
     )
     p.add_argument(
         "src",
@@ -546,6 +552,13 @@ def build_parser() -> argparse.ArgumentParser:
         "OMP_NUM_THREADS); the same number gives the same tokens byte for byte",
     )
     p.add_argument(
+        "--latent-dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default=None,
+        help="continuous tokenizers: the float dtype the latent files store the latent means "
+        "in (default: float32, exactly what the tokenizer computes)",
+    )
+    p.add_argument(
         "--nproc",
         type=int,
         metavar="N",
@@ -558,9 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "decode",
         help="decode token files back into images or videos",
-        description="Decode a token file or token folder into PNG images (or, for a video tokenizer, mp4 or GIF videos plus preview.gif), one per row, named by its source key.",
+        description="Decode a token file or token folder (tokens, or a continuous tokenizer's latents) into PNG images (or, for a video tokenizer, mp4 or GIF videos plus preview.gif), one per row, named by its source key.",
     )
-    p.add_argument("tokens", help="a token folder (from tok encode) or one token file")
+    p.add_argument(
+        "tokens", help="a token folder (from tok encode) or one token file, of tokens or latents"
+    )
     p.add_argument(
         "--out", required=True, help="output folder for the files (must be new or empty)"
     )

@@ -1,5 +1,9 @@
 """``tok encode`` and ``tok decode``: images and videos ↔ token folders.
 
+A discrete tokenizer's folder holds tokens (integer indices); a continuous tokenizer's
+(a VAE) holds latents, the posterior means, in the float dtype its header names
+(:class:`tok.tokens.LatentHeader`). Both are written, resumed and read the same way.
+
 Encoding (:func:`encode`):
 
 1. the source (a folder, a file, ``DATASET:SPLIT``) is opened through the
@@ -49,9 +53,11 @@ from .locks import folder_lock
 from .media import VIDEO_FORMATS, save_preview, to_uint8, write_item
 from .models import Tokenizer
 from .tokens import (
+    LATENT_DTYPES,
+    Header,
     TokenDir,
-    TokenHeader,
     check_shard_headers,
+    header_for_tokenizer,
     load_tokens,
     plan_shards,
     token_dtype,
@@ -85,16 +91,24 @@ def encode(
     progress: bool = True,
     device: str = "cpu",
     threads: int = 0,
+    latent_dtype: str | None = None,
 ) -> dict[str, Any]:
     """Encode ``src`` with the tokenizer in the run folder ``tokenizer`` into the token
     folder ``out``.
 
     ``src`` is what :func:`tok.data.sources.open_source` accepts; ``fps``
     resamples videos; ``limit`` keeps the first N items (0: all); ``threads`` sets
-    torch's CPU threads (0: leave them). Returns a summary: ``items`` (rows in the
-    folder), ``skipped`` (source items left out), ``shards``, ``resumed`` (shards
-    already done before this call), ``grid`` and ``streams``. Raises :class:`TokError`
-    subclasses naming the problem; nothing the user had is changed.
+    torch's CPU threads (0: leave them). A discrete tokenizer writes token files of
+    int ``(N, *grid, S)``; a continuous one writes latent files of its latent means,
+    ``(N, *grid, l)``, stored as ``latent_dtype`` (``"float32"``, the default,
+    ``"float16"`` or ``"bfloat16"``; :data:`tok.tokens.LATENT_DTYPES`). Returns a
+    summary: ``items`` (rows in the folder), ``skipped`` (source items left out),
+    ``shards``, ``resumed`` (shards already done before this call), ``grid``, ``kind``
+    (``"tokens"`` or ``"latents"``) and ``streams`` for tokens, ``latent_dim`` and
+    ``dtype`` for latents. Raises :class:`TokError` subclasses naming the problem
+    (:class:`ConfigError` for ``latent_dtype`` with a discrete tokenizer,
+    :class:`TokenFileError` for latents that are not finite in their dtype, which are
+    never written); nothing the user had is changed.
 
     Under torchrun (``WORLD_SIZE`` > 1) each rank encodes every ``WORLD_SIZE``-th
     pending shard (rank r: shards r, r + W, …) and writes its files; rank 0 alone
@@ -115,7 +129,7 @@ def encode(
     check_writable(out, what="tokens")  # before the encoding, not after it
     with process_group(resolve_device(device, option="--device")) as where:
         model = Tokenizer.load(tokenizer, map_location=where)
-        token_dtype(model.quantizer.codebook_sizes)  # a codebook too large for token files
+        _check_codes(model, latent_dtype)  # before any work
         if fps is not None and len(model.input_shape) != 4:
             raise DatasetError(
                 "--fps applies to video tokenizers only; this tokenizer takes images"
@@ -123,13 +137,30 @@ def encode(
         with folder_lock(out), walk_once():  # one writer per token folder (rank 0's lock)
             return _encode(src, Path(out), model, where, tokenizer, split=split,
                            shard_size=shard_size, batch_size=batch_size, resize=resize,
-                           fps=fps, limit=limit, progress=progress)  # fmt: skip
+                           fps=fps, limit=limit, progress=progress,
+                           latent_dtype=latent_dtype)  # fmt: skip
+
+
+def _check_codes(model: Tokenizer, latent_dtype: str | None) -> None:
+    """Refuse what the tokenizer's codes cannot be stored as: a codebook too large for
+    token files, ``--latent-dtype`` with a discrete tokenizer or an unknown dtype."""
+    if not model.continuous:
+        if latent_dtype is not None:
+            raise ConfigError(
+                f"--latent-dtype applies to continuous tokenizers only; this one is discrete "
+                f"(quantizer {model.quantizer_name!r}) and stores integer tokens"
+            )
+        token_dtype(model.quantizer.codebook_sizes)
+    elif latent_dtype is not None and latent_dtype not in LATENT_DTYPES:
+        raise ConfigError(
+            f"--latent-dtype must be {', '.join(LATENT_DTYPES)}, got {latent_dtype!r}"
+        )
 
 
 def _encode(
     src: str, out: Path, model: Tokenizer, where: torch.device, tokenizer: Any, *,
     split: str, shard_size: int, batch_size: int, resize: str, fps: float | None,
-    limit: int, progress: bool,
+    limit: int, progress: bool, latent_dtype: str | None,
 ) -> dict[str, Any]:  # fmt: skip
     with warnings.catch_warnings():
         if not is_main():  # rank 0 names the files the listing skips, once
@@ -145,8 +176,9 @@ def _encode(
             dataset.report_skipped(split)  # forgotten here; decoding skips are reported
     keys = keys[:limit] if limit else keys
     _check_shape(src, tokenizer, tuple(dataset.input_shape()), model)
-    header = TokenHeader.for_tokenizer(
+    header = header_for_tokenizer(
         model,
+        dtype=latent_dtype,
         path=str(Path(tokenizer).resolve()),
         source=src,
         source_options={"resize": resize, "fps": fps},
@@ -171,11 +203,7 @@ def _encode(
             model.encode(samples.floats(slice(i, i + batch_size)).to(where)).cpu()
             for i in range(0, len(samples), batch_size)
         ]
-        tokens = (
-            torch.cat(rows)
-            if rows
-            else torch.zeros(0, *model.grid, model.quantizer.num_streams, dtype=torch.long)
-        )
+        tokens = torch.cat(rows) if rows else header.empty()
         read = set(samples.keys)
         shard = (index, tokens, samples.keys, [k for k in shard_keys if k not in read])
         if tdir is None and not samples.keys:  # alone, nothing readable yet: no folder yet
@@ -210,17 +238,20 @@ def _encode(
                 tdir = None
     if tdir is None:
         raise dataset.none_readable(split, len(keys))
-    return {
+    summary = {
         "items": tdir.manifest.num_items,
         "skipped": len(tdir.skipped()),
         "shards": tdir.num_shards,
         "resumed": resumed,
         "grid": "x".join(str(g) for g in model.grid),
-        "streams": model.quantizer.num_streams,
+        "kind": header.kind,
     }
+    if header.kind == "latents":
+        return {**summary, "latent_dim": header.latent_dim, "dtype": header.dtype}
+    return {**summary, "streams": header.num_streams}
 
 
-def _token_dir(out: Path, header: TokenHeader, keys: list[str], shard_size: int) -> TokenDir | None:
+def _token_dir(out: Path, header: Header, keys: list[str], shard_size: int) -> TokenDir | None:
     """The token folder to write. Alone: ``out`` resumed if it holds anything (or
     refused now), else ``None`` (created with the first readable shard). Under
     torchrun: rank 0 creates or resumes it, then the others join it; when rank 0
@@ -236,6 +267,19 @@ def _token_dir(out: Path, header: TokenHeader, keys: list[str], shard_size: int)
         tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
         ready()
     return tdir
+
+
+def _made_by(header: Header) -> str:
+    """What a header's rows are and what made them, for a refusal."""
+    if header.kind == "latents":
+        return f"latents ({header.dtype}, continuous bottleneck {header.bottleneck!r})"
+    return f"tokens (quantizer {header.quantizer!r})"
+
+
+def _makes(model: Tokenizer) -> str:
+    if model.continuous:
+        return f"continuous (bottleneck {model.bottleneck_name!r}) and decodes latents only"
+    return f"discrete (quantizer {model.quantizer_name!r}) and decodes tokens only"
 
 
 def _row_path(out: Path, key: str) -> Path:
@@ -265,7 +309,11 @@ def decode_files(
 
     The tokenizer is the run folder ``tokenizer`` or, when omitted, the one recorded
     in the tokens. Tokens from a different tokenizer (another weights sha256) are
-    refused unless ``force``. ``out`` must be new or empty.
+    refused unless ``force``. A file or folder of latents (from a continuous tokenizer)
+    decodes the same way, each row exactly as ``Tokenizer.decode`` decodes the latents
+    read back as float32; latents given to a discrete tokenizer, or tokens to a
+    continuous one, raise :class:`TokenizerMismatchError` whatever ``force``. ``out``
+    must be new or empty.
 
     Returns ``items`` (rows written), ``kind`` (``"images"`` or ``"videos"``),
     ``format`` (``"png"``, ``"mp4"`` or ``"gif"``) and ``preview`` (the
@@ -278,11 +326,16 @@ def decode_files(
     check_writable(out, what="images")  # before the decoding
     where = resolve_device(device, option="--device")
     tf = load_tokens(tokens)
-    header: TokenHeader = tf.header
+    header: Header = tf.header
     tokenizer = tokenizer or header.tokenizer_path
     if not tokenizer:
         raise TokenFileError(f"{tokens} does not record its tokenizer; pass --tokenizer RUN")
     model = Tokenizer.load(tokenizer, map_location=where)
+    if (header.kind == "latents") != model.continuous:  # --force cannot bridge that
+        raise TokenizerMismatchError(
+            f"{tokens} holds {_made_by(header)}, but the tokenizer in {tokenizer} is "
+            f"{_makes(model)}; pass the tokenizer that made them with --tokenizer"
+        )
     if not header.same_tokenizer(model.weights_sha256 or "") and not force:
         raise TokenizerMismatchError(
             f"{tokens} was made by a tokenizer with weights sha256 {header.tokenizer_sha256[:12]}…, "

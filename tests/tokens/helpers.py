@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tok.tokens import TokenHeader, keys_sha256, token_dtype
+from tok.tokens import LatentHeader, TokenHeader, keys_sha256, token_dtype
 
 SHA = "a" * 64
 OTHER_SHA = "b" * 64
@@ -37,6 +37,42 @@ def make_header(
         plugins=plugins,
         **extra,
     )
+
+
+def make_latent_header(
+    latent_dim: int = 20, grid=(1,), sha=SHA, *, dtype: str = "float32", full: bool = False
+) -> LatentHeader:
+    extra = {}
+    if full:
+        extra = {
+            "tokenizer_config": {"arch": "mlp", "bottleneck": "gaussian"},
+            "tokenizer_path": "/runs/vae_mnist",
+            "source": "mnist:test",
+            "plugins": {
+                "architecture": {"plugin": "mlp", "distribution": "tok-vision", "version": "0.1.0"},
+                "bottleneck": {
+                    "plugin": "gaussian",
+                    "distribution": "tok-vision",
+                    "version": "0.1.0",
+                },
+            },
+            "source_options": {"resize": "error", "fps": None},
+        }
+    return LatentHeader(
+        bottleneck="gaussian",
+        bottleneck_config={"dim": 400, "latent_dim": latent_dim, "beta": 1.0},
+        latent_dim=latent_dim,
+        grid=tuple(grid),
+        tokenizer_sha256=sha,
+        dtype=dtype,
+        **extra,
+    )
+
+
+def random_latents(n: int, header: LatentHeader, seed: int = 0) -> torch.Tensor:
+    """float32 ``(n, *grid, l)`` posterior means of a plausible size (a few units)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((n, *header.row_shape), generator=g) * 3
 
 
 def random_tokens(n: int, header: TokenHeader, seed: int = 0) -> torch.Tensor:

@@ -12,25 +12,40 @@ from safetensors.torch import save_file
 from tok.errors import ConfigError, IndexRangeError, TokenFileError
 from tok.tokens import (
     FORMAT,
+    LATENT_FORMAT,
     READ_FORMATS,
+    LatentHeader,
     TokenHeader,
+    header_for_tokenizer,
+    header_from_dict,
+    header_from_metadata,
     load_tokens,
     read_tokens,
     token_dtype,
     write_tokens,
 )
 
-from .helpers import OTHER_SHA, PLUGINS, SHA, make_header, random_tokens, write_v1_tokens
+from .helpers import (
+    OTHER_SHA,
+    PLUGINS,
+    SHA,
+    make_header,
+    make_latent_header,
+    random_latents,
+    random_tokens,
+    write_v1_tokens,
+)
 
 
-def stored_dtype(path) -> torch.dtype:
+def stored_dtype(path, tensor: str = "tokens") -> torch.dtype:
     with safe_open(str(path), framework="pt") as f:
-        return f.get_tensor("tokens").dtype
+        return f.get_tensor(tensor).dtype
 
 
 def test_format_names():
     assert FORMAT == "tok.tokens/2"
-    assert READ_FORMATS == ("tok.tokens/1", "tok.tokens/2")
+    assert LATENT_FORMAT == "tok.tokens/3"
+    assert READ_FORMATS == ("tok.tokens/1", "tok.tokens/2", "tok.tokens/3")
 
 
 # --------------------------------------------------------------------------- dtype
@@ -102,6 +117,7 @@ def test_round_trip_exact(tmp_path, grid, sizes):
     assert json.loads(meta["keys"]) == keys
     assert json.loads(meta["codebook_sizes"]) == list(sizes)
     assert ("plugins" in meta) == full
+    assert "kind" not in meta  # token files are tok.tokens/2 as before latent files existed
 
 
 def test_zero_row_file_round_trips(tmp_path):
@@ -190,7 +206,7 @@ def test_v1_token_file_still_reads(tmp_path):
     assert load_tokens(path).keys == keys
 
 
-@pytest.mark.parametrize("fmt", ["tok.tokens/3", "tok.tokens/0"])
+@pytest.mark.parametrize("fmt", ["tok.tokens/4", "tok.tokens/0"])
 def test_unknown_token_file_format_is_one_clear_line(tmp_path, fmt):
     path = tmp_path / "00000.safetensors"
     meta = make_header().to_metadata() | {"format": fmt, "keys": '["a"]'}
@@ -199,7 +215,7 @@ def test_unknown_token_file_format_is_one_clear_line(tmp_path, fmt):
         read_tokens(path)
     assert str(info.value) == (
         f"{path} was written in format {fmt!r}, which this version of tok cannot read "
-        "(it reads tok.tokens/1, tok.tokens/2); upgrade tok"
+        "(it reads tok.tokens/1, tok.tokens/2, tok.tokens/3); upgrade tok"
     )
     assert "\n" not in str(info.value)
 
@@ -379,3 +395,224 @@ def test_header_limits_write_tokens_refuses_in_one_line_and_writes_nothing(tmp_p
     with pytest.raises(TokenFileError, match="need a .* MB header, over the 100 MB"):
         write_tokens(tmp_path / "big.safetensors", tokens, keys=LONG_KEYS, header=header)
     assert list(tmp_path.iterdir()) == []
+
+
+# latent files ------------------------------------------------------------------------------
+# A continuous tokenizer (a VAE) stores float latent means: the same file layout and
+# provenance, kind "latents", format tok.tokens/3, tensor "latents", in the dtype the header
+# names.
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("grid", [(1,), (4, 4)])
+def test_latent_file_round_trip_stores_the_named_dtype(tmp_path, dtype, grid):
+    header = make_latent_header(latent_dim=6, grid=grid, dtype=dtype, full=True)
+    latents = random_latents(5, header)
+    keys = ["a", "ключ", "c/d", "e f", "g"]
+    path = write_tokens(tmp_path / "l.safetensors", latents, keys=keys, header=header)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        assert list(f.keys()) == ["latents"]
+        raw = f.get_tensor("latents")
+    assert raw.dtype == getattr(torch, dtype) and raw.shape == (5, *grid, 6)
+    assert torch.equal(raw, latents.to(raw.dtype))
+    assert meta["format"] == LATENT_FORMAT == "tok.tokens/3"
+    assert meta["kind"] == "latents" and meta["dtype"] == dtype
+    assert json.loads(meta["latent_dim"]) == 6 and json.loads(meta["grid"]) == list(grid)
+    assert meta["bottleneck"] == "gaussian"
+    assert json.loads(meta["bottleneck_config"])["latent_dim"] == 6
+    assert meta["tokenizer_sha256"] == SHA and json.loads(meta["keys"]) == keys
+    assert json.loads(meta["plugins"])["bottleneck"]["plugin"] == "gaussian"
+    assert "quantizer" not in meta and "codebook_sizes" not in meta
+    tf = read_tokens(path)
+    assert tf.kind == "latents" and tf.header == header and tf.keys == keys
+    # read back as float32, exactly the stored values (float32: exactly what was written)
+    assert tf.tokens.dtype == torch.float32
+    assert torch.equal(tf.tokens, raw.float())
+    if dtype == "float32":
+        assert torch.equal(tf.tokens, latents)
+    # the bytes are a function of the contents
+    again = write_tokens(tmp_path / "again.safetensors", latents, keys=keys, header=header)
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_latent_file_reads_with_plain_safetensors_as_documented(tmp_path):
+    header = make_latent_header(latent_dim=4)
+    latents = random_latents(3, header)
+    path = write_tokens(
+        tmp_path / "00000.safetensors", latents, keys=["a", "b", "c"], header=header
+    )
+    # docs/token-format.md, "Latent files"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        means = f.get_tensor("latents").float()
+    keys = json.loads(meta["keys"])
+    assert meta["kind"] == "latents" and means.shape == (3, 1, 4) and keys == ["a", "b", "c"]
+    assert torch.equal(means, latents)
+
+
+def test_zero_row_latent_file_round_trips(tmp_path):
+    header = make_latent_header(latent_dim=3, grid=(2, 2))
+    path = write_tokens(tmp_path / "e.safetensors", header.empty(), keys=[], header=header)
+    tf = read_tokens(path)
+    assert tf.tokens.shape == (0, 2, 2, 3) and tf.tokens.dtype == torch.float32
+    assert load_tokens(path).header == header
+
+
+def test_latent_header_round_trips_and_is_told_from_a_token_header():
+    lh = make_latent_header(full=True, dtype="bfloat16")
+    d = lh.to_dict()
+    assert list(d)[:7] == [
+        "kind", "bottleneck", "bottleneck_config", "latent_dim", "dtype", "grid", "tokenizer_sha256"
+    ]  # fmt: skip
+    assert d["kind"] == "latents" and d["grid"] == [1]
+    assert header_from_dict(d, path="x") == lh == LatentHeader.from_dict(d, path="x")
+    assert header_from_metadata(lh.to_metadata(), path="x") == lh
+    assert LatentHeader.from_metadata(lh.to_metadata(), path="x") == lh
+    th = make_header(full=True)
+    assert header_from_dict(th.to_dict(), path="x") == th
+    assert "kind" not in th.to_dict()
+    assert (lh.kind, th.kind) == ("latents", "tokens")
+    assert lh.same_tokenizer(th) and not lh.same_layout(th)
+    assert not lh.same_layout(make_latent_header(full=True, dtype="float32"))
+    assert lh.describe() == "latents 1x20 bfloat16"
+    assert th.describe() == "tokens 7x7x1 (codebook sizes 16)"
+    # asking one kind for the other's header names both
+    with pytest.raises(TokenFileError, match=r"^where: the header is of latents, not tokens"):
+        TokenHeader.from_dict(d, path="where")
+    with pytest.raises(TokenFileError, match="of tokens, not latents"):
+        LatentHeader.from_metadata(th.to_metadata(), path="where")
+
+
+@pytest.mark.parametrize(
+    "field, value, want",
+    [
+        ("kind", "pixels", "'kind' must be one of tokens, latents"),
+        ("dtype", "float64", "'dtype' must be one of float32, float16, bfloat16"),
+        ("latent_dim", 0, "'latent_dim' must be a positive int"),
+        ("bottleneck", "", "'bottleneck' must be a non-empty string"),
+        ("bottleneck_config", [1], "'bottleneck_config' must be a JSON object"),
+    ],
+)
+def test_latent_header_bad_field_is_named(field, value, want):
+    d = make_latent_header().to_dict() | {field: value}
+    with pytest.raises(TokenFileError, match=r"^where\.json: token header field " + want):
+        header_from_dict(d, path="where.json")
+    d = make_latent_header().to_dict()
+    del d["dtype"]
+    with pytest.raises(TokenFileError, match="lacks field.*dtype"):
+        header_from_dict(d, path="where.json")
+    with pytest.raises(ConfigError, match="float64"):
+        make_latent_header(dtype="float64")
+
+
+@pytest.mark.parametrize(
+    "value, dtype, want",
+    [
+        (
+            float("nan"),
+            "float32",
+            r"1 latent value\(s\) are not finite \(1 NaN, 0 ±inf\) in float32",
+        ),
+        (float("inf"), "float32", r"\(0 NaN, 1 ±inf\) in float32, the first in row 'b';"),
+        (
+            1e5,
+            "float16",
+            r"in float16, the first in row 'b': beyond float16's range \(±6\.55e\+04\)",
+        ),
+    ],
+)
+def test_non_finite_latents_are_refused_in_one_line_and_nothing_is_written(
+    tmp_path, value, dtype, want
+):
+    header = make_latent_header(latent_dim=4, dtype=dtype)
+    latents = random_latents(3, header)
+    latents[1, 0, 2] = value
+    path = tmp_path / "l.safetensors"
+    with pytest.raises(TokenFileError, match=want) as info:
+        write_tokens(path, latents, keys=["a", "b", "c"], header=header)
+    assert str(info.value).startswith(f"cannot write {path}: ")
+    assert "never stores non-finite latents" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_latents_rejects_integers_bad_shape_and_keys(tmp_path):
+    header = make_latent_header(latent_dim=4)
+    good = random_latents(2, header)
+    path = tmp_path / "l.safetensors"
+    with pytest.raises(TokenFileError, match="latents must be a float tensor, got torch.int64"):
+        write_tokens(path, good.long(), keys=["a", "b"], header=header)
+    with pytest.raises(TokenFileError, match=r"shape \(2, 1, 3\).*4 latent dimension"):
+        write_tokens(path, good[..., :3], keys=["a", "b"], header=header)
+    with pytest.raises(TokenFileError, match="2 rows of latents but 1 keys"):
+        write_tokens(path, good, keys=["a"], header=header)
+    # and a token header refuses float rows
+    with pytest.raises(TokenFileError, match="tokens must be an integer tensor"):
+        write_tokens(path, good, keys=["a", "b"], header=make_header(grid=(1,)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def _craft(path, tensors: dict, meta: dict) -> None:
+    """A file tok would not write (bypassing write_tokens' checks)."""
+    save_file(tensors, str(path), metadata=meta)
+
+
+def test_read_latent_files_that_disagree_with_their_header(tmp_path):
+    header = make_latent_header(latent_dim=4)
+    meta = header.to_metadata() | {"keys": '["a"]'}
+    path = tmp_path / "l.safetensors"
+    _craft(path, {"latents": torch.zeros(1, 1, 4, dtype=torch.float16)}, meta)
+    with pytest.raises(TokenFileError, match="dtype torch.float16, but the header says float32"):
+        read_tokens(path)
+    _craft(path, {"latents": torch.full((1, 1, 4), float("nan"))}, meta)
+    with pytest.raises(TokenFileError, match=r"^" + str(path) + ": 4 latent value"):
+        read_tokens(path)
+    _craft(path, {"tokens": torch.zeros(1, 1, 4)}, meta)
+    with pytest.raises(TokenFileError, match="has no 'latents' tensor"):
+        read_tokens(path)
+    _craft(path, {"latents": torch.zeros(1, 1, 4)}, meta | {"format": "tok.tokens/2"})
+    with pytest.raises(TokenFileError, match="kind 'latents' is of format 'tok.tokens/3'"):
+        read_tokens(path)
+
+
+def test_header_for_tokenizer_of_a_continuous_tokenizer(tmp_path):
+    from tok.errors import TokError
+    from tok.models import Tokenizer
+
+    vae = Tokenizer.from_config(
+        {
+            "architecture": {"name": "mlp", "config": {"in_channels": 1, "hidden": [16]}},
+            "bottleneck": {"name": "gaussian", "config": {"latent_dim": 5}},
+            "input_shape": [1, 28, 28],
+        }
+    )
+    with pytest.raises(TokError, match=r"save\(\) or load\(\) it"):
+        header_for_tokenizer(vae)
+    vae.save(tmp_path / "run")
+    header = header_for_tokenizer(vae, dtype="float16", path="runs/v", source="mnist:test")
+    assert isinstance(header, LatentHeader)
+    assert (header.bottleneck, header.latent_dim, header.grid, header.dtype) == (
+        "gaussian", 5, (1,), "float16"
+    )  # fmt: skip
+    assert header.bottleneck_config == vae.bottleneck.config()
+    assert header.tokenizer_sha256 == vae.weights_sha256
+    assert header.tokenizer_config == vae.config() and header.plugins == vae.plugins()
+    assert header.plugins["bottleneck"]["plugin"] == "gaussian"
+    assert (header.tokenizer_path, header.source) == ("runs/v", "mnist:test")
+    assert header_for_tokenizer(vae).dtype == "float32"
+    with pytest.raises(TokError, match="continuous .*'gaussian'.* latents, not tokens"):
+        TokenHeader.for_tokenizer(vae)
+    fsq = Tokenizer.from_config(
+        {
+            "architecture": {"name": "conv", "config": {"in_channels": 1, "channels": [8, 16]}},
+            "quantizer": {"name": "fsq", "config": {"levels": [8, 5, 5, 5]}},
+            "input_shape": [1, 28, 28],
+        }
+    )
+    fsq.save(tmp_path / "fsq")
+    assert isinstance(header_for_tokenizer(fsq), TokenHeader)
+    with pytest.raises(ConfigError, match="--latent-dtype applies to continuous tokenizers only"):
+        header_for_tokenizer(fsq, dtype="float16")
+    with pytest.raises(TokError, match="discrete .*'fsq'.* tokens, not latents"):
+        LatentHeader.for_tokenizer(fsq)

@@ -19,9 +19,11 @@ from tok.errors import (
     TokenizerMismatchError,
 )
 from tok.tokens import (
+    LATENT_MANIFEST_FORMAT,
     MANIFEST,
     MANIFEST_FORMAT,
     MANIFEST_READ_FORMATS,
+    LatentHeader,
     Manifest,
     ShardEntry,
     TokenDir,
@@ -33,7 +35,15 @@ from tok.tokens import (
     write_tokens,
 )
 
-from .helpers import OTHER_SHA, PLUGINS, make_header, random_tokens, write_v1_folder
+from .helpers import (
+    OTHER_SHA,
+    PLUGINS,
+    make_header,
+    make_latent_header,
+    random_latents,
+    random_tokens,
+    write_v1_folder,
+)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "manifest.schema.json"
 KEYS = [f"k{i:02d}" for i in range(10)]  # shard_size 3 -> shards of 3, 3, 3, 1
@@ -67,7 +77,8 @@ def validator() -> jsonschema.Draft202012Validator:
 
 def test_manifest_format_names():
     assert MANIFEST_FORMAT == "tok.manifest/2"
-    assert MANIFEST_READ_FORMATS == ("tok.tokens/1", "tok.manifest/2")
+    assert LATENT_MANIFEST_FORMAT == "tok.manifest/3"
+    assert MANIFEST_READ_FORMATS == ("tok.tokens/1", "tok.manifest/2", "tok.manifest/3")
 
 
 # --------------------------------------------------------------------------- writing
@@ -604,7 +615,7 @@ def test_complete_v1_folder_resumes_with_nothing_to_do(tmp_path, validator):
 # --------------------------------------------------------------------------- unknown formats
 
 
-@pytest.mark.parametrize("fmt", ["tok.manifest/3", "tok.tokens/2"])
+@pytest.mark.parametrize("fmt", ["tok.manifest/4", "tok.tokens/2"])
 def test_unknown_manifest_format_is_one_clear_line(tmp_path, fmt):
     header = make_header(codebook_sizes=(8,), grid=(2,))
     out = tmp_path / "out"
@@ -614,7 +625,7 @@ def test_unknown_manifest_format_is_one_clear_line(tmp_path, fmt):
     (out / MANIFEST).write_text(json.dumps(manifest))
     line = (
         f"{out / MANIFEST} was written in format {fmt!r}, which this version of tok cannot "
-        "read (it reads tok.tokens/1, tok.manifest/2); upgrade tok"
+        "read (it reads tok.tokens/1, tok.manifest/2, tok.manifest/3); upgrade tok"
     )
     with pytest.raises(TokenFileError) as info:
         load_tokens(out)
@@ -732,7 +743,13 @@ def test_schema_properties_are_the_record_fields():
     assert schema["$defs"]["shard"]["required"] == shard_fields
     header_fields = [f.name for f in dataclasses.fields(TokenHeader)]
     assert list(schema["$defs"]["header"]["properties"]) == header_fields
-    assert schema["properties"]["format"]["const"] == MANIFEST_FORMAT
+    latent = schema["$defs"]["latent_header"]
+    assert list(latent["properties"]) == list(make_latent_header(full=True).to_dict())
+    assert set(latent["properties"]) == {"kind"} | {
+        f.name for f in dataclasses.fields(LatentHeader)
+    }
+    assert latent["required"] == list(make_latent_header().to_dict())
+    assert schema["properties"]["format"]["enum"] == [MANIFEST_FORMAT, LATENT_MANIFEST_FORMAT]
 
 
 def test_schema_validates_a_real_manifest(tmp_path, validator):
@@ -745,3 +762,113 @@ def test_schema_validates_a_real_manifest(tmp_path, validator):
         tmp_path / "old", all_tokens(header), keys=KEYS, header=header, shard_size=3, done={0}
     )
     assert not validator.is_valid(v1)
+
+
+# --------------------------------------------------------------------------- latents
+# A folder of a continuous tokenizer's latents: the same shards, plan, resume and checks;
+# its manifest is tok.manifest/3 and its header a LatentHeader.
+
+
+def all_latents(header: LatentHeader) -> torch.Tensor:
+    return random_latents(len(KEYS), header, seed=1)
+
+
+def test_latent_folder_writes_resumes_and_loads(tmp_path, validator):
+    header = make_latent_header(latent_dim=5, dtype="float16", full=True)
+    latents = all_latents(header)
+    out = tmp_path / "out"
+    td = TokenDir.open(out, header=header, keys=KEYS, shard_size=3)
+    assert read_manifest(out)["format"] == LATENT_MANIFEST_FORMAT
+    td.write_shard(0, rows(latents, ["k00", "k02"]), skipped=["k01"])
+    write_some(td, latents, [1])
+    old = 1_000_000_000
+    for p in td.shard_paths()[:2]:
+        os.utime(p, ns=(old, old))
+
+    # resumed: the finished shards are kept, a stale temporary file is removed
+    (out / ".tmp-00002.safetensors.x1").write_bytes(b"half")
+    td2 = TokenDir.open(out, header=header, keys=KEYS, shard_size=3)
+    assert [i for i, _ in td2.pending()] == [2, 3] and td2.removed_tmp
+    write_some(td2, latents, [2, 3])
+    assert td2.complete
+    assert [p.stat().st_mtime_ns for p in td2.shard_paths()[:2]] == [old, old]
+
+    manifest = read_manifest(out)
+    validator.validate(manifest)
+    assert manifest["format"] == LATENT_MANIFEST_FORMAT
+    assert manifest["header"] == header.to_dict() and manifest["header"]["kind"] == "latents"
+    assert manifest["num_items"] == 9 and manifest["shards"][0]["skipped"] == ["k01"]
+    assert Manifest.from_dict(manifest, path=out / MANIFEST) == td2.manifest
+
+    tf = load_tokens(out)
+    kept = [k for k in KEYS if k != "k01"]
+    assert tf.kind == "latents" and tf.keys == kept and tf.header == header
+    assert tf.tokens.dtype == torch.float32
+    assert torch.equal(tf.tokens, rows(latents, kept).half().float())
+    assert TokenDir.open(out, header=header, keys=KEYS, shard_size=3).pending() == []
+
+
+def test_latent_shard_written_without_its_entry_is_adopted(tmp_path):
+    header = make_latent_header(latent_dim=3)
+    latents = all_latents(header)
+    out = tmp_path / "out"
+    td = TokenDir.open(out, header=header, keys=KEYS, shard_size=3)
+    td.write_shard(1, latents[3:6], record=False)  # as another rank writes it
+    assert read_manifest(out)["shards"][1]["done"] is False
+    td2 = TokenDir.open(out, header=header, keys=KEYS, shard_size=3)
+    assert [i for i, _ in td2.pending()] == [0, 2, 3]
+    assert read_manifest(out)["shards"][1]["done"] is True
+
+
+def test_latent_folder_with_no_rows_loads_as_float32(tmp_path, validator):
+    header = make_latent_header(latent_dim=4, grid=(2, 3))
+    out = tmp_path / "out"
+    td = TokenDir.open(out, header=header, keys=KEYS[:2], shard_size=5)
+    td.write_shard(0, None, skipped=KEYS[:2])
+    validator.validate(read_manifest(out))
+    tf = load_tokens(out)
+    assert tf.tokens.shape == (0, 2, 3, 4) and tf.tokens.dtype == torch.float32
+
+
+def test_resuming_latents_in_another_dtype_or_as_tokens_is_refused(tmp_path):
+    header = make_latent_header(latent_dim=4)
+    out = tmp_path / "out"
+    write_some(TokenDir.open(out, header=header, keys=KEYS, shard_size=3), all_latents(header), [0])
+    before = read_manifest(out)
+    with pytest.raises(OutputDirError) as info:
+        TokenDir.open(out, header=make_latent_header(latent_dim=4, dtype="bfloat16"), keys=KEYS,
+                      shard_size=3)  # fmt: skip
+    assert str(info.value) == (
+        f"cannot resume {out}: it holds latents 1x4 float32, not latents 1x4 bfloat16. Choose a "
+        "new --out folder, or rerun with the same source, options and shard size."
+    )
+    with pytest.raises(OutputDirError, match="it holds latents 1x4 float32, not tokens 1x1"):
+        TokenDir.open(out, header=make_header(grid=(1,)), keys=KEYS, shard_size=3)
+    assert read_manifest(out) == before
+
+
+def test_a_shard_of_the_other_kind_is_refused_on_load(tmp_path):
+    header = make_latent_header(latent_dim=4)
+    out = tmp_path / "out"
+    td = TokenDir.open(out, header=header, keys=KEYS[:3], shard_size=3)
+    td.write_shard(0, all_latents(header)[:3])
+    tokens_header = make_header(grid=(1,), codebook_sizes=(4,))
+    write_tokens(out / "00000.safetensors", random_tokens(3, tokens_header), keys=KEYS[:3],
+                 header=tokens_header)  # fmt: skip
+    with pytest.raises(TokenFileError) as info:
+        load_tokens(out)
+    assert str(info.value) == (
+        f"{out / '00000.safetensors'}: holds tokens 1x1 (codebook sizes 4), but "
+        f"{out / MANIFEST} says latents 1x4 float32"
+    )
+
+
+def test_a_manifest_of_latents_in_the_tokens_format_is_refused(tmp_path, validator):
+    header = make_latent_header(latent_dim=4)
+    out = tmp_path / "out"
+    TokenDir.open(out, header=header, keys=KEYS, shard_size=3)
+    manifest = read_manifest(out) | {"format": MANIFEST_FORMAT}
+    assert not validator.is_valid(manifest)
+    with pytest.raises(TokenFileError, match="manifest field 'header' holds latents, which a "
+                       "manifest of format 'tok.manifest/2' cannot"):  # fmt: skip
+        Manifest.from_dict(manifest, path=out / MANIFEST)

@@ -1,4 +1,5 @@
-"""Token files and token folders: how tok stores discrete tokens on disk.
+"""Token files and token folders: how tok stores discrete tokens (and a continuous
+tokenizer's latents) on disk.
 
 A **token file** (format ``tok.tokens/2``, :data:`FORMAT`; :mod:`tok.tokens.file`)
 is one safetensors file (no pickle) holding
@@ -25,6 +26,17 @@ is one safetensors file (no pickle) holding
   ``plugins``           optional, new in ``/2``: which plugin and distribution
                         provided the architecture and the quantizer (JSON object)
   ``keys``              the source key of every row, in order (JSON list)
+
+A **latent file** (format ``tok.tokens/3``, :data:`LATENT_FORMAT`) is what a continuous
+tokenizer (a VAE) writes in its place: the same layout and provenance fields, header
+:class:`LatentHeader` with ``kind: "latents"``, one tensor ``latents``, float ``(N,
+*grid, l)`` — the posterior means — stored in the dtype its ``dtype`` field names
+(``float32``, ``float16`` or ``bfloat16``: :data:`LATENT_DTYPES`) and read back as
+``float32``; ``bottleneck``, ``bottleneck_config`` and ``latent_dim`` replace
+``quantizer``, ``quantizer_config`` and ``codebook_sizes``. Latents that are not finite
+are never written. Their folders are token folders with a ``tok.manifest/3`` manifest
+(:data:`LATENT_MANIFEST_FORMAT`). Token files and folders are still written as ``/2``,
+byte for byte as before latent files existed.
 
 A **token folder** (what ``tok encode SRC --out DIR`` writes;
 :mod:`tok.tokens.folder`) holds shards ``00000.safetensors``,
@@ -58,9 +70,16 @@ from __future__ import annotations
 
 from .file import (
     FORMAT,
+    LATENT_DTYPES,
+    LATENT_FORMAT,
     READ_FORMATS,
+    Header,
+    LatentHeader,
     TokenFile,
     TokenHeader,
+    header_for_tokenizer,
+    header_from_dict,
+    header_from_metadata,
     keys_json,
     keys_sha256,
     read_tokens,
@@ -69,6 +88,7 @@ from .file import (
 )
 from .folder import TokenDir, iter_token_dir, load_tokens, read_token_dir
 from .manifest import (
+    LATENT_MANIFEST_FORMAT,
     MANIFEST,
     MANIFEST_FORMAT,
     MANIFEST_READ_FORMATS,
@@ -81,9 +101,17 @@ from .manifest import (
 __all__ = [
     "check_shard_headers",
     "FORMAT",
+    "Header",
+    "header_for_tokenizer",
+    "header_from_dict",
+    "header_from_metadata",
     "iter_token_dir",
     "keys_json",
     "keys_sha256",
+    "LATENT_DTYPES",
+    "LATENT_FORMAT",
+    "LATENT_MANIFEST_FORMAT",
+    "LatentHeader",
     "load_tokens",
     "MANIFEST",
     "Manifest",

@@ -1,7 +1,17 @@
-"""Token files: one safetensors file of tokens, their source keys and a :class:`TokenHeader`.
+"""Token files: one safetensors file of rows, their source keys and a header.
 
-The format is described in :mod:`tok.tokens` and docs/token-format.md. This
-module writes :data:`FORMAT` and reads every format in :data:`READ_FORMATS`.
+A file holds one of two kinds of rows, which its header names:
+
+* **tokens** (a discrete tokenizer's indices): tensor ``tokens``, int ``(N, *grid, S)``,
+  header :class:`TokenHeader`, format :data:`FORMAT` (``tok.tokens/2``);
+* **latents** (a continuous tokenizer's latent means): tensor ``latents``, float
+  ``(N, *grid, l)``, header :class:`LatentHeader` (``kind: "latents"``), format
+  :data:`LATENT_FORMAT` (``tok.tokens/3``).
+
+The format is described in :mod:`tok.tokens` and docs/token-format.md. This module
+writes each kind in the oldest format that holds it — token files stay ``tok.tokens/2``,
+byte for byte what tok wrote before latent files existed, so older tok reads them — and
+reads every format in :data:`READ_FORMATS`.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors import safe_open
@@ -23,24 +33,38 @@ from .keys import MAX_HEADER_BYTES, keys_json, keys_sha256, metadata_bytes
 
 __all__ = [
     "FORMAT",
+    "LATENT_FORMAT",
     "READ_FORMATS",
+    "LATENT_DTYPES",
     "token_dtype",
     "keys_json",
     "keys_sha256",
     "header_bytes",
     "MAX_HEADER_BYTES",
+    "Header",
     "TokenHeader",
+    "LatentHeader",
+    "header_for_tokenizer",
+    "header_from_dict",
+    "header_from_metadata",
     "TokenFile",
     "write_tokens",
     "read_tokens",
 ]
 
-#: the format of the token files this version writes
+#: the format of the token files (integer tokens) this version writes
 FORMAT = "tok.tokens/2"
+#: the format of the latent files (a continuous tokenizer's float latents) this version
+#: writes: ``tok.tokens/2`` plus the ``kind`` field and the latent header
+LATENT_FORMAT = "tok.tokens/3"
 #: every token-file format this version reads (``tok.tokens/1``: no ``plugins``)
-READ_FORMATS = ("tok.tokens/1", "tok.tokens/2")
+READ_FORMATS = ("tok.tokens/1", "tok.tokens/2", "tok.tokens/3")
 #: the name of the tensor in a token file
 TENSOR = "tokens"
+#: the name of the tensor in a latent file
+LATENT_TENSOR = "latents"
+#: the float dtypes a latent file may store its latents in, by the name its header gives
+LATENT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 _INT_DTYPES = {
     torch.uint8,
@@ -85,6 +109,10 @@ def _check_sizes(value: Any) -> tuple[int, ...] | None:
     return tuple(int(v) for v in value)
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _where(path: str | os.PathLike[str] | None) -> str:
     return f"{path}: " if path is not None else ""
 
@@ -109,23 +137,185 @@ def _check_plugins(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------
-# header
+# headers
 # ---------------------------------------------------------------------------
 
-_JSON_FIELDS = (
-    "quantizer_config",
-    "codebook_sizes",
-    "grid",
-    "tokenizer_config",
-    "plugins",
-    "source_options",
-)
-_REQUIRED = ("quantizer", "quantizer_config", "codebook_sizes", "grid", "tokenizer_sha256")
+#: the optional fields both kinds of header have: where the rows came from
 _OPTIONAL = ("tokenizer_config", "tokenizer_path", "source", "plugins", "source_options")
+_JSON_PROVENANCE = ("tokenizer_config", "plugins", "source_options")
+
+
+class _Header:
+    """What :class:`TokenHeader` and :class:`LatentHeader` share: the grid, the weights
+    fingerprint, the provenance fields and how they are stored."""
+
+    #: ``"tokens"`` or ``"latents"``: what the rows are
+    kind: ClassVar[str]
+    #: the format a file of this kind is written in
+    format: ClassVar[str]
+    #: the name of the file's one tensor
+    tensor: ClassVar[str]
+    #: the dtype the rows are read back as
+    read_dtype: ClassVar[torch.dtype]
+    #: the fields of this kind (besides the optional ones), in the order ``to_dict`` gives
+    _FIELDS: ClassVar[tuple[str, ...]]
+    #: the fields stored JSON-encoded in safetensors metadata
+    _JSON_FIELDS: ClassVar[tuple[str, ...]]
+
+    grid: tuple[int, ...]
+    tokenizer_sha256: str
+
+    def _check_common(self) -> None:
+        grid = _check_sizes(self.grid)
+        if grid is None:
+            raise ConfigError(f"grid must be a list of positive ints, got {self.grid!r}")
+        plugins = getattr(self, "plugins", None)
+        if plugins is not None and not _check_plugins(plugins):
+            raise ConfigError(
+                "plugins must map a role to {'plugin', 'distribution', 'version'} "
+                f"(strings or None), got {plugins!r}"
+            )
+        object.__setattr__(self, "grid", grid)
+
+    def same_tokenizer(self, other: Header | str) -> bool:
+        """Return whether ``other`` (a header or a sha256) names the same tokenizer weights."""
+        sha = other if isinstance(other, str) else other.tokenizer_sha256
+        return self.tokenizer_sha256 == sha
+
+    def same_layout(self, other: Header) -> bool:
+        """Whether rows under ``other`` have the kind, shape and stored dtype of these rows."""
+        return self.describe() == other.describe()
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:  # pragma: no cover - abstract
+        """The shape of one row: ``(*grid, S)`` for tokens, ``(*grid, l)`` for latents."""
+        raise NotImplementedError
+
+    @property
+    def storage_dtype(self) -> torch.dtype:  # pragma: no cover - abstract
+        """The dtype a file stores its rows in."""
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - abstract
+        """What a row is, in words: ``"tokens 7x7x1 (codebook sizes 1000)"``,
+        ``"latents 1x20 float32"``."""
+        raise NotImplementedError
+
+    def empty(self) -> Tensor:
+        """No rows: ``(0, *row_shape)`` in the dtype rows are read back as."""
+        return torch.zeros((0, *self.row_shape), dtype=self.read_dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the header as a JSON-ready dict (lists for tuples; ``None`` fields left out;
+        a latent header's ``kind`` first)."""
+        d: dict[str, Any] = {}
+        for name in self._FIELDS:
+            value = self.kind if name == "kind" else getattr(self, name)
+            d[name] = list(value) if isinstance(value, tuple) else value
+        for name in _OPTIONAL:
+            value = getattr(self, name)
+            if value is not None:
+                d[name] = value
+        return d
+
+    def to_metadata(self) -> dict[str, str]:
+        """Return the header as safetensors metadata (``str -> str``, with ``format``).
+
+        ``format`` is the kind's (:data:`FORMAT` for tokens, :data:`LATENT_FORMAT` for
+        latents); non-string fields are JSON-encoded. Raises :class:`TokenFileError` if
+        one cannot be (e.g. a config holding a tensor).
+        """
+        meta = {"format": self.format}
+        for name, value in self.to_dict().items():
+            if name in self._JSON_FIELDS:
+                try:
+                    meta[name] = json.dumps(value, sort_keys=True)
+                except (TypeError, ValueError) as e:
+                    raise TokenFileError(
+                        f"token header field {name!r} cannot be stored as JSON: {e}"
+                    ) from None
+            else:
+                meta[name] = str(value)
+        return meta
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, path: str | os.PathLike[str] | None = None) -> Any:
+        """Return the header stored in ``d`` (as :meth:`to_dict` wrote it).
+
+        Raises :class:`TokenFileError` naming ``path`` and the missing or bad field, or
+        naming both kinds when ``d`` is the other kind's header
+        (:func:`header_from_dict` reads either).
+        """
+        return _own_kind(cls, header_from_dict(d, path=path), path)
+
+    @classmethod
+    def from_metadata(
+        cls, meta: Mapping[str, str] | None, *, path: str | os.PathLike[str] | None = None
+    ) -> Any:
+        """Return the header stored in safetensors metadata ``meta`` (any of
+        :data:`READ_FORMATS`).
+
+        Raises :class:`TokenFileError` as :meth:`from_dict` does
+        (:func:`header_from_metadata` reads either kind).
+        """
+        return _own_kind(cls, header_from_metadata(meta, path=path), path)
+
+    @classmethod
+    def _parse(cls, d: Mapping[str, Any], where: str) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def _parse_common(cls, d: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """The fields both kinds have, from ``d``, checked (required ones of ``cls`` first)."""
+        required = tuple(n for n in cls._FIELDS if n != "kind")
+        missing = [name for name in required if name not in d]
+        if missing:
+            raise TokenFileError(
+                f"{where}token header lacks field(s) {', '.join(missing)}; "
+                "the file was not written by tok or is damaged"
+            )
+        bad = _bad(d, where)
+        if not isinstance(d["tokenizer_sha256"], str) or not d["tokenizer_sha256"]:
+            raise bad("tokenizer_sha256", "a non-empty string")
+        grid = _check_sizes(d["grid"])
+        if grid is None:
+            raise bad("grid", "a list of positive ints")
+        tok_config = d.get("tokenizer_config")
+        if tok_config is not None and not isinstance(tok_config, dict):
+            raise bad("tokenizer_config", "a JSON object")
+        for name in ("tokenizer_path", "source"):
+            if d.get(name) is not None and not isinstance(d[name], str):
+                raise bad(name, "a string")
+        plugins = d.get("plugins")
+        if plugins is not None and not _check_plugins(plugins):
+            raise bad("plugins", "a JSON object of {plugin, distribution, version} objects")
+        options = d.get("source_options")
+        if options is not None and not isinstance(options, dict):
+            raise bad("source_options", "a JSON object")
+        return {
+            "grid": grid,
+            "tokenizer_sha256": d["tokenizer_sha256"],
+            "tokenizer_config": tok_config,
+            "tokenizer_path": d.get("tokenizer_path"),
+            "source": d.get("source"),
+            "plugins": plugins,
+            "source_options": options,
+        }
+
+
+def _bad(d: Mapping[str, Any], where: str):
+    def bad(name: str, want: str) -> TokenFileError:
+        return TokenFileError(f"{where}token header field {name!r} must be {want}, got {d[name]!r}")
+
+    return bad
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape)
 
 
 @dataclass(frozen=True)
-class TokenHeader:
+class TokenHeader(_Header):
     """What a token file says about the tokens in it (everything but the rows' keys).
 
     ``plugins`` (new in ``tok.tokens/2``, ``None`` in files of ``tok.tokens/1``)
@@ -135,6 +325,24 @@ class TokenHeader:
     that shaped the inputs read from ``source`` (``{"resize": "center-crop", "fps":
     null}``): a resumed encode must use the same ones.
     """
+
+    kind: ClassVar[str] = "tokens"
+    format: ClassVar[str] = FORMAT
+    tensor: ClassVar[str] = TENSOR
+    read_dtype: ClassVar[torch.dtype] = torch.int64
+    _FIELDS: ClassVar[tuple[str, ...]] = (
+        "quantizer",
+        "quantizer_config",
+        "codebook_sizes",
+        "grid",
+        "tokenizer_sha256",
+    )
+    _JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "quantizer_config",
+        "codebook_sizes",
+        "grid",
+        *_JSON_PROVENANCE,
+    )
 
     quantizer: str
     quantizer_config: dict
@@ -153,21 +361,27 @@ class TokenHeader:
             raise ConfigError(
                 f"codebook_sizes must be a non-empty list of positive ints, got {self.codebook_sizes!r}"
             )
-        grid = _check_sizes(self.grid)
-        if grid is None:
-            raise ConfigError(f"grid must be a list of positive ints, got {self.grid!r}")
-        if self.plugins is not None and not _check_plugins(self.plugins):
-            raise ConfigError(
-                "plugins must map a role to {'plugin', 'distribution', 'version'} "
-                f"(strings or None), got {self.plugins!r}"
-            )
+        self._check_common()
         object.__setattr__(self, "codebook_sizes", sizes)
-        object.__setattr__(self, "grid", grid)
 
     @property
     def num_streams(self) -> int:
         """The number of token streams ``S`` (one per codebook)."""
         return len(self.codebook_sizes)
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """``(*grid, S)``."""
+        return (*self.grid, self.num_streams)
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """:func:`token_dtype` of the codebook sizes (:class:`ConfigError` if too large)."""
+        return token_dtype(self.codebook_sizes)
+
+    def describe(self) -> str:
+        sizes = ", ".join(map(str, self.codebook_sizes))
+        return f"tokens {_size(self.row_shape)} (codebook sizes {sizes})"
 
     @classmethod
     def for_tokenizer(
@@ -178,18 +392,20 @@ class TokenHeader:
         source: str | None = None,
         source_options: dict | None = None,
     ) -> TokenHeader:
-        """The header of tokens made by ``tokenizer`` (a :class:`tok.models.Tokenizer`).
+        """The header of tokens made by ``tokenizer`` (a discrete :class:`tok.models.Tokenizer`).
 
         Its quantizer, codebook sizes, grid, config, weights sha256 and the
         plugins that provided its parts (``tokenizer.plugins()``); ``path``,
         ``source`` and ``source_options`` are recorded as given. Token files name the weights they
         were made with, so a tokenizer that was never saved or loaded (no
-        ``weights_sha256`` yet) raises :class:`TokError`.
+        ``weights_sha256`` yet) raises :class:`TokError`, and so does a continuous
+        tokenizer, whose rows are latents (:meth:`LatentHeader.for_tokenizer`).
         """
-        if not tokenizer.weights_sha256:
+        _check_saved(tokenizer)
+        if tokenizer.continuous:
             raise TokError(
-                "this tokenizer has no weights sha256 yet: save() or load() it before "
-                "writing tokens it made"
+                f"this tokenizer is continuous (bottleneck {tokenizer.bottleneck_name!r}): it "
+                "makes latents, not tokens; their header is a LatentHeader"
             )
         return cls(
             quantizer=tokenizer.quantizer_name,
@@ -204,141 +420,270 @@ class TokenHeader:
             source_options=source_options,
         )
 
-    def same_tokenizer(self, other: TokenHeader | str) -> bool:
-        """Return whether ``other`` (a header or a sha256) names the same tokenizer weights."""
-        sha = other.tokenizer_sha256 if isinstance(other, TokenHeader) else str(other)
-        return self.tokenizer_sha256 == sha
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the header as a JSON-ready dict (lists for tuples; ``None`` fields left out)."""
-        d: dict[str, Any] = {
-            "quantizer": self.quantizer,
-            "quantizer_config": self.quantizer_config,
-            "codebook_sizes": list(self.codebook_sizes),
-            "grid": list(self.grid),
-            "tokenizer_sha256": self.tokenizer_sha256,
-        }
-        for name in _OPTIONAL:
-            value = getattr(self, name)
-            if value is not None:
-                d[name] = value
-        return d
-
-    def to_metadata(self) -> dict[str, str]:
-        """Return the header as safetensors metadata (``str -> str``, with ``format``).
-
-        ``format`` is :data:`FORMAT`; non-string fields are JSON-encoded. Raises
-        :class:`TokenFileError` if one cannot be (e.g. a config holding a tensor).
-        """
-        meta = {"format": FORMAT}
-        for name, value in self.to_dict().items():
-            if name in _JSON_FIELDS:
-                try:
-                    meta[name] = json.dumps(value, sort_keys=True)
-                except (TypeError, ValueError) as e:
-                    raise TokenFileError(
-                        f"token header field {name!r} cannot be stored as JSON: {e}"
-                    ) from None
-            else:
-                meta[name] = str(value)
-        return meta
-
     @classmethod
-    def from_dict(
-        cls, d: Mapping[str, Any], *, path: str | os.PathLike[str] | None = None
-    ) -> TokenHeader:
-        """Return the header stored in ``d`` (as :meth:`to_dict` wrote it).
-
-        Raises :class:`TokenFileError` naming ``path`` and the missing or bad field.
-        """
-        where = _where(path)
-        if not isinstance(d, Mapping):
-            raise TokenFileError(f"{where}token header is not a JSON object")
-        missing = [name for name in _REQUIRED if name not in d]
-        if missing:
-            raise TokenFileError(
-                f"{where}token header lacks field(s) {', '.join(missing)}; "
-                "the file was not written by tok or is damaged"
-            )
-
-        def bad(name: str, want: str) -> TokenFileError:
-            return TokenFileError(
-                f"{where}token header field {name!r} must be {want}, got {d[name]!r}"
-            )
-
-        for name in ("quantizer", "tokenizer_sha256"):
-            if not isinstance(d[name], str) or not d[name]:
-                raise bad(name, "a non-empty string")
+    def _parse(cls, d: Mapping[str, Any], where: str) -> TokenHeader:
+        common = cls._parse_common(d, where)
+        bad = _bad(d, where)
+        if not isinstance(d["quantizer"], str) or not d["quantizer"]:
+            raise bad("quantizer", "a non-empty string")
         if not isinstance(d["quantizer_config"], dict):
             raise bad("quantizer_config", "a JSON object")
         sizes = _check_sizes(d["codebook_sizes"])
         if not sizes:
             raise bad("codebook_sizes", "a non-empty list of positive ints")
-        grid = _check_sizes(d["grid"])
-        if grid is None:
-            raise bad("grid", "a list of positive ints")
-        tok_config = d.get("tokenizer_config")
-        if tok_config is not None and not isinstance(tok_config, dict):
-            raise bad("tokenizer_config", "a JSON object")
-        for name in ("tokenizer_path", "source"):
-            if d.get(name) is not None and not isinstance(d[name], str):
-                raise bad(name, "a string")
-        plugins = d.get("plugins")
-        if plugins is not None and not _check_plugins(plugins):
-            raise bad("plugins", "a JSON object of {plugin, distribution, version} objects")
-        options = d.get("source_options")
-        if options is not None and not isinstance(options, dict):
-            raise bad("source_options", "a JSON object")
         return cls(
             quantizer=d["quantizer"],
             quantizer_config=d["quantizer_config"],
             codebook_sizes=sizes,
-            grid=grid,
-            tokenizer_sha256=d["tokenizer_sha256"],
-            tokenizer_config=tok_config,
-            tokenizer_path=d.get("tokenizer_path"),
-            source=d.get("source"),
-            plugins=plugins,
-            source_options=options,
+            **common,
+        )
+
+
+@dataclass(frozen=True)
+class LatentHeader(_Header):
+    """What a latent file says about the latents in it (everything but the rows' keys).
+
+    A continuous tokenizer (a VAE's Gaussian bottleneck) stores the posterior mean of each
+    row, float ``(N, *grid, latent_dim)``, in the float dtype ``dtype`` names
+    (``"float32"``, ``"float16"`` or ``"bfloat16"``: :data:`LATENT_DTYPES`). ``bottleneck``
+    and ``bottleneck_config`` name the continuous bottleneck as a token header names its
+    quantizer; the other fields are a :class:`TokenHeader`'s. Stored with ``kind:
+    "latents"``, in files of format :data:`LATENT_FORMAT`.
+    """
+
+    kind: ClassVar[str] = "latents"
+    format: ClassVar[str] = LATENT_FORMAT
+    tensor: ClassVar[str] = LATENT_TENSOR
+    read_dtype: ClassVar[torch.dtype] = torch.float32
+    _FIELDS: ClassVar[tuple[str, ...]] = (
+        "kind",
+        "bottleneck",
+        "bottleneck_config",
+        "latent_dim",
+        "dtype",
+        "grid",
+        "tokenizer_sha256",
+    )
+    _JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "bottleneck_config",
+        "latent_dim",
+        "grid",
+        *_JSON_PROVENANCE,
+    )
+
+    bottleneck: str
+    bottleneck_config: dict
+    latent_dim: int
+    grid: tuple[int, ...]
+    tokenizer_sha256: str
+    dtype: str = "float32"
+    tokenizer_config: dict | None = None
+    tokenizer_path: str | None = None
+    source: str | None = None
+    plugins: dict | None = None
+    source_options: dict | None = None
+
+    def __post_init__(self) -> None:
+        if not _positive_int(self.latent_dim):
+            raise ConfigError(f"latent_dim must be a positive int, got {self.latent_dim!r}")
+        if self.dtype not in LATENT_DTYPES:
+            raise ConfigError(
+                f"latents are stored as {', '.join(LATENT_DTYPES)}, not {self.dtype!r}"
+            )
+        self._check_common()
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """``(*grid, latent_dim)``."""
+        return (*self.grid, self.latent_dim)
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The torch dtype ``dtype`` names."""
+        return LATENT_DTYPES[self.dtype]
+
+    def describe(self) -> str:
+        return f"latents {_size(self.row_shape)} {self.dtype}"
+
+    @classmethod
+    def for_tokenizer(
+        cls,
+        tokenizer: Any,
+        *,
+        dtype: str = "float32",
+        path: str | None = None,
+        source: str | None = None,
+        source_options: dict | None = None,
+    ) -> LatentHeader:
+        """The header of latents made by ``tokenizer`` (a continuous
+        :class:`tok.models.Tokenizer`), stored as ``dtype``.
+
+        Its bottleneck, latent dimensions, grid, config, weights sha256 and plugins, as
+        :meth:`TokenHeader.for_tokenizer` records them. Raises :class:`TokError` for a
+        tokenizer never saved or loaded or a discrete one (its rows are tokens), and
+        :class:`ConfigError` for a ``dtype`` not in :data:`LATENT_DTYPES`.
+        """
+        _check_saved(tokenizer)
+        if not tokenizer.continuous:
+            raise TokError(
+                f"this tokenizer is discrete (quantizer {tokenizer.quantizer_name!r}): it makes "
+                "tokens, not latents; their header is a TokenHeader"
+            )
+        return cls(
+            bottleneck=tokenizer.bottleneck_name,
+            bottleneck_config=tokenizer.bottleneck.config(),
+            latent_dim=tokenizer.bottleneck.latent_dim,
+            grid=tokenizer.grid,
+            tokenizer_sha256=tokenizer.weights_sha256,
+            dtype=dtype,
+            tokenizer_config=tokenizer.config(),
+            tokenizer_path=path,
+            source=source,
+            plugins=tokenizer.plugins(),
+            source_options=source_options,
         )
 
     @classmethod
-    def from_metadata(
-        cls, meta: Mapping[str, str] | None, *, path: str | os.PathLike[str] | None = None
-    ) -> TokenHeader:
-        """Return the header stored in safetensors metadata ``meta`` (any of :data:`READ_FORMATS`).
+    def _parse(cls, d: Mapping[str, Any], where: str) -> LatentHeader:
+        common = cls._parse_common(d, where)
+        bad = _bad(d, where)
+        if not isinstance(d["bottleneck"], str) or not d["bottleneck"]:
+            raise bad("bottleneck", "a non-empty string")
+        if not isinstance(d["bottleneck_config"], dict):
+            raise bad("bottleneck_config", "a JSON object")
+        if not _positive_int(d["latent_dim"]):
+            raise bad("latent_dim", "a positive int")
+        if d["dtype"] not in LATENT_DTYPES:
+            raise bad("dtype", f"one of {', '.join(LATENT_DTYPES)}")
+        return cls(
+            bottleneck=d["bottleneck"],
+            bottleneck_config=d["bottleneck_config"],
+            latent_dim=d["latent_dim"],
+            dtype=d["dtype"],
+            **common,
+        )
 
-        Raises :class:`TokenFileError` naming ``path`` and the missing or bad field.
-        """
-        where = _where(path)
-        meta = dict(meta or {})
-        d: dict[str, Any] = {}
-        for name in _REQUIRED + _OPTIONAL:
-            if name not in meta:
-                continue
-            value = meta[name]
-            if name in _JSON_FIELDS:
-                try:
-                    value = json.loads(value)
-                except (TypeError, ValueError):
-                    raise TokenFileError(
-                        f"{where}token header field {name!r} is not valid JSON: {value!r}"
-                    ) from None
-            d[name] = value
-        return cls.from_dict(d, path=path)
+
+#: either kind of header
+Header = TokenHeader | LatentHeader
+_KINDS: dict[str, type[TokenHeader] | type[LatentHeader]] = {
+    "tokens": TokenHeader,
+    "latents": LatentHeader,
+}
+
+
+def _check_saved(tokenizer: Any) -> None:
+    if not tokenizer.weights_sha256:
+        raise TokError(
+            "this tokenizer has no weights sha256 yet: save() or load() it before "
+            "writing tokens it made"
+        )
+
+
+def _kind_of(d: Mapping[str, Any], where: str) -> type[TokenHeader] | type[LatentHeader]:
+    kind = d.get("kind", "tokens")
+    if kind not in _KINDS:
+        raise TokenFileError(
+            f"{where}token header field 'kind' must be one of {', '.join(_KINDS)}, got {kind!r}"
+        )
+    return _KINDS[kind]
+
+
+def _own_kind(cls: type, header: Header, path: Any) -> Any:
+    if not isinstance(header, cls):
+        raise TokenFileError(
+            f"{_where(path)}the header is of {header.kind}, not {cls.kind} (a {cls.__name__} "
+            "was asked for; header_from_dict reads either)"
+        )
+    return header
+
+
+def header_for_tokenizer(
+    tokenizer: Any,
+    *,
+    dtype: str | None = None,
+    path: str | None = None,
+    source: str | None = None,
+    source_options: dict | None = None,
+) -> Header:
+    """The header of the rows ``tokenizer`` makes: a :class:`LatentHeader` stored as
+    ``dtype`` (default ``"float32"``) for a continuous tokenizer, else a
+    :class:`TokenHeader`.
+
+    Raises :class:`TokError` for a tokenizer never saved or loaded, :class:`ConfigError`
+    for a ``dtype`` given with a discrete tokenizer or not in :data:`LATENT_DTYPES`.
+    """
+    where = {"path": path, "source": source, "source_options": source_options}
+    if tokenizer.continuous:
+        return LatentHeader.for_tokenizer(tokenizer, dtype=dtype or "float32", **where)
+    if dtype is not None:
+        raise ConfigError(
+            f"--latent-dtype applies to continuous tokenizers only; this one is discrete "
+            f"(quantizer {tokenizer.quantizer_name!r}) and stores integer tokens"
+        )
+    return TokenHeader.for_tokenizer(tokenizer, **where)
+
+
+def header_from_dict(d: Mapping[str, Any], *, path: str | os.PathLike[str] | None = None) -> Header:
+    """Return the header stored in ``d`` (a header's ``to_dict()``): a :class:`LatentHeader`
+    when ``d["kind"]`` is ``"latents"``, else a :class:`TokenHeader`.
+
+    Raises :class:`TokenFileError` naming ``path`` and the missing or bad field.
+    """
+    where = _where(path)
+    if not isinstance(d, Mapping):
+        raise TokenFileError(f"{where}token header is not a JSON object")
+    return _kind_of(d, where)._parse(d, where)
+
+
+def header_from_metadata(
+    meta: Mapping[str, str] | None, *, path: str | os.PathLike[str] | None = None
+) -> Header:
+    """Return the header stored in safetensors metadata ``meta`` (any of :data:`READ_FORMATS`;
+    the kind as :func:`header_from_dict` decides it).
+
+    Raises :class:`TokenFileError` naming ``path`` and the missing or bad field.
+    """
+    where = _where(path)
+    meta = dict(meta or {})
+    cls = _kind_of(meta, where)
+    d: dict[str, Any] = {}
+    for name in cls._FIELDS + _OPTIONAL:
+        if name not in meta:
+            continue
+        value = meta[name]
+        if name in cls._JSON_FIELDS:
+            try:
+                value = json.loads(value)
+            except (TypeError, ValueError):
+                raise TokenFileError(
+                    f"{where}token header field {name!r} is not valid JSON: {value!r}"
+                ) from None
+        d[name] = value
+    return cls._parse(d, where)
 
 
 @dataclass(frozen=True)
 class TokenFile:
-    """Tokens read from disk: ``tokens`` is int64 ``(N, *grid, S)``, ``keys`` has N entries."""
+    """Rows read from disk, with their ``keys`` (N entries) and ``header``.
+
+    ``tokens`` holds the rows: int64 ``(N, *grid, S)`` token indices when
+    ``header`` is a :class:`TokenHeader`, float32 ``(N, *grid, l)`` latents when it is a
+    :class:`LatentHeader` (``kind == "latents"``), whatever dtype the file stored.
+    """
 
     tokens: Tensor
     keys: list[str]
-    header: TokenHeader
+    header: Header
     path: Path | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def kind(self) -> str:
+        """``"tokens"`` or ``"latents"`` (the header's kind)."""
+        return self.header.kind
 
 
 # ---------------------------------------------------------------------------
@@ -346,29 +691,38 @@ class TokenFile:
 # ---------------------------------------------------------------------------
 
 
-def _check_tokens(
-    tokens: Tensor, keys: list[str], header: TokenHeader, path: Path, *, reading: bool
+def _check_rows(
+    rows: Tensor, keys: list[str], header: Header, path: Path, *, reading: bool
 ) -> Tensor:
-    """Validate ``tokens`` against ``header`` and ``keys``; return them as int64 on the CPU."""
+    """Validate ``rows`` against ``header`` and ``keys``; return them on the CPU, as
+    int64 tokens or the latents in their stored dtype."""
     verb = "" if reading else "cannot write "
     where = f"{verb}{path}: "
-    if not isinstance(tokens, Tensor) or tokens.dtype not in _INT_DTYPES:
-        got = tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__
-        raise TokenFileError(f"{where}tokens must be an integer tensor, got {got}")
-    s = header.num_streams
-    want = ("N", *header.grid, s)
-    if tokens.ndim != len(want) or tuple(tokens.shape[1:]) != (*header.grid, s):
+    latents = header.kind == "latents"
+    ok = isinstance(rows, Tensor) and (
+        rows.is_floating_point() if latents else rows.dtype in _INT_DTYPES
+    )
+    if not ok:
+        got = rows.dtype if isinstance(rows, Tensor) else type(rows).__name__
+        want = "a float tensor" if latents else "an integer tensor"
+        raise TokenFileError(f"{where}{header.kind} must be {want}, got {got}")
+    width = header.row_shape[-1]
+    want = ("N", *header.row_shape)
+    if rows.ndim != len(want) or tuple(rows.shape[1:]) != header.row_shape:
+        what = f"{width} latent dimension(s)" if latents else f"{width} stream(s)"
         raise TokenFileError(
-            f"{where}tokens have shape {tuple(tokens.shape)}, but the header says "
-            f"{want} (grid {header.grid}, {s} stream(s))"
+            f"{where}{header.kind} have shape {tuple(rows.shape)}, but the header says "
+            f"{want} (grid {header.grid}, {what})"
         )
-    if len(keys) != tokens.shape[0]:
-        raise TokenFileError(f"{where}{tokens.shape[0]} rows of tokens but {len(keys)} keys")
+    if len(keys) != rows.shape[0]:
+        raise TokenFileError(f"{where}{rows.shape[0]} rows of {header.kind} but {len(keys)} keys")
     if not all(isinstance(k, str) for k in keys):
         raise TokenFileError(f"{where}keys must be strings")
-    tokens = tokens.detach().to("cpu", torch.int64)
+    if latents:
+        return _check_latents(rows, keys, header, where)
+    tokens = rows.detach().to("cpu", torch.int64)
     if tokens.numel():
-        flat = tokens.reshape(-1, s)
+        flat = tokens.reshape(-1, width)
         sizes = torch.tensor(header.codebook_sizes, dtype=torch.int64)
         bad = (flat < 0) | (flat >= sizes)
         if bool(bad.any()):
@@ -382,26 +736,50 @@ def _check_tokens(
     return tokens
 
 
-def header_bytes(header: TokenHeader, keys: list[str]) -> int:
+def _check_latents(rows: Tensor, keys: list[str], header: LatentHeader, where: str) -> Tensor:
+    """``rows`` in the header's dtype on the CPU; :class:`TokenFileError` if any is not
+    finite there (NaN, ±inf, or beyond the range of a narrower dtype)."""
+    stored = rows.detach().to("cpu", header.storage_dtype)
+    bad = ~torch.isfinite(stored)
+    count = int(bad.sum())
+    if not count:
+        return stored
+    first = int(bad.reshape(len(keys), -1).any(1).nonzero()[0])
+    nan = int(torch.isnan(stored).sum())
+    cause = ""
+    if bool(torch.isfinite(rows.detach().cpu()).all()):  # finite until cast
+        top = torch.finfo(header.storage_dtype).max
+        cause = f": beyond {header.dtype}'s range (±{top:.4g}); store them as float32"
+    raise TokenFileError(
+        f"{where}{count} latent value(s) are not finite ({nan} NaN, {count - nan} ±inf) in "
+        f"{header.dtype}, the first in row {keys[first]!r}{cause}; tok never stores "
+        "non-finite latents"
+    )
+
+
+def header_bytes(header: Header, keys: list[str]) -> int:
     """The size of the safetensors header of a token file holding ``keys`` (an upper bound
     within a few hundred bytes): what :data:`MAX_HEADER_BYTES` limits."""
     return metadata_bytes({**header.to_metadata(), "keys": keys_json(keys)})
 
 
 def write_tokens(
-    path: str | os.PathLike[str], tokens: Tensor, *, keys: list[str], header: TokenHeader
+    path: str | os.PathLike[str], tokens: Tensor, *, keys: list[str], header: Header
 ) -> Path:
-    """Write ``tokens`` ``(N, *grid, S)`` with their ``keys`` to the token file ``path``.
+    """Write ``tokens`` with their ``keys`` to the token file ``path``; return the path.
 
-    Validates shape, key count and index ranges (an index outside its stream's
-    codebook raises :class:`IndexRangeError`; other problems
-    :class:`TokenFileError`), stores the tokens in :func:`token_dtype` and
-    writes atomically, in format :data:`FORMAT`. ``N`` may be 0. Returns the
-    path written.
+    With a :class:`TokenHeader`, ``tokens`` are integer indices ``(N, *grid, S)``: an
+    index outside its stream's codebook raises :class:`IndexRangeError`; they are stored
+    in :func:`token_dtype`, in format :data:`FORMAT`. With a :class:`LatentHeader` they
+    are float latents ``(N, *grid, l)``, stored in the float dtype the header names (in
+    format :data:`LATENT_FORMAT`); a value that is not finite there (NaN, ±inf, or beyond
+    float16's range) raises :class:`TokenFileError` naming the first row's key. Shape,
+    dtype and key count are validated (:class:`TokenFileError`) and nothing is written
+    on any error; the file is written atomically. ``N`` may be 0.
     """
     path = Path(path)
     keys = list(keys)
-    tokens = _check_tokens(tokens, keys, header, path, reading=False)
+    rows = _check_rows(tokens, keys, header, path, reading=False)
     meta = header.to_metadata()
     meta["keys"] = keys_json(keys)
     size = header_bytes(header, keys)
@@ -411,13 +789,14 @@ def write_tokens(
             f"{size / 1e6:.1f} MB header, over the {MAX_HEADER_BYTES / 1e6:.0f} MB safetensors "
             "allows; write fewer rows per file"
         )
-    stored = tokens.to(token_dtype(header.codebook_sizes)).contiguous()
-    write_safetensors(path, {TENSOR: stored}, metadata=meta)
+    stored = rows.to(header.storage_dtype).contiguous()
+    write_safetensors(path, {header.tensor: stored}, metadata=meta)
     return path
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
-    """Open ``path`` as a safetensors file and return its metadata (format checked)."""
+    """Open ``path`` as a safetensors file and return its metadata (format and tensor
+    name checked)."""
     if not path.exists():
         raise TokenFileError(f"{path}: no such token file")
     if path.is_dir():
@@ -442,9 +821,15 @@ def _read_metadata(path: Path) -> dict[str, str]:
         )
     if fmt not in READ_FORMATS:
         raise TokenFileError(unreadable_format(fmt, path=path, reads=READ_FORMATS))
-    if TENSOR not in names:
+    if meta.get("kind", "tokens") != "tokens" and fmt != LATENT_FORMAT:
         raise TokenFileError(
-            f"{path} has no {TENSOR!r} tensor (it holds {', '.join(names) or 'no tensors'})"
+            f"{path}: a file of kind {meta['kind']!r} is of format {LATENT_FORMAT!r}, not "
+            f"{fmt!r}; the file was not written by tok or is damaged"
+        )
+    tensor = LATENT_TENSOR if meta.get("kind") == "latents" else TENSOR
+    if tensor not in names:
+        raise TokenFileError(
+            f"{path} has no {tensor!r} tensor (it holds {', '.join(names) or 'no tensors'})"
         )
     return meta
 
@@ -461,32 +846,40 @@ def _parse_keys(meta: Mapping[str, str], path: Path) -> list[str]:
     return keys
 
 
-def read_header(path: Path) -> tuple[TokenHeader, list[str]]:
-    """The header and keys of token file ``path``, without loading the tokens."""
+def read_header(path: Path) -> tuple[Header, list[str]]:
+    """The header (either kind) and keys of token file ``path``, without loading the rows."""
     meta = _read_metadata(path)
-    return TokenHeader.from_metadata(meta, path=path), _parse_keys(meta, path)
+    return header_from_metadata(meta, path=path), _parse_keys(meta, path)
 
 
 def read_tokens(path: str | os.PathLike[str]) -> TokenFile:
-    """Read one token file (any of :data:`READ_FORMATS`); return a :class:`TokenFile`.
+    """Read one token or latent file (any of :data:`READ_FORMATS`); return a :class:`TokenFile`.
 
-    The tokens come back as int64. Raises :class:`TokenFileError` naming
-    ``path`` when the file is missing, is not safetensors, is not a tok token
-    file or has a format this version cannot read, lacks the ``tokens``
-    tensor, or when shape, key count or index ranges disagree with its header.
+    Tokens come back as int64 ``(N, *grid, S)``, latents as float32 ``(N, *grid, l)``
+    (``header.kind`` says which). Raises :class:`TokenFileError` naming ``path`` when
+    the file is missing, is not safetensors, is not a tok token file or has a format
+    this version cannot read, lacks its tensor (``tokens``, or ``latents``), stores
+    another dtype than its header names, or when shape, key count, index ranges or
+    finite latents disagree with its header.
     """
     path = Path(path)
     meta = _read_metadata(path)
-    header = TokenHeader.from_metadata(meta, path=path)
+    header = header_from_metadata(meta, path=path)
     keys = _parse_keys(meta, path)
+    name = header.tensor
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = f.get_tensor(TENSOR)
+            raw = f.get_tensor(name)
     except Exception as e:  # noqa: BLE001
-        raise TokenFileError(f"{path}: cannot read the {TENSOR!r} tensor ({e})") from None
-    if raw.dtype not in _STORE_DTYPES:
+        raise TokenFileError(f"{path}: cannot read the {name!r} tensor ({e})") from None
+    if header.kind == "latents":
+        if raw.dtype != header.storage_dtype:
+            raise TokenFileError(
+                f"{path}: {name!r} tensor has dtype {raw.dtype}, but the header says {header.dtype}"
+            )
+    elif raw.dtype not in _STORE_DTYPES:
         raise TokenFileError(
-            f"{path}: {TENSOR!r} tensor has dtype {raw.dtype}, expected an integer dtype"
+            f"{path}: {name!r} tensor has dtype {raw.dtype}, expected an integer dtype"
         )
-    tokens = _check_tokens(raw, keys, header, path, reading=True)
-    return TokenFile(tokens=tokens, keys=keys, header=header, path=path)
+    rows = _check_rows(raw, keys, header, path, reading=True).to(header.read_dtype)
+    return TokenFile(tokens=rows, keys=keys, header=header, path=path)

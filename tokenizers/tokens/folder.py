@@ -17,17 +17,15 @@ from torch import Tensor
 from .._io import remove_stale_tmp, write_json
 from ..errors import ConfigError, OutputDirError, TokenFileError, TokenizerMismatchError
 from .file import (
+    Header,
     TokenFile,
-    TokenHeader,
     keys_sha256,
     read_header,
     read_tokens,
-    token_dtype,
     write_tokens,
 )
 from .manifest import (
     MANIFEST,
-    MANIFEST_FORMAT,
     OUR_TMP,
     Manifest,
     ShardEntry,
@@ -50,14 +48,16 @@ class TokenDir:
 
     Create or resume one with :meth:`open`; write what :meth:`pending` lists
     with :meth:`write_shard`. ``keys`` are the planned source keys (fixed
-    before encoding starts); ``manifest`` is the current :class:`Manifest`.
+    before encoding starts); ``manifest`` is the current :class:`Manifest`. The
+    ``header`` says what the shards hold: tokens (a :class:`TokenHeader`) or a
+    continuous tokenizer's latents (a :class:`LatentHeader`); everything else is the same.
     """
 
     def __init__(
         self,
         path: Path,
         *,
-        header: TokenHeader,
+        header: Header,
         keys: list[str],
         shard_size: int,
         manifest: Manifest,
@@ -78,7 +78,7 @@ class TokenDir:
         cls,
         out_dir: str | os.PathLike[str],
         *,
-        header: TokenHeader,
+        header: Header,
         keys: list[str],
         shard_size: int,
     ) -> TokenDir:
@@ -107,7 +107,7 @@ class TokenDir:
                 f"{out} is a file, not a folder; tok never overwrites it. Choose a new --out folder."
             )
         header.to_metadata()  # fail now, not at the first shard, if the header cannot be stored
-        token_dtype(header.codebook_sizes)  # likewise for codebooks too large to store
+        _ = header.storage_dtype  # likewise for codebooks too large to store
         check_shard_headers(header, keys, shard_size)  # and for keys too long for one header
         if out.is_dir() and (out / MANIFEST).exists():
             return cls._resume(out, header=header, keys=keys, shard_size=shard_size)
@@ -137,9 +137,7 @@ class TokenDir:
         )
 
     @classmethod
-    def _resume(
-        cls, out: Path, *, header: TokenHeader, keys: list[str], shard_size: int
-    ) -> TokenDir:
+    def _resume(cls, out: Path, *, header: Header, keys: list[str], shard_size: int) -> TokenDir:
         manifest, stored_format = read_manifest(out, for_writing=True)
         stored = manifest.header
         if not stored.same_tokenizer(header):
@@ -156,8 +154,8 @@ class TokenDir:
             )
         if manifest.shard_size != shard_size:
             problems.append(f"its shard size is {manifest.shard_size}, not {shard_size}")
-        if stored.grid != header.grid or stored.codebook_sizes != header.codebook_sizes:
-            problems.append("its grid or codebook sizes differ")
+        if not stored.same_layout(header):
+            problems.append(f"it holds {stored.describe()}, not {header.describe()}")
         if (stored.source_options or {}) != (header.source_options or {}):
             problems.append(
                 f"it was encoded with {_options(stored.source_options)}, "
@@ -179,7 +177,7 @@ class TokenDir:
         )
         shards = [self._settled(i, s) for i, s in enumerate(manifest.shards)]
         updated = manifest.with_shards(shards, keys=keys)
-        if updated != manifest or stored_format != MANIFEST_FORMAT:
+        if updated != manifest or stored_format != updated.format:
             self.manifest = updated
             write_json(out / MANIFEST, updated.to_dict())
         return self
@@ -270,12 +268,14 @@ class TokenDir:
         ``skipped`` are planned keys of this shard whose source turned out
         unreadable; ``keys`` (default: the planned keys less ``skipped``) must
         be exactly the planned keys less ``skipped``, in order, and ``tokens``
-        holds their rows, ``(len(keys), *grid, S)``. A shard whose every key is
+        holds their rows, ``(len(keys), *grid, S)`` integer tokens or, in a folder of
+        latents, ``(len(keys), *grid, l)`` float latents. A shard whose every key is
         skipped is written with zero rows (``tokens`` may then be ``None``).
         Raises :class:`ConfigError` for a bad index, a skipped key that is not
         planned in this shard (or is given twice), ``keys`` that do not match,
         or ``tokens=None`` with rows to write; :class:`TokenFileError` or
-        :class:`IndexRangeError` from :func:`write_tokens` for bad tokens.
+        :class:`IndexRangeError` from :func:`write_tokens` for bad tokens or latents
+        (non-finite ones included).
         """
         if (
             isinstance(index, bool)
@@ -323,7 +323,7 @@ class TokenDir:
                 raise ConfigError(
                     f"shard {index} has {len(written)} row(s) to write but tokens is None"
                 )
-            tokens = torch.zeros((0, *self.header.grid, self.header.num_streams), dtype=torch.int64)
+            tokens = self.header.empty()
         path = write_tokens(self.path / shard.file, tokens, keys=written, header=self.header)
         shards = list(self.manifest.shards)
         shards[index] = entry
@@ -387,9 +387,10 @@ def iter_token_dir(path: str | os.PathLike[str]) -> Iterator[TokenFile]:
                 f"{tf.header.tokenizer_sha256[:12]}…) than the rest of {folder} "
                 f"({header.tokenizer_sha256[:12]}…)"
             )
-        if tf.header.grid != header.grid or tf.header.codebook_sizes != header.codebook_sizes:
+        if not tf.header.same_layout(header):
             raise TokenFileError(
-                f"{tf.path}: grid or codebook sizes differ from {folder / MANIFEST}"
+                f"{tf.path}: holds {tf.header.describe()}, but {folder / MANIFEST} says "
+                f"{header.describe()}"
             )
         if len(tf.keys) != shard.count:
             raise TokenFileError(
@@ -411,7 +412,8 @@ def load_tokens(path: str | os.PathLike[str]) -> TokenFile:
 
     For a folder the shards are concatenated in order (keys in source order,
     skipped ones absent) and the result's ``path`` is the folder; a folder
-    with no rows gives int64 tokens of shape ``(0, *grid, S)``. Errors as
+    with no rows gives int64 tokens of shape ``(0, *grid, S)`` (float32 latents
+    ``(0, *grid, l)`` for a folder of latents). Errors as
     :func:`tok.tokens.read_tokens` and :func:`iter_token_dir`.
     """
     path = Path(path)
@@ -420,8 +422,7 @@ def load_tokens(path: str | os.PathLike[str]) -> TokenFile:
     parts = read_token_dir(path)
     if not parts:
         header = _open_folder(path)[1].header
-        empty = torch.zeros((0, *header.grid, header.num_streams), dtype=torch.int64)
-        return TokenFile(tokens=empty, keys=[], header=header, path=path)
+        return TokenFile(tokens=header.empty(), keys=[], header=header, path=path)
     tokens = torch.cat([p.tokens for p in parts]) if len(parts) > 1 else parts[0].tokens
     keys = [k for p in parts for k in p.keys]
     return TokenFile(tokens=tokens, keys=keys, header=parts[0].header, path=path)

@@ -2,9 +2,11 @@
 
 The record is documented field by field in docs/token-format.md, and
 docs/manifest.schema.json is its JSON Schema. This module writes
-:data:`MANIFEST_FORMAT` and reads every format in :data:`MANIFEST_READ_FORMATS`
-(a ``tok.tokens/1`` manifest is converted in memory; :class:`tok.tokens.TokenDir`
-rewrites it as ``tok.manifest/2`` when the folder is resumed).
+:data:`MANIFEST_FORMAT` for a folder of tokens, :data:`LATENT_MANIFEST_FORMAT` for a
+folder of latents (the same record, its header a :class:`tok.tokens.LatentHeader`), and
+reads every format in :data:`MANIFEST_READ_FORMATS` (a ``tok.tokens/1`` manifest is
+converted in memory; :class:`tok.tokens.TokenDir` rewrites it as ``tok.manifest/2`` when
+the folder is resumed).
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from typing import Any
 
 from .._io import TMP_PREFIX
 from ..errors import ConfigError, OutputDirError, TokenFileError
-from .file import TokenHeader, header_bytes, unreadable_format
+from .file import Header, header_bytes, header_from_dict, unreadable_format
 from .keys import MAX_HEADER_BYTES, key_header_bytes, keys_sha256
 
 __all__ = [
     "check_shard_headers",
+    "LATENT_MANIFEST_FORMAT",
     "MANIFEST",
     "MANIFEST_FORMAT",
     "MANIFEST_READ_FORMATS",
@@ -34,11 +37,14 @@ __all__ = [
 
 #: the file name of a token folder's manifest
 MANIFEST = "manifest.json"
-#: the format of the manifests this version writes
+#: the format of the manifests of token folders this version writes
 MANIFEST_FORMAT = "tok.manifest/2"
+#: the format of the manifests of latent folders (a continuous tokenizer's): ``/2`` whose
+#: header may be a latent header
+LATENT_MANIFEST_FORMAT = "tok.manifest/3"
 _LEGACY_FORMAT = "tok.tokens/1"  # manifests before skipped items had the token files' format
 #: every manifest format this version reads
-MANIFEST_READ_FORMATS = (_LEGACY_FORMAT, MANIFEST_FORMAT)
+MANIFEST_READ_FORMATS = (_LEGACY_FORMAT, MANIFEST_FORMAT, LATENT_MANIFEST_FORMAT)
 SHARD_SUFFIX = ".safetensors"
 
 # temporary files our own writers leave behind in a token folder
@@ -53,7 +59,12 @@ OUR_TMP = re.compile(
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def check_shard_headers(header: TokenHeader, keys: list[str], shard_size: int) -> None:
+def manifest_format(header: Header) -> str:
+    """The format of a manifest recording ``header``: the oldest that holds its kind."""
+    return LATENT_MANIFEST_FORMAT if header.kind == "latents" else MANIFEST_FORMAT
+
+
+def check_shard_headers(header: Header, keys: list[str], shard_size: int) -> None:
     """Refuse, before any work, a plan whose shards would not fit in a safetensors header
     (:data:`tok.tokens.file.MAX_HEADER_BYTES`: every row key is in its shard's header).
 
@@ -181,7 +192,8 @@ class ShardEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """``manifest.json`` of a token folder, format :data:`MANIFEST_FORMAT` (docs/token-format.md).
+    """``manifest.json`` of a token folder, format :data:`MANIFEST_FORMAT`, or
+    :data:`LATENT_MANIFEST_FORMAT` when ``header`` is a latent header (docs/token-format.md).
 
     Build one with :meth:`plan` or :meth:`from_dict` (which validates every
     field), change it with :meth:`with_shards`, store it with :meth:`to_dict`.
@@ -193,7 +205,7 @@ class Manifest:
     """
 
     format: str
-    header: TokenHeader
+    header: Header
     shard_size: int
     planned_items: int
     planned_keys_sha256: str
@@ -203,22 +215,23 @@ class Manifest:
     complete: bool
 
     def __post_init__(self) -> None:
-        if self.format != MANIFEST_FORMAT:
+        want = manifest_format(self.header)
+        if self.format != want:
             raise ConfigError(
-                f"a Manifest is of format {MANIFEST_FORMAT!r}, not {self.format!r} "
+                f"a Manifest of {self.header.kind} is of format {want!r}, not {self.format!r} "
                 "(Manifest.from_dict converts older manifests)"
             )
         object.__setattr__(self, "shards", tuple(self.shards))
 
     @classmethod
-    def plan(cls, *, header: TokenHeader, keys: list[str], shard_size: int) -> Manifest:
+    def plan(cls, *, header: Header, keys: list[str], shard_size: int) -> Manifest:
         """Return the manifest of a new folder: ``keys`` in shards of ``shard_size``, none done."""
         shards = [
             ShardEntry(file=_shard_name(i), planned=len(chunk))
             for i, chunk in enumerate(plan_shards(keys, shard_size))
         ]
         return cls(
-            format=MANIFEST_FORMAT,
+            format=manifest_format(header),
             header=header,
             shard_size=shard_size,
             planned_items=len(keys),
@@ -249,7 +262,7 @@ class Manifest:
             )
         return replace(
             self,
-            format=MANIFEST_FORMAT,
+            format=manifest_format(self.header),
             shards=shards,
             num_items=sum(s.count or 0 for s in shards if s.done),
             keys_sha256=written,
@@ -296,7 +309,13 @@ class Manifest:
         complete = f.get("complete", lambda v: isinstance(v, bool), "true or false")
         want_sha = "a sha256 (64 hex digits) as the folder is complete" if complete else "null"
         sha = f.get("keys_sha256", _sha if complete else (lambda v: v is None), want_sha)
-        header = TokenHeader.from_dict(f.get("header", lambda v: True, ""), path=path)
+        header = header_from_dict(f.get("header", lambda v: True, ""), path=path)
+        if header.kind == "latents" and d["format"] != LATENT_MANIFEST_FORMAT:
+            raise f.fail(
+                "header",
+                f"holds latents, which a manifest of format {d['format']!r} cannot; "
+                "the manifest is damaged or was edited by hand",
+            )
         planned = [min(shard_size, planned_items - s) for s in range(0, planned_items, shard_size)]
         if len(raw_shards) != len(planned):
             raise f.fail(
@@ -313,7 +332,7 @@ class Manifest:
         if complete != all(s.done for s in shards):
             raise f.fail("complete", f"is {str(complete).lower()}, which its shards contradict")
         return cls(
-            format=MANIFEST_FORMAT,
+            format=manifest_format(header),
             header=header,
             shard_size=shard_size,
             planned_items=planned_items,
