@@ -6,7 +6,9 @@ flattened, passed through ``Linear → ReLU`` layers of the ``hidden`` widths, a
 last hidden activation (``latent_dim = hidden[-1]`` channels at one grid position) is
 what the bottleneck reads. The decoder mirrors it: ``ReLU →`` the hidden widths in
 reverse ``→ Linear`` to the pixels, with a sigmoid on the output (the mean of a
-Bernoulli per pixel) or none (``output = "linear"``).
+Bernoulli per pixel) or none (``output = "linear"``). The sigmoid is the tokenizer's:
+``decode`` returns its logits (``output_logits``), which ``bernoulli_nll`` reads
+directly.
 
 With a Gaussian bottleneck (``gaussian`` with ``latent_dim = 20``) in between, its two
 heads (one projection to μ and log σ²: ``fc21`` and ``fc22`` side by side) and its
@@ -23,7 +25,6 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -80,6 +81,7 @@ class MLP(Architecture):
         self.in_channels, self.image_size, self.hidden, self.output = (
             in_channels, image_size, hidden, output,
         )  # fmt: skip
+        self.output_logits = output == "sigmoid"  # decode gives logits; the image is their sigmoid
         self.latent_dim = hidden[-1]
         pixels = in_channels * math.prod(image_size)
         widths = [pixels, *hidden]
@@ -103,15 +105,16 @@ class MLP(Architecture):
         return (1,)
 
     def encode(self, x: Tensor) -> Tensor:
-        """``(b, c, h, w)`` in ``[-1, 1]`` → ``(b, 1, latent_dim)``."""
+        """``(b, c, h, w)`` in ``[-1, 1]`` → ``(b, 1, latent_dim)``; :class:`ConfigError`
+        for another image size."""
+        self.grid(tuple(x.shape[1:]))
         return self.encoder(rearrange(x, "b c h w -> b 1 (c h w)"))
 
     def decode(self, z: Tensor) -> Tensor:
-        """``(b, 1, latent_dim)`` → ``(b, c, h, w)`` in ``[-1, 1]`` (sigmoid output:
-        ``2·sigmoid − 1``, so the tokenizer's ``x·½ + ½`` gives the sigmoid)."""
+        """``(b, 1, latent_dim)`` → ``(b, c, h, w)``: with a sigmoid output the logits of
+        the pixels' Bernoulli means (``output_logits``: the tokenizer applies the sigmoid),
+        else an image in about ``[-1, 1]``."""
         y = self.decoder(z)
-        if self.output == "sigmoid":
-            y = torch.tanh(y * 0.5)  # = 2·sigmoid(y) − 1
         h, w = self.image_size
         return rearrange(y, "b 1 (c h w) -> b c h w", c=self.in_channels, h=h, w=w)
 

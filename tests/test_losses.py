@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
@@ -134,3 +135,34 @@ def test_a_plugin_loss_trains_logs_and_resumes_exactly(tmp_path, critic_plugin):
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
     assert set(train_rows[0]["losses"]) == {"mse", "critic"}
     assert {"loss", "score", "critic_loss"} <= set(train_rows[0]["losses"]["critic"])
+
+
+def test_bernoulli_nll_from_logits_equals_torch_bce_of_their_sigmoid_and_its_gradient():
+    from tok.components import build
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 28, 28)
+    logits = (torch.randn(4, 1, 28, 28) * 6).requires_grad_(True)
+    loss = build("losses", "bernoulli_nll", {})
+    fast = loss(LossInputs(x, torch.sigmoid(logits), None, 0, logits)).loss
+    (grad,) = torch.autograd.grad(fast, logits)
+    ref_logits = logits.detach().double().requires_grad_(True)
+    ref = F.binary_cross_entropy_with_logits(ref_logits, x.double(), reduction="sum") / 4
+    (ref_grad,) = torch.autograd.grad(ref, ref_logits)
+    assert fast.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(grad.double(), ref_grad, atol=1e-6)
+    # without logits: torch's BCE of the reconstruction (equal where sigmoid does not saturate)
+    mild = logits.detach() / 6
+    slow = loss(LossInputs(x, torch.sigmoid(mild), None, 0)).loss
+    exact = F.binary_cross_entropy_with_logits(mild.double(), x.double(), reduction="sum") / 4
+    assert slow.item() == pytest.approx(exact.item(), rel=1e-5)
+
+
+def test_gaussian_nll_is_the_normal_log_density_summed_over_pixels():
+    from tok.components import build
+
+    torch.manual_seed(0)
+    x, recon = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4)
+    value = build("losses", "gaussian_nll", {"sigma": 0.2})(LossInputs(x, recon, None, 0)).loss
+    normal = torch.distributions.Normal(recon.double(), 0.2)
+    assert value.item() == pytest.approx(-normal.log_prob(x.double()).sum().item() / 3, rel=1e-6)

@@ -13,6 +13,7 @@ safetensors files whose bytes are a function of their contents
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -295,3 +296,12 @@ class JsonLines:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

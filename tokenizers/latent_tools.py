@@ -116,8 +116,7 @@ def decode_latents(tokenizer: Tokenizer, latents: Tensor) -> Tensor:
         latent = quantizer(latents.to(tokenizer.dtype)).latent
     finally:
         quantizer.train(was_training)
-    out = tokenizer.architecture.decode(latent.to(tokenizer.dtype)).float()
-    return (out * 0.5 + 0.5).clamp(0, 1)
+    return tokenizer.to_image(tokenizer.architecture.decode(latent.to(tokenizer.dtype))).clamp(0, 1)
 
 
 def _batches(fn, x: Tensor) -> Tensor:

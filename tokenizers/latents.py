@@ -73,8 +73,9 @@ def evaluate_latents(
         kl_items.append(kl.flatten(1).sum(1))
         kl_dims += kl.reshape(len(x), -1, kl.shape[-1]).mean(1).sum(0)
         if likelihood is not None:  # E_q[-log p(x|z)], one sample of z per image
-            sampled = tokenizer.reconstruct_sample(x, generator=generator)
-            nll += float(likelihood(LossInputs(x, sampled, tokenizer, 0)).loss) * len(x)
+            drawn = tokenizer.sample_forward(x, generator=generator)
+            inputs = LossInputs(x, drawn.reconstruction, tokenizer, 0, drawn.logits)
+            nll += float(likelihood(inputs).loss) * len(x)
         kept[0].append(x[: max(0, keep - start)].cpu())
         kept[1].append(recon[: max(0, keep - start)].cpu())
     tokenizer.train(was_training)

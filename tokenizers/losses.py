@@ -40,13 +40,15 @@ class LossInputs:
 
     ``tokenizer`` is the :class:`tok.models.Tokenizer` being trained (for losses
     that look at its layers, e.g. VQGAN's adaptive weight); ``step`` counts
-    optimizer steps from 0.
+    optimizer steps from 0; ``logits``: the decoder's logits when its architecture
+    outputs them (``reconstruction`` is their sigmoid), else ``None``.
     """
 
     inputs: Tensor
     reconstruction: Tensor
     tokenizer: Any
     step: int
+    logits: Tensor | None = None
 
 
 @dataclass(frozen=True)

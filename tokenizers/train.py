@@ -214,7 +214,7 @@ def _train(
             x = next(data).to(device, non_blocking=True).float().div_(255)  # this rank's share
             with autocast(precision, device):
                 out = model(x)
-                batch = LossInputs(x, out.reconstruction.float(), tokenizer, step)
+                batch = LossInputs(x, out.reconstruction.float(), tokenizer, step, out.logits)
                 terms = {name: loss(batch) for name, loss in parts.losses.items()}
             loss = sum(term.loss for term in terms.values()) + out.aux_loss
             seen = mean_over_ranks(loss)  # every rank takes the same decision below

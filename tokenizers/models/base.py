@@ -4,7 +4,10 @@ An architecture is one ``nn.Module`` holding an encoder and a decoder:
 
 - ``encode(x)``: images ``(b, c, h, w)`` in ``[-1, 1]`` → channel-last latents
   ``(b, *grid, d)`` with ``d = latent_dim``;
-- ``decode(z)``: latents ``(b, *grid, d)`` → images ``(b, c, h, w)`` (about ``[-1, 1]``);
+- ``decode(z)``: latents ``(b, *grid, d)`` → images ``(b, c, h, w)`` (about ``[-1, 1]``),
+  or, when ``output_logits`` is true, the logits ℓ of Bernoulli means: the image is
+  sigmoid(ℓ) in ``[0, 1]`` (the tokenizer applies the sigmoid, and a Bernoulli
+  likelihood reads ℓ itself: exact and cheaper than a cross-entropy of the image);
 - ``grid(input_shape)``: the latent grid for one input of shape ``(c, h, w)``
   (``(c, t, h, w)`` for video); a ``ConfigError`` for inputs it cannot take;
 - ``config()``: keyword arguments that rebuild it;
@@ -29,6 +32,9 @@ class Architecture(nn.Module):
 
     in_channels: int
     latent_dim: int
+
+    #: ``True`` when ``decode`` returns logits whose sigmoid is the image (see above)
+    output_logits: bool = False
 
     @classmethod
     def example_config(cls) -> dict[str, Any]:

@@ -13,7 +13,6 @@ registry names and configs that rebuild it). Nothing is ever unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .._io import check_readable, nonfinite_tensors, write_json, write_safetensors
+from .._io import check_readable, file_sha256, nonfinite_tensors, write_json, write_safetensors
 from ..bottleneck import Bottleneck
 from ..components import Facts, build
 from ..errors import CheckpointError, ConfigError, TokError, UnknownNameError
@@ -60,6 +59,8 @@ class TokenizerOutput:
     - ``aux_loss``, ``metrics``: the bottleneck's.
     - ``kl``: float32 ``(b, *grid, l)``, each latent unit's KL in nats (continuous
       bottlenecks); ``None`` for a quantizer.
+    - ``logits``: float32, the input's shape: the decoder's logits when its architecture
+      has ``output_logits`` (``reconstruction`` is their sigmoid); else ``None``.
     """
 
     reconstruction: Tensor
@@ -67,6 +68,7 @@ class TokenizerOutput:
     aux_loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
     kl: Tensor | None = None
+    logits: Tensor | None = None
 
     @property
     def indices(self) -> Tensor:
@@ -111,15 +113,6 @@ def config_differences(config: dict[str, Any], recorded: dict[str, Any], where: 
         f"{key} is {ours!r} in {where} but {theirs!r} in the weights"
         for key, ours, theirs in differing_keys(config, recorded)
     )
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Tokenizer(nn.Module):
@@ -330,25 +323,35 @@ class Tokenizer(nn.Module):
         dtype = self.dtype
         z = self.architecture.encode((images * 2 - 1).to(dtype))
         q = self.bottleneck(z)
-        recon = self.architecture.decode(q.latent.to(dtype)).float() * 0.5 + 0.5
+        y = self.architecture.decode(q.latent.to(dtype)).float()
+        logits = y if self.architecture.output_logits else None
         if self.continuous:
-            return TokenizerOutput(recon, q.mean, q.aux_loss, q.metrics, kl=q.kl)
-        return TokenizerOutput(recon, q.indices, q.aux_loss, q.metrics)
+            return TokenizerOutput(self.to_image(y), q.mean, q.aux_loss, q.metrics, q.kl, logits)
+        return TokenizerOutput(self.to_image(y), q.indices, q.aux_loss, q.metrics, logits=logits)
+
+    def to_image(self, decoded: Tensor) -> Tensor:
+        """The decoder's output → the image, float32, unclamped: ``y·½ + ½`` of its
+        ``[-1, 1]`` output, or the sigmoid of its logits (``output_logits``)."""
+        if self.architecture.output_logits:
+            return torch.sigmoid(decoded.float())
+        return decoded.float() * 0.5 + 0.5
 
     @torch.no_grad()
-    def reconstruct_sample(
+    def sample_forward(
         self, images: Tensor, *, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """A continuous tokenizer's reconstruction decoded from one posterior sample per
-        image (:meth:`tok.bottleneck.ContinuousBottleneck.sample`), float32 like
-        ``images``, unclamped (as a training loss sees it); no state changes. A discrete
-        tokenizer's is its ordinary reconstruction."""
+    ) -> TokenizerOutput:
+        """``forward`` with the decoder reading one posterior sample per image
+        (:meth:`tok.bottleneck.ContinuousBottleneck.sample`, drawn with ``generator``)
+        instead of what the bottleneck's mode gives; no state changes (the ELBO's
+        one-sample estimate in evaluation). A discrete tokenizer's is its ``forward``."""
         self.check_input(images, finite=False)
         if not self.continuous:
-            return self(images).reconstruction
+            return self(images)
         z = self.architecture.encode((images * 2 - 1).to(self.dtype))
-        latent = self.bottleneck.sample(z, generator=generator)
-        return self.architecture.decode(latent.to(self.dtype)).float() * 0.5 + 0.5
+        q = self.bottleneck(z)
+        y = self.architecture.decode(self.bottleneck.sample(z, generator=generator).to(self.dtype))
+        logits = y.float() if self.architecture.output_logits else None
+        return TokenizerOutput(self.to_image(y), q.mean, q.aux_loss, q.metrics, q.kl, logits)
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
@@ -389,7 +392,7 @@ class Tokenizer(nn.Module):
         """
         b = self.bottleneck
         latent = b.latent_to_codes(codes) if self.continuous else b.indices_to_codes(codes)
-        return (self.architecture.decode(latent.to(self.dtype)).float() * 0.5 + 0.5).clamp(0, 1)
+        return self.to_image(self.architecture.decode(latent.to(self.dtype))).clamp(0, 1)
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor) -> Tensor:
