@@ -270,6 +270,41 @@ def test_line_plot_long_legend_stays_inside(tmp_path):
     assert (px[:, :2] == 255).all() and (px[:, -2:] == 255).all()
 
 
+def test_line_panels_stack_on_one_x_axis(tmp_path):
+    steps = range(100, 601, 100)
+    panels = [
+        {"series": {"train": [(s, s / 100) for s in steps], "test": [(600, 5.0)]}, "legend": True},
+        {"series": {"a": [(s, 32 - s / 20) for s in steps], "b": [(600, 2)]}, "legend": False,
+         "ylabel": "active dimensions\n(KL ≥ 0.01 nats)", "ylim": (0, 34)},
+        {"series": {"beta": [(s, 2.0) for s in steps]}, "ylim": (0, 2.2)},
+        {"series": {"none": []}, "logy": True},  # a panel without data says so
+    ]  # fmt: skip
+    path = plots.save_line_panels(tmp_path / "p.png", panels, title="three and one")
+    im = _open(path)
+    assert path == tmp_path / "p.png" and im.size == (640, 640)
+    for colour in plots._PALETTE[:2]:  # each panel's first and second series share colours
+        assert _count_colour(im, colour) > 50
+    small = plots.save_line_panels(tmp_path / "s.png", panels[:1], title="x", size=(320, 200))
+    assert _open(small).size == (320, 200)
+    with pytest.raises(ValueError, match="no panels"):
+        plots.save_line_panels(tmp_path / "e.png", [], title="x")
+
+
+def test_kl_bars_grey_below_the_threshold(tmp_path):
+    def bars(kl_dims, name):
+        path = plots.save_kl_bars(tmp_path / name, kl_dims, threshold=0.01, title=name)
+        im = _open(path)
+        assert im.size == (640, 400)
+        return _count_colour(im, plots._BAR), _count_colour(im, plots._GRID_DARK)
+
+    healthy, collapsed = bars([1.0, 0.5] * 8, "healthy.png"), bars([1.0] + [0.001] * 15, "c.png")
+    assert healthy[0] > 4 * collapsed[0] and healthy[1] < 100  # every bar blue: all active
+    assert collapsed[1] > 1000  # fifteen grey bars: inactive
+    assert bars([0.0] * 4, "zeros.png")[0] == 0  # a deterministic bottleneck's: all zero
+    with pytest.raises(ValueError, match="empty"):
+        plots.save_kl_bars(tmp_path / "x.png", [], threshold=0.01)
+
+
 def test_tick_labels_use_one_unit_per_axis():
     fmt = plots._tick_formatter_class()()
     fmt.set_locs([0.0, 20000.0, 40000.0, 60000.0])

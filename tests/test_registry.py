@@ -6,6 +6,7 @@ In-process plugins are added with ``register_plugin`` and removed again by the
 
 from __future__ import annotations
 
+import json
 import textwrap
 import warnings
 from pathlib import Path
@@ -720,7 +721,7 @@ class LaplacePlugin:
 
 
 def test_register_bottlenecks_trains_encodes_and_reloads_a_continuous_tokenizer(
-    add_plugin, tmp_path
+    add_plugin, tmp_path, capsys
 ):
     from tok.train import train
 
@@ -748,6 +749,17 @@ def test_register_bottlenecks_trains_encodes_and_reloads_a_continuous_tokenizer(
     latents = reloaded.encode(x)
     assert latents.dtype == torch.float32 and latents.shape == (3, 2, 2, 4)
     assert torch.allclose(reloaded.decode(latents), reloaded.reconstruct(x), atol=1e-6)
+    # tok inspect judges no dimension of a deterministic bottleneck: it has no KL
+    from tok import cli
+
+    capsys.readouterr()
+    assert cli.main(["inspect", str(tmp_path / "run"), "--out", str(tmp_path / "h")]) == 0
+    text = capsys.readouterr().out
+    assert "test-identity is deterministic: no KL, no posterior to collapse" in text
+    assert "INACTIVE" not in text and "STATUS" not in text
+    report = json.loads((tmp_path / "h" / "health.json").read_text())
+    assert report["stochastic"] is False and report["kl_dims"] == [0.0] * 4
+    assert report["inactive"] == [] and report["active_dims"] is None
 
 
 def test_a_recipe_names_a_quantizer_or_a_bottleneck_not_both():

@@ -259,6 +259,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    if "kl_dims" in report:  # a continuous tokenizer: its latent dimensions
+        return _print_latent_health(args.run, report)
     print(
         f"{args.run}: codebook health of {report['recipe']} on {report['images']} "
         f"{report['split']} images, N = {report['streams'][0]['tokens']} tokens per stream "
@@ -327,6 +329,50 @@ def cmd_latent_map(args: argparse.Namespace) -> int:
     )
     if not result["labelled"]:
         print("the run's dataset has no labels: the points are not coloured")
+    return 0
+
+
+def _print_latent_health(run: str, report: dict[str, Any]) -> int:
+    """``tok inspect`` of a continuous run (:func:`tok.posterior.inspect_latents`)."""
+    from .posterior import dimension_table
+
+    nats = [f"KL {report['kl']:.2f} nats per image"]
+    if "neg_elbo" in report:
+        nats += [f"reconstruction {report['recon_nll']:.2f}", f"-ELBO {report['neg_elbo']:.2f}"]
+    print(
+        f"{run}: latent dimensions of {report['recipe']} ({report['bottleneck']}, "
+        f"{report['latent_dim']} dimensions) on {report['images']} {report['split']} images "
+        f"({', '.join(nats)}; psnr {report['psnr']:.2f} dB)"
+    )
+    threshold = f"{report['threshold']:g} nats"
+    stochastic = report["stochastic"]
+    headers, rows = dimension_table(report["kl_dims"], report["threshold"] if stochastic else None)
+    print()
+    print(_fmt_table(rows, headers))
+    print()
+    if not stochastic:
+        print(f"{report['bottleneck']} is deterministic: no KL, no posterior to collapse")
+    else:
+        print(
+            f"{report['active_dims']} of {report['latent_dim']} latent dimensions active "
+            f"(KL ≥ {threshold}, averaged over the {report['images']} images)"
+        )
+    if report["inactive"]:
+        print(
+            f"INACTIVE: {len(report['inactive'])} dimension(s), KL < {threshold}: "
+            f"{', '.join(map(str, report['inactive']))} — each carries less than {threshold} "
+            "of information about an image (posterior collapse); KL annealing "
+            "(bottleneck.kl_schedule) or free bits (bottleneck.free_bits) keep dimensions in "
+            "use, see docs/posterior-collapse.md"
+        )
+    history = report["history"]
+    print(
+        f"KL, active dimensions and β over {len(history['train']['step'])} logged step(s) and "
+        f"{len(history['test']['step'])} evaluation(s) during training: "
+        f"{report['files']['kl_over_time']}"
+    )
+    print(f"KL per dimension: {report['files']['kl_per_dimension']}")
+    print(f"all numbers: {report['files']['json']}")
     return 0
 
 
@@ -650,7 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "inspect",
-        help="codebook health of a trained tokenizer",
+        help="codebook health of a trained tokenizer (latent dimensions of a VAE)",
         description="Evaluate a run's tokenizer and show its codebook health per stream: usage, "
         "perplexity, its ratios to K and log2 K, dead codes, and the collapse alarm: "
         "USED/MIN(K,N), the codes used over the most that the evaluation's N tokens could "
@@ -658,7 +704,12 @@ def build_parser() -> argparse.ArgumentParser:
         "not flagged for its size). Writes health.png (usage histograms; for codebooks above "
         "2^20 codes the ranks of the codes seen only), usage_over_time.png (test usage and "
         "perplexity ratio at each evaluation during training) and health.json into the run "
-        "folder, or into --out. Every figure is defined in docs/codebook-health.md.",
+        "folder, or into --out. Every figure is defined in docs/codebook-health.md. For a "
+        "continuous run (a VAE, a [bottleneck] recipe): the KL of each latent dimension "
+        "averaged over the images, INACTIVE below the threshold in nats (posterior "
+        "collapse); writes health.png (KL per dimension with the threshold), "
+        "kl_over_time.png (KL, active dimensions and beta during training) and health.json "
+        "(docs/posterior-collapse.md).",
     )
     p.add_argument("run", help="run folder written by `tok train`")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
@@ -669,12 +720,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        metavar="FRACTION",
+        metavar="T",
         help="flag streams using fewer than this fraction of the min(K, N) codes their N "
-        "tokens could use (default: the run's train.collapse_threshold)",
+        "tokens could use (default: the run's train.collapse_threshold); for a continuous "
+        "run, nats: flag latent dimensions whose KL is below T (default: the run's "
+        "train.active_threshold)",
     )
     p.add_argument(
-        "--out", help="folder for health.png, usage_over_time.png and health.json (default: RUN)"
+        "--out",
+        help="folder for health.png, usage_over_time.png (kl_over_time.png) and health.json "
+        "(default: RUN)",
     )
     _device_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")

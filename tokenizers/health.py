@@ -5,6 +5,8 @@
   ``health.png`` (usage histogram per stream), ``usage_over_time.png``
   (per-stream test usage and perplexity ratio over the run's evaluations, from
   ``metrics.jsonl``) and ``health.json``.
+  A continuous run (a VAE) is inspected by :func:`tok.posterior.inspect_latents`:
+  its inactive latent dimensions instead of collapsed streams.
 - :func:`collapsed_streams`: the collapse alarm. A stream has collapsed when it
   uses fewer than ``threshold`` of the codes its ``N`` evaluation tokens could
   use at most — ``attainable_usage = used / min(K, N)`` — so a codebook larger
@@ -30,6 +32,7 @@ from typing import Any
 from . import plots
 from ._io import check_writable, write_json
 from .errors import OutputDirError, TokError
+from .posterior import check_nats_threshold, inspect_latents
 from .run import Run
 
 __all__ = [
@@ -249,15 +252,18 @@ def inspect_run(
     out: str | Path | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Measure the codebook health of the run folder ``run`` and write its charts.
+    """Measure the codebook health of the run folder ``run`` and write its charts; for
+    a continuous run (a ``[bottleneck]`` recipe, a VAE) the health of its latent
+    dimensions instead: :func:`tok.posterior.inspect_latents`, whose report this returns.
 
     :param split: the dataset split to evaluate on (the recipe's dataset).
     :param samples: use only the first N images (0: all).
     :param threshold: ``used / min(K, N)`` below which a stream is flagged as
         collapsed (:func:`collapsed_streams`; default: the run's
-        ``train.collapse_threshold``).
-    :param out: folder for ``health.png``, ``usage_over_time.png`` and
-        ``health.json`` (default: the run folder).
+        ``train.collapse_threshold``); for a continuous run, the KL in nats below
+        which a latent dimension is inactive (default: ``train.active_threshold``).
+    :param out: folder for ``health.png``, ``usage_over_time.png`` (a continuous run:
+        ``kl_over_time.png``) and ``health.json`` (default: the run folder).
     :param device: where the tokenizer runs.
     :returns: what ``health.json`` holds: the run, recipe name, split, image
         count, ``psnr``, ``mse``, ``bits_per_pixel``, mean ``usage`` and
@@ -269,14 +275,21 @@ def inspect_run(
     run = Run.open(run)
     if samples < 0:
         raise TokError(f"--samples must be 0 (all) or a positive number, got {samples}")
-    if threshold is not None and not 0 <= threshold <= 1:
+    recipe = run.recipe()
+    continuous = recipe.role == "bottleneck"
+    if continuous:
+        check_nats_threshold(threshold)
+    elif threshold is not None and not 0 <= threshold <= 1:
         raise TokError(f"--threshold must be a fraction between 0 and 1, got {threshold}")
     out_dir = Path(out) if out is not None else run.path
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputDirError(f"--out {out_dir} exists and is not a folder")
     check_writable(out_dir, what="health.png and health.json")  # before the evaluation
+    if continuous:
+        return inspect_latents(
+            run, split=split, samples=samples, threshold=threshold, out_dir=out_dir, device=device
+        )
 
-    recipe = run.recipe()
     result = run.evaluate(split=split, samples=samples, device=device, recipe=recipe)
     counts = result.pop("counts")
     if threshold is None:

@@ -47,9 +47,12 @@ def evaluate_latents(
     Returns ``psnr`` and ``mse`` (as :func:`evaluate`); ``kl`` (KL of the posterior to the
     prior, nats per item); ``kl_dims`` (each latent dimension's KL, nats, averaged over
     items and grid positions); ``active_dims`` (how many of those are ≥
-    ``active_threshold``, the posterior-collapse test of Burda et al. 2016 with the
-    lecture's 0.01 nats) with ``inactive`` (their indices below it) and
-    ``active_threshold``; with a ``likelihood`` (the run's ``train.loss``),
+    ``active_threshold``, the lecture's posterior-collapse test with 0.01 nats; Burda et
+    al. 2016 apply 0.01 to the variance of the posterior mean instead, see
+    docs/posterior-collapse.md) with ``inactive`` (their indices below it) and
+    ``active_threshold``; ``stochastic`` (the bottleneck's: ``False`` for a
+    deterministic one, whose KL is 0 and none of whose dimensions ``tok inspect``
+    judges); with a ``likelihood`` (the run's ``train.loss``),
     ``recon_nll`` (that loss per item — nats for ``bernoulli_nll``/``gaussian_nll`` — of
     the reconstruction decoded from one sample z ~ q(z|x) per image, drawn from a
     generator seeded with 0, so the figure is the usual one-sample estimate of
@@ -90,6 +93,7 @@ def evaluate_latents(
         "inactive": [j for j, v in enumerate(kl_dims.tolist()) if v < active_threshold],
         "active_threshold": active_threshold,
         "latent_dim": tokenizer.bottleneck.latent_dim,
+        "stochastic": tokenizer.bottleneck.stochastic,
         "images": len(samples),
     }
     if likelihood is not None:

@@ -8,6 +8,8 @@ reconstruction grids, video previews — are :mod:`tok.media`'s.)
 - :func:`save_usage_histogram`: rank-frequency bars of codebook usage, one panel per stream
   (for a codebook too large to draw every code, the ranks of the codes seen only).
 - :func:`save_line_plot`: several ``(x, y)`` series on one chart (losses, usage over time).
+- :func:`save_line_panels`: such charts stacked on a shared x axis (KL, active dimensions
+  and β over training).
 - :func:`usage_caption`: the ``"used X/K (Y%), perplexity P"`` text of one histogram.
 - :func:`save_latent_map`: a scatter of 2-D latent coordinates (coloured by label) beside
   a grid of images decoded over the same plane (``tok latent-map``, :mod:`tok.latent_tools`).
@@ -39,6 +41,7 @@ __all__ = [
     "save_usage_histogram",
     "save_kl_bars",
     "save_line_plot",
+    "save_line_panels",
     "save_latent_map",
     "usage_caption",
 ]
@@ -175,7 +178,8 @@ def save_kl_bars(
 ) -> Path:
     """Write a bar chart of each latent dimension's KL (nats, log scale) with the
     active-dimension threshold as a dashed line; bars below it (inactive, collapsed to
-    the prior) in grey. The caption counts the active dimensions. Returns the path.
+    the prior) in grey. The caption counts the active dimensions and names the
+    threshold. Returns the path.
 
     :param kl_dims: the KL of dimension j at position j, nats (≥ 0).
     :param threshold: nats; a dimension is active at or above it.
@@ -192,25 +196,21 @@ def save_kl_bars(
     colours = [_rgb(_BAR) if v >= threshold else _rgb(_GRID_DARK) for v in values]
     ax.bar(range(len(values)), [max(v, floor / 2) for v in values], color=colours, width=0.8)
     ax.axhline(threshold, color=_rgb(_THRESHOLD), linestyle="--", linewidth=1.2)
-    ax.annotate(
-        f"active ≥ {threshold:g} nats",
-        (1.0, threshold),
-        xycoords=("axes fraction", "data"),
-        ha="right",
-        va="bottom",
-        fontsize="small",
-        color=_rgb(_THRESHOLD),
-    )
+    # the threshold is named in the caption, not beside its line, where a bar could hide it
     ax.set_title(
-        f"{active} of {len(values)} dimensions active; total {sum(values):.2f} nats",
+        f"{active} of {len(values)} dimensions active (KL ≥ {threshold:g} nats, dashed); "
+        f"total {sum(values):.2f} nats",
         fontsize="medium",
         loc="left",
+        wrap=True,
     )
     ax.set_xlabel("latent dimension")
     ax.set_ylabel("KL (nats, log scale)")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(-0.6, len(values) - 0.4)  # no tick past the last dimension
+    ax.set_ylim(bottom=floor / 2)  # the threshold line a decade above the axis, never on it
     _style(ax)
     return _save_figure(fig, path)
 
@@ -391,12 +391,66 @@ def save_line_plot(
     "no data". The image is ``size`` px.
     """
 
-    def ok(x, y) -> bool:
-        return _finite(x) and _finite(y) and (not logy or float(y) > 0)
-
     fig = _figure(*size)
     fig.suptitle(title, wrap=True)
     ax = fig.add_subplot()
+    _draw_lines(ax, series, logy=logy, xlabel=xlabel, ylabel=ylabel, width=size[0])
+    return _save_figure(fig, path)
+
+
+def save_line_panels(
+    path: PathLike,
+    panels: Sequence[dict],
+    *,
+    title: str,
+    xlabel: str = "step",
+    size: tuple[int, int] = (640, 640),
+) -> Path:
+    """Write charts stacked one above the other on a shared x axis; return the path.
+
+    Each of ``panels`` is a dict with ``series`` (as :func:`save_line_plot`'s), and
+    optionally ``ylabel``, ``logy``, ``ylim`` (``(bottom, top)``, either ``None``) and
+    ``legend`` (default: when it has more than one series); each panel draws its lines
+    as :func:`save_line_plot` does, its legend above it. Series at the same position in
+    different panels share a colour, so one legend can name them all. ``xlabel`` is
+    written under the last panel.
+    """
+    if not panels:
+        raise ValueError("no panels to draw")
+    fig = _figure(*size)
+    fig.suptitle(title, wrap=True)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for i, (ax, panel) in enumerate(zip(axes, panels, strict=True)):
+        series = panel["series"]
+        _draw_lines(
+            ax,
+            series,
+            logy=panel.get("logy", False),
+            xlabel=xlabel if i == len(panels) - 1 else "",
+            ylabel=panel.get("ylabel", ""),
+            width=size[0],
+            legend=panel.get("legend", len(series) > 1),
+        )
+        if panel.get("ylim") is not None:
+            ax.set_ylim(*panel["ylim"])
+    return _save_figure(fig, path)
+
+
+def _draw_lines(
+    ax,
+    series: dict[str, Sequence[tuple[float, float]]],
+    *,
+    logy: bool,
+    xlabel: str,
+    ylabel: str,
+    width: int,
+    legend: bool = True,
+) -> None:
+    """One coloured line per ``series`` entry on ``ax`` (see :func:`save_line_plot`)."""
+
+    def ok(x, y) -> bool:
+        return _finite(x) and _finite(y) and (not logy or float(y) > 0)
+
     if logy:
         ax.set_yscale("log")
     any_point = False
@@ -434,9 +488,8 @@ def save_line_plot(
         ax.set_xlabel(xlabel, fontsize="small", color=_LABEL)
     if ylabel:
         ax.set_ylabel(ylabel, fontsize="small", color=_LABEL)
-    if series:
-        _legend_above(ax, size[0])
-    return _save_figure(fig, path)
+    if series and legend:
+        _legend_above(ax, width)
 
 
 # ----------------------------------------------------------------------------- latent map

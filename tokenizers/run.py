@@ -135,6 +135,7 @@ class Run:
     LOSS_PNG = "loss.png"
     HEALTH_PNG = "health.png"
     USAGE_OVER_TIME_PNG = "usage_over_time.png"
+    KL_OVER_TIME_PNG = "kl_over_time.png"  # tok inspect of a continuous run
     HEALTH_JSON = "health.json"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
