@@ -85,11 +85,7 @@ def _size(shape: tuple[int, ...]) -> str:
 
 
 def _where(position: tuple[int, ...]) -> str:
-    names = (
-        ("channel", "frame", "row", "column")
-        if len(position) == 4
-        else ("channel", "row", "column")
-    )
+    names = ("channel", "frame", "row", "column") if len(position) == 4 else ("channel", "row", "column")  # fmt: skip
     return ", ".join(f"{n} {i}" for n, i in zip(names, position, strict=False))
 
 
@@ -172,7 +168,7 @@ class Tokenizer(nn.Module):
 
     @property
     def quantizer_name(self) -> str:
-        """The registry name of the bottleneck (a quantizer's, or a continuous one's)."""
+        """The bottleneck's registry name (:attr:`bottleneck_name`)."""
         return self.bottleneck_name
 
     @property
