@@ -876,9 +876,10 @@ def _wild_vae(run: Path, dest: Path, *, bias: float, weight: float) -> Path:
     """A copy of the VAE ``run`` whose mean head gives ``bias + weight * sum(z)`` (finite
     weights: it saves and loads like any tokenizer)."""
     tokenizer = Tokenizer.load(run)
+    means = slice(0, tokenizer.bottleneck.latent_dim)  # the first half of [mean, log-variance]
     with torch.no_grad():
-        tokenizer.bottleneck.to_mean.weight.fill_(weight)
-        tokenizer.bottleneck.to_mean.bias.fill_(bias)
+        tokenizer.bottleneck.to_moments.weight[means].fill_(weight)
+        tokenizer.bottleneck.to_moments.bias[means].fill_(bias)
     return tokenizer.save(dest)
 
 
