@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 
 from .errors import TokError
 
-__all__ = ["resolve_device", "resolve_precision", "autocast"]
+__all__ = ["resolve_device", "resolve_precision", "autocast", "flush_denormals"]
 
 
 def resolve_device(name: str, *, option: str = "train.device") -> torch.device:
@@ -64,3 +65,22 @@ def autocast(precision: str, device: torch.device) -> Any:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def flush_denormals(device: torch.device) -> Iterator[None]:
+    """Run the block with denormal floats flushed to zero on the CPU
+    (``torch.set_flush_denormal(True)``; off again afterwards, torch's default).
+
+    Training drives some values into the denormal range (below 1.2e-38 in float32: Adam's
+    second moments of weights that stop receiving gradient, such as those of a VAE's
+    collapsed latent dimensions), and x86 CPUs compute on denormals many times slower:
+    ``tiny_vae_mnist`` took 5.9 ms a step with them and 4.0 ms flushed (2 threads, AMD
+    EPYC). Flushing changes values only below 1.2e-38. A no-op on other devices."""
+    if device.type != "cpu" or not torch.set_flush_denormal(True):
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)

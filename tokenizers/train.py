@@ -30,7 +30,7 @@ from .checkpoint import rng_states
 from .components import Facts, build
 from .data import Samples
 from .data.batches import Batches, training_data
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, flush_denormals, resolve_device, resolve_precision
 from .distributed import (
     check_world,
     data_parallel,
@@ -152,7 +152,7 @@ def train(
         optimizer steps on it (the run keeps its last checkpoint).
     """
     args = {"resume": resume, "progress": progress, "stop_after": stop_after}
-    with process_group(resolve_device(recipe.train.device)) as device:  # under torchrun
+    with process_group(resolve_device(recipe.train.device)) as device, flush_denormals(device):
         check_world(recipe.train.batch_size)
         if not is_main():  # rank 0 checks or makes the run folder; the others only read it
             follow(recipe.run_dir)

@@ -77,7 +77,11 @@ def global_batch(n: int, batch_size: int, seed: int, step: int, perms=None) -> T
     """Item indices (int64 ``(batch_size,)``) of global batch ``step`` (0-based) over a split
     of ``n`` items: positions ``step·B … step·B + B − 1`` of the epochs' permutations."""
     perms = perms or _Permutations(n, seed)
-    positions = torch.arange(step * batch_size, (step + 1) * batch_size)
+    first, last = step * batch_size, (step + 1) * batch_size - 1
+    if first // n == last // n:  # within one epoch (all but a few batches): one slice
+        start = first % n
+        return perms(first // n)[start : start + batch_size].clone()
+    positions = torch.arange(first, last + 1)
     epochs = positions // n
     out = torch.empty(batch_size, dtype=torch.long)
     for e in epochs.unique().tolist():
