@@ -99,7 +99,7 @@ def encode_latents(tokenizer: Tokenizer, images: Tensor) -> Tensor:
     if tokenizer.continuous:
         return tokenizer.encode(images)  # the means (the bottleneck in eval mode)
     tokenizer.check_input(images)
-    return tokenizer.architecture.encode((images * 2 - 1).to(tokenizer.dtype)).float()
+    return tokenizer.architecture.encode(tokenizer.to_input(images)).float()
 
 
 @torch.no_grad()

@@ -2,8 +2,8 @@
 
 An architecture is one ``nn.Module`` holding an encoder and a decoder:
 
-- ``encode(x)``: images ``(b, c, h, w)`` in ``[-1, 1]`` → channel-last latents
-  ``(b, *grid, d)`` with ``d = latent_dim``;
+- ``encode(x)``: images ``(b, c, h, w)`` in ``[-1, 1]`` (in ``[0, 1]`` when
+  ``unit_input`` is true) → channel-last latents ``(b, *grid, d)`` with ``d = latent_dim``;
 - ``decode(z)``: latents ``(b, *grid, d)`` → images ``(b, c, h, w)`` (about ``[-1, 1]``),
   or, when ``output_logits`` is true, the logits ℓ of Bernoulli means: the image is
   sigmoid(ℓ) in ``[0, 1]`` (the tokenizer applies the sigmoid, and a Bernoulli
@@ -35,6 +35,10 @@ class Architecture(nn.Module):
 
     #: ``True`` when ``decode`` returns logits whose sigmoid is the image (see above)
     output_logits: bool = False
+
+    #: ``True`` when ``encode`` reads images in ``[0, 1]`` as they are, not mapped to
+    #: ``[-1, 1]`` (the tokenizer then hands them over unchanged)
+    unit_input: bool = False
 
     @classmethod
     def example_config(cls) -> dict[str, Any]:

@@ -317,13 +317,19 @@ class Tokenizer(nn.Module):
         """
         self.check_input(images, finite=False)
         dtype = self.dtype
-        z = self.architecture.encode((images * 2 - 1).to(dtype))
+        z = self.architecture.encode(self.to_input(images))
         q = self.bottleneck(z)
         y = self.architecture.decode(q.latent.to(dtype)).float()
         logits = y if self.architecture.output_logits else None
         if self.continuous:
             return TokenizerOutput(self.to_image(y), q.mean, q.aux_loss, q.metrics, q.kl, logits)
         return TokenizerOutput(self.to_image(y), q.indices, q.aux_loss, q.metrics, logits=logits)
+
+    def to_input(self, images: Tensor) -> Tensor:
+        """Images in ``[0, 1]`` → what the encoder reads, in :attr:`dtype`: ``2x − 1``, or
+        the images themselves for an architecture with ``unit_input``."""
+        x = images if self.architecture.unit_input else images * 2 - 1
+        return x.to(self.dtype)
 
     def to_image(self, decoded: Tensor) -> Tensor:
         """The decoder's output → the image, float32, unclamped: ``y·½ + ½`` of its
@@ -343,7 +349,7 @@ class Tokenizer(nn.Module):
         self.check_input(images, finite=False)
         if not self.continuous:
             return self(images)
-        z = self.architecture.encode((images * 2 - 1).to(self.dtype))
+        z = self.architecture.encode(self.to_input(images))
         q = self.bottleneck(z)
         y = self.architecture.decode(self.bottleneck.sample(z, generator=generator).to(self.dtype))
         logits = y.float() if self.architecture.output_logits else None
@@ -361,7 +367,7 @@ class Tokenizer(nn.Module):
             weights), instead of returning meaningless tokens.
         """
         self.check_input(images)
-        z = self.architecture.encode((images * 2 - 1).to(self.dtype))
+        z = self.architecture.encode(self.to_input(images))
         if not bool(torch.isfinite(z).all()):
             dtype = str(self.dtype).removeprefix("torch.")
             raise ConfigError(
