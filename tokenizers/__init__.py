@@ -1,4 +1,4 @@
-"""tok: turn images and videos into discrete token streams and back."""
+"""tok: turn images and videos into discrete token streams (or continuous latents) and back."""
 
 from __future__ import annotations
 

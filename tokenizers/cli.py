@@ -493,7 +493,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tok",
-        description="Turn images into discrete tokens and back: train tokenizers, encode, decode, inspect.",
+        description="Turn images into discrete tokens (or continuous latents) and back: train tokenizers, encode, decode, inspect.",
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"tok {__version__}")
