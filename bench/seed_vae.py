@@ -78,16 +78,21 @@ def lecture_setup(root: str, model: nn.Module):
     return model, loader, torch.optim.Adam(model.parameters(), lr=1e-3)
 
 
+def lecture_step(model: nn.Module, opt, x: torch.Tensor) -> None:
+    """One optimiser step the lecture's way on the batch ``x``."""
+    recon, mu, logvar = model(x)
+    loss = loss_fn(recon, x, mu, logvar)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def lecture_epoch(model: nn.Module, loader, opt) -> float:
     """One epoch the lecture's way (469 batches); its seconds."""
     model.train()
     start = time.perf_counter()
     for x, _ in loader:
-        recon, mu, logvar = model(x)
-        loss = loss_fn(recon, x, mu, logvar)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        lecture_step(model, opt, x)
     return time.perf_counter() - start
 
 
@@ -117,12 +122,7 @@ def preloaded_epoch(root: str) -> float:
     order = torch.randperm(len(images))
     start = time.perf_counter()
     for i in range(469):
-        x = images[order[i * 128 : (i + 1) * 128]]
-        recon, mu, logvar = model(x)
-        loss = loss_fn(recon, x, mu, logvar)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        lecture_step(model, opt, images[order[i * 128 : (i + 1) * 128]])
     return time.perf_counter() - start
 
 

@@ -399,13 +399,7 @@ class TokenHeader(_Header):
             quantizer=tokenizer.quantizer_name,
             quantizer_config=tokenizer.quantizer.config(),
             codebook_sizes=tokenizer.quantizer.codebook_sizes,
-            grid=tokenizer.grid,
-            tokenizer_sha256=tokenizer.weights_sha256,
-            tokenizer_config=tokenizer.config(),
-            tokenizer_path=path,
-            source=source,
-            plugins=tokenizer.plugins(),
-            source_options=source_options,
+            **_provenance(tokenizer, path, source, source_options),
         )
 
     @classmethod
@@ -521,14 +515,8 @@ class LatentHeader(_Header):
             bottleneck=tokenizer.bottleneck_name,
             bottleneck_config=tokenizer.bottleneck.config(),
             latent_dim=tokenizer.bottleneck.latent_dim,
-            grid=tokenizer.grid,
-            tokenizer_sha256=tokenizer.weights_sha256,
             dtype=dtype,
-            tokenizer_config=tokenizer.config(),
-            tokenizer_path=path,
-            source=source,
-            plugins=tokenizer.plugins(),
-            source_options=source_options,
+            **_provenance(tokenizer, path, source, source_options),
         )
 
     @classmethod
@@ -558,6 +546,21 @@ _KINDS: dict[str, type[TokenHeader] | type[LatentHeader]] = {
     "tokens": TokenHeader,
     "latents": LatentHeader,
 }
+
+
+def _provenance(
+    tokenizer: Any, path: str | None, source: str | None, source_options: dict | None
+) -> dict[str, Any]:
+    """The fields every header kind records about the tokenizer and the source."""
+    return {
+        "grid": tokenizer.grid,
+        "tokenizer_sha256": tokenizer.weights_sha256,
+        "tokenizer_config": tokenizer.config(),
+        "tokenizer_path": path,
+        "source": source,
+        "plugins": tokenizer.plugins(),
+        "source_options": source_options,
+    }
 
 
 def _check_saved(tokenizer: Any) -> None:
