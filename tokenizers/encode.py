@@ -148,7 +148,7 @@ def _check_codes(model: Tokenizer, latent_dtype: str | None) -> None:
         if latent_dtype is not None:
             raise ConfigError(
                 f"--latent-dtype applies to continuous tokenizers only; this one is discrete "
-                f"(quantizer {model.quantizer_name!r}) and stores integer tokens"
+                f"(quantizer {model.bottleneck_name!r}) and stores integer tokens"
             )
         token_dtype(model.quantizer.codebook_sizes)
     elif latent_dtype is not None and latent_dtype not in LATENT_DTYPES:
@@ -279,7 +279,7 @@ def _made_by(header: Header) -> str:
 def _makes(model: Tokenizer) -> str:
     if model.continuous:
         return f"continuous (bottleneck {model.bottleneck_name!r}) and decodes latents only"
-    return f"discrete (quantizer {model.quantizer_name!r}) and decodes tokens only"
+    return f"discrete (quantizer {model.bottleneck_name!r}) and decodes tokens only"
 
 
 def _row_path(out: Path, key: str) -> Path:

@@ -74,7 +74,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, images):
 
 def test_trained_run_round_trip(trained_run, tmp_path, images):
     tokenizer = Tokenizer.load(trained_run)
-    assert tokenizer.quantizer_name == "fsq" and tokenizer.architecture_name == "conv"
+    assert tokenizer.bottleneck_name == "fsq" and tokenizer.architecture_name == "conv"
     assert tokenizer.grid == (7, 7) and tokenizer.quantizer.codebook_sizes == (1000,)
     again = Tokenizer.load(tokenizer.save(tmp_path / "again"))
     assert torch.equal(again.reconstruct(images), tokenizer.reconstruct(images))

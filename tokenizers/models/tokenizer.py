@@ -167,11 +167,6 @@ class Tokenizer(nn.Module):
         return self._modules.get("quantizer")
 
     @property
-    def quantizer_name(self) -> str:
-        """The bottleneck's registry name (:attr:`bottleneck_name`)."""
-        return self.bottleneck_name
-
-    @property
     def continuous(self) -> bool:
         """True when the codes are float latents (a continuous bottleneck), not indices."""
         return not self.bottleneck.discrete

@@ -396,7 +396,7 @@ class TokenHeader(_Header):
                 "makes latents, not tokens; their header is a LatentHeader"
             )
         return cls(
-            quantizer=tokenizer.quantizer_name,
+            quantizer=tokenizer.bottleneck_name,
             quantizer_config=tokenizer.quantizer.config(),
             codebook_sizes=tokenizer.quantizer.codebook_sizes,
             **_provenance(tokenizer, path, source, source_options),
@@ -508,7 +508,7 @@ class LatentHeader(_Header):
         _check_saved(tokenizer)
         if not tokenizer.continuous:
             raise TokError(
-                f"this tokenizer is discrete (quantizer {tokenizer.quantizer_name!r}): it makes "
+                f"this tokenizer is discrete (quantizer {tokenizer.bottleneck_name!r}): it makes "
                 "tokens, not latents; their header is a TokenHeader"
             )
         return cls(
@@ -610,7 +610,7 @@ def header_for_tokenizer(
     if dtype is not None:
         raise ConfigError(
             f"--latent-dtype applies to continuous tokenizers only; this one is discrete "
-            f"(quantizer {tokenizer.quantizer_name!r}) and stores integer tokens"
+            f"(quantizer {tokenizer.bottleneck_name!r}) and stores integer tokens"
         )
     return TokenHeader.for_tokenizer(tokenizer, **where)
 
