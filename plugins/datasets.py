@@ -1,10 +1,18 @@
 """The built-in datasets: ``mnist``, ``movingmnist``, ``imagefolder``, ``imageshards``,
-``videofolder`` and ``videoshards``."""
+``videofolder``, ``videoshards`` and ``image_crops``."""
 
 from __future__ import annotations
 
 from tok import hookimpl
-from tok.data import MNIST, ImageFolder, ImageShards, MovingMNIST, VideoFolder, VideoShards
+from tok.data import (
+    MNIST,
+    ImageCrops,
+    ImageFolder,
+    ImageShards,
+    MovingMNIST,
+    VideoFolder,
+    VideoShards,
+)
 
 
 @hookimpl
@@ -15,3 +23,4 @@ def register_datasets(register):
     register(ImageShards, name="imageshards")
     register(VideoFolder, name="videofolder", aliases=("videos",))
     register(VideoShards, name="videoshards", aliases=("webdataset",))
+    register(ImageCrops, name="image_crops", aliases=("crops",))

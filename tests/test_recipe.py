@@ -113,3 +113,17 @@ def test_resolved_recipe_round_trips_through_toml():
     again = parse_recipe(tomllib.loads(text), name="x")
     assert again == recipe
     assert text.startswith("# hello\n")
+
+
+def test_set_reaches_into_nested_tables_and_names_a_path_through_a_value():
+    from tok.recipe import apply_overrides
+
+    data = {"losses": {"adversarial": {"weight": 0.1}}, "train": {"steps": 3}}
+    out = apply_overrides(data, ["losses.adversarial.start_step=500", "losses.perceptual.weight=1"])
+    assert out["losses"] == {
+        "adversarial": {"weight": 0.1, "start_step": 500},
+        "perceptual": {"weight": 1},
+    }
+    assert data["losses"] == {"adversarial": {"weight": 0.1}}  # the input is left alone
+    with pytest.raises(RecipeError, match=r"\[train.steps\] is not a table"):
+        apply_overrides(data, ["train.steps.x=1"])

@@ -191,6 +191,7 @@ def test_builtin_plugins_come_from_entry_points():
         "causal3d": {"architectures": ["causal3d"]},
         "datasets": {
             "datasets": [
+                "image_crops",
                 "imagefolder",
                 "imageshards",
                 "mnist",
@@ -200,6 +201,8 @@ def test_builtin_plugins_come_from_entry_points():
             ]
         },
         "losses": {"losses": ["bernoulli_nll", "gaussian_nll", "l1", "mse"]},
+        "perceptual": {"losses": ["perceptual"]},
+        "adversarial": {"losses": ["adversarial"]},
         "gaussian": {"bottlenecks": ["gaussian"]},
         "mlp": {"architectures": ["mlp"]},
     }.items():

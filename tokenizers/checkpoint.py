@@ -2,7 +2,8 @@
 
 The file holds tensors — ``model.*`` (the tokenizer's state dict), ``optim.*``
 (AdamW's moments, :func:`tok._io.optimizer_tensors`), ``loss/NAME/…`` (each
-loss's own weights and optimizers), ``rng.torch`` (rank 0's CPU generator; under
+loss's own weights and optimizers), ``ema.*`` (the moving average of the weights,
+when the recipe keeps one), ``rng.torch`` (rank 0's CPU generator; under
 torchrun ``rng.torch.R`` for each other rank R), ``rng.batches`` (the generator
 that draws the global batches, alike on every rank) and ``rng.cuda`` — and in its
 metadata the format (:data:`STATE_FORMAT`) and a JSON object with the step, the
@@ -53,13 +54,15 @@ class Checkpoint:
 
     ``tokenizer`` and ``optimizer`` are the model and its AdamW; ``losses`` the
     recipe's loss modules by name (their own optimizers come from
-    ``Loss.optimizers()``); ``generator`` draws the batches.
+    ``Loss.optimizers()``); ``generator`` draws the batches; ``ema`` the moving average
+    of the tokenizer's weights (:class:`tok.ema.EMA`) when the recipe keeps one.
     """
 
     tokenizer: Tokenizer
     optimizer: torch.optim.Optimizer
     losses: dict[str, nn.Module]
     generator: torch.Generator
+    ema: nn.Module | None = None
 
 
 def rng_states() -> dict[str, torch.Tensor]:
@@ -91,6 +94,10 @@ def save_state(
     tensors = {
         f"model.{k}": v.detach().contiguous().cpu() for k, v in parts.tokenizer.state_dict().items()
     }
+    if parts.ema is not None:
+        tensors.update(
+            {f"ema.{k}": v.detach().contiguous().cpu() for k, v in parts.ema.state_dict().items()}
+        )
     opt_tensors, groups = optimizer_tensors("optim", parts.optimizer)
     tensors.update(opt_tensors)
     loss_groups: dict[str, dict[str, list]] = {}
@@ -165,6 +172,14 @@ def load_state(path: Path, parts: Checkpoint, *, run: Path) -> tuple[int, float]
         raise CheckpointError(
             f"cannot resume {run}: its checkpoint does not fit the recipe's tokenizer ({detail})"
         ) from exc
+    if parts.ema is not None:
+        ema = {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")}
+        if not ema:
+            raise CheckpointError(
+                f"cannot resume {run} with train.ema_decay: its checkpoint holds no moving "
+                f"average of the weights (it was trained without one)"
+            )
+        parts.ema.load_state_dict(ema)
     load_optimizer(parts.optimizer, tensors, "optim", scalars["param_groups"], run=run)
     loss_groups = scalars.get("loss_param_groups", {})
     for name, loss in parts.losses.items():

@@ -44,6 +44,7 @@ __all__ = [
     "leading",
     "follow",
     "mean_over_ranks",
+    "average_gradients",
     "launch",
     "check_world",
     "my_share",
@@ -164,6 +165,18 @@ def mean_over_ranks(t: Tensor) -> Tensor:
     out = t.to(_device()).clone()
     torch.distributed.all_reduce(out)
     return out.div_(world_size()).to(t.device)
+
+
+def average_gradients(module: nn.Module) -> None:
+    """Replace every gradient of ``module`` by its mean over ranks (nothing outside
+    torchrun): what DDP does for the tokenizer, for modules a loss trains itself (a
+    discriminator), so every rank keeps the same weights."""
+    if not is_distributed():
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(world_size())
 
 
 def launch(argv: list[str], nproc: int) -> int:

@@ -22,6 +22,7 @@ images, ``(b, c, t, h, w)`` for videos, ``inputs`` in ``[0, 1]``,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 
-__all__ = ["Loss", "LossInputs", "LossOutput"]
+__all__ = ["Loss", "LossInputs", "LossOutput", "compute_losses"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,10 @@ class LossInputs:
     ``tokenizer`` is the :class:`tok.models.Tokenizer` being trained (for losses
     that look at its layers, e.g. VQGAN's adaptive weight); ``step`` counts
     optimizer steps from 0; ``logits``: the decoder's logits when its architecture
-    outputs them (``reconstruction`` is their sigmoid), else ``None``.
+    outputs them (``reconstruction`` is their sigmoid), else ``None``; ``others``: for a
+    loss with ``reads_other_losses``, the sum of every other loss term of the step (a
+    scalar with its graph, e.g. the reconstruction + perceptual loss that VQGAN's adaptive
+    weight balances against), else ``None``.
     """
 
     inputs: Tensor
@@ -49,6 +53,7 @@ class LossInputs:
     tokenizer: Any
     step: int
     logits: Tensor | None = None
+    others: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,10 @@ class Loss(nn.Module):
     #: constructor arguments tok fills in from the data (see :mod:`tok.components`)
     supplied_args: ClassVar[tuple[str, ...]] = ()
 
+    #: ``True``: computed after the losses without it, which it sees summed in
+    #: ``LossInputs.others`` (an adversarial loss with an adaptive weight)
+    reads_other_losses: ClassVar[bool] = False
+
     def __init__(self, *, weight: float = 1.0) -> None:
         super().__init__()
         if (
@@ -103,3 +112,16 @@ class Loss(nn.Module):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The loss's own optimizers by name, saved in and restored from checkpoints."""
         return {}
+
+
+def compute_losses(losses: dict[str, Loss], batch: LossInputs) -> dict[str, LossOutput]:
+    """Every loss's output for ``batch``, by name in the order of ``losses``: first the
+    losses without ``reads_other_losses``, then those with it, each handed the sum of the
+    first group's terms as ``batch.others``."""
+    first = {name: f(batch) for name, f in losses.items() if not f.reads_other_losses}
+    later = [name for name, f in losses.items() if f.reads_other_losses]
+    if later:
+        others = sum(term.loss for term in first.values()) if first else None
+        seen = dataclasses.replace(batch, others=others)
+        first.update({name: losses[name](seen) for name in later})
+    return {name: first[name] for name in losses}

@@ -25,12 +25,19 @@ Components are named by registry name, never by import path. Unknown keys and
 wrong types are errors, and every problem in a recipe is reported at once.
 Options tok fills in from the data (``in_channels``, the quantizer's ``dim``…,
 see :mod:`tok.components`) may be left out. ``--set train.steps=200``
-overrides a value (parsed as a TOML value). :func:`dumps_toml` writes a
-recipe back with ``tomli_w``, so any string (newlines included) survives.
+overrides a value (parsed as a TOML value; ``--set losses.adversarial.weight=0.2``
+reaches into a nested table). :func:`dumps_toml` writes a recipe back with
+``tomli_w``, so any string (newlines included) survives.
+
+Why this module is longer than 500 lines: it is the recipe's whole schema — the
+tables and their fields with their documentation, the bounds of each number, the keys
+a resume may change — with the TOML reading and writing; split, a reader checking
+what a key may hold would look in two places.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
@@ -147,6 +154,10 @@ class TrainConfig:
     active_threshold: float = 0.01
     """Continuous tokenizers: a latent dimension whose KL over the evaluation images is
     below this many nats is inactive (posterior collapse); training warns naming them."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the tokenizer's weights with this decay
+    (0: none; :mod:`tok.ema`); evaluation, ``model.safetensors`` and encoding then use
+    the average, and ``raw/`` holds the trained weights."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +245,7 @@ _BOUNDS: dict[str, dict[str, tuple[str, Any]]] = {
         "checkpoint_every": _at_least(1),
         "collapse_threshold": ("a fraction in [0, 1]", lambda v: 0 <= v <= 1),
         "active_threshold": _at_least(0),
+        "ema_decay": ("a number in [0, 1)", lambda v: 0 <= v < 1),
     },
     "output": {"samples": _at_least(1)},
 }
@@ -338,24 +350,28 @@ def parse_recipe(data: dict[str, Any], *, name: str = "run", source: str | None 
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``table.key=value`` overrides (values parsed as TOML, else kept as strings)."""
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    """Apply ``table.key=value`` overrides (values parsed as TOML, else kept as strings);
+    a longer path reaches into nested tables: ``losses.adversarial.start_step=500``."""
+    data = copy.deepcopy(data)
     problems = []
     for item in overrides:
         path, sep, raw = item.partition("=")
-        table, dot, key = path.strip().partition(".")
-        if not sep or not dot or not key:
+        parts = [p.strip() for p in path.strip().split(".")]
+        if not sep or len(parts) < 2 or not all(parts):
             problems.append(f"--set {item!r}: expected table.key=value, e.g. train.steps=200")
             continue
         try:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw.strip()
-        target = data.setdefault(table, {})
-        if not isinstance(target, dict):
-            problems.append(f"--set {item!r}: [{table}] is not a table")
-            continue
-        target[key] = value
+        target = data
+        for depth, name in enumerate(parts[:-1]):
+            target = target.setdefault(name, {})
+            if not isinstance(target, dict):
+                problems.append(f"--set {item!r}: [{'.'.join(parts[: depth + 1])}] is not a table")
+                break
+        else:
+            target[parts[-1]] = value
     if problems:
         raise RecipeError(problems)
     return data

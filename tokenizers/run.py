@@ -4,6 +4,8 @@ A run folder holds:
 
 - ``recipe.toml`` — the resolved recipe (every default written out);
 - ``model.safetensors`` + ``tokenizer.json`` — the tokenizer (:class:`tok.models.Tokenizer`);
+  with ``train.ema_decay`` the moving average of its weights (:mod:`tok.ema`), and
+  ``raw/`` the trained weights as a tokenizer folder of their own;
 - ``state.safetensors`` — everything a resume needs: the tokenizer's weights
   and AdamW moments, each loss's own weights and optimizers, the RNG states;
   its metadata holds the format (``tok.state/2``), the step and the optimizers'
@@ -46,7 +48,14 @@ from ._io import (
 from .checkpoint import STATE_FORMAT, Checkpoint, load_state, save_state
 from .components import build
 from .data import Dataset, Samples
-from .errors import CheckpointError, FileAccessError, OutputDirError, RecipeError, TokError
+from .errors import (
+    CheckpointError,
+    FileAccessError,
+    OutputDirError,
+    RecipeError,
+    TokError,
+    TrainingError,
+)
 from .latents import evaluate_latents, likelihood_of
 from .metrics import CodeCounts, psnr
 from .models import Tokenizer
@@ -124,6 +133,7 @@ class Run:
     RECIPE = "recipe.toml"
     METRICS = "metrics.jsonl"
     STATE = "state.safetensors"
+    RAW = "raw"  # the trained (not averaged) weights, beside an EMA run's model.safetensors
     STATE_JSON = "state.json"
     WEIGHTS = WEIGHTS
     TOKENIZER = CONFIG
@@ -346,10 +356,16 @@ class Run:
         rngs: dict[str, list[torch.Tensor]] | None = None,
     ) -> None:
         """Write ``state.safetensors`` (:func:`tok.checkpoint.save_state`; ``rngs``: every
-        rank's random states under torchrun), ``state.json``, then the tokenizer, atomically."""
+        rank's random states under torchrun), ``state.json``, then the tokenizer, atomically:
+        with a moving average of the weights (``parts.ema``), the average into the run
+        folder and the trained weights into ``raw/``."""
         save_state(self.file(self.STATE), step, parts, elapsed=elapsed, rngs=rngs)
         write_json(self.file(self.STATE_JSON), {"step": step, "elapsed_seconds": round(elapsed, 2)})
-        parts.tokenizer.save(self.path)
+        if parts.ema is not None:
+            parts.tokenizer.save(self.file(self.RAW))
+            parts.ema.model.save(self.path)
+        else:
+            parts.tokenizer.save(self.path)
 
     def load_checkpoint(self, parts: Checkpoint) -> tuple[int, float]:
         """Restore ``parts`` in place from ``state.safetensors`` (:func:`tok.checkpoint.load_state`);
@@ -398,6 +414,22 @@ class Run:
         plots.save_line_plot(
             self.file(self.LOSS_PNG), curves, title="loss", ylabel="loss", logy=True
         )
+
+    def diverged(self, recipe: Recipe, step: int, what: str, saved: int | None) -> TrainingError:
+        """The one-line error for training that diverged at (1-based) ``step``: ``what``
+        went non-finite; ``saved``: the step of the checkpoint on disk (``None``: none)."""
+        if saved is None:
+            kept = (
+                f"nothing was saved (no checkpoint before step {step}; the run folder is removed)"
+            )
+            how = f"rerun with a lower train.lr (now {recipe.train.lr:g}) or train.grad_clip"
+        else:
+            kept = f"the checkpoint of step {saved} is kept"
+            how = (
+                f"resume with a lower learning rate: tok train --resume {self.path} --set train.lr="
+            )
+            how += f"{recipe.train.lr / 10:g}"
+        return TrainingError(f"training diverged at step {step}: {what}; {kept}; {how}")
 
     # evaluation -------------------------------------------------------------------------
 

@@ -41,11 +41,11 @@ from .distributed import (
     mean_over_ranks,
     process_group,
 )
-from .errors import TrainingError
+from .ema import EMA
 from .evaluation import NonFiniteEvaluation, evaluate_and_show
 from .health import CollapseWarning
 from .locks import folder_lock
-from .losses import Loss, LossInputs
+from .losses import Loss, LossInputs, compute_losses
 from .metrics import progress_figures, stream_row
 from .models import Tokenizer
 from .recipe import Recipe, check_resume
@@ -73,9 +73,12 @@ class Parts:
     losses: dict[str, Loss]  # train.loss first, then the [losses.NAME] terms
     optimizer: torch.optim.Optimizer
     generator: torch.Generator  # draws the batches
+    ema: EMA | None  # the moving average of the weights (train.ema_decay): what is evaluated
 
     def checkpoint(self) -> Checkpoint:
-        return Checkpoint(self.tokenizer, self.optimizer, dict(self.losses), self.generator)
+        return Checkpoint(
+            self.tokenizer, self.optimizer, dict(self.losses), self.generator, self.ema
+        )
 
 
 def build_tokenizer(recipe: Recipe, input_shape: tuple[int, ...]) -> Tokenizer:
@@ -116,6 +119,7 @@ def build_parts(recipe: Recipe, device: torch.device) -> Parts:
         losses={name: loss.to(device) for name, loss in losses.items()},
         optimizer=optimizer,
         generator=generator,
+        ema=EMA(tokenizer, decay=t.ema_decay) if t.ema_decay else None,
     )
 
 
@@ -198,6 +202,7 @@ def _train(
             f"thread{'s' * (threads > 1)}) for {t.steps} steps into {run.path}"
         )
     tokenizer, optimizer = parts.tokenizer, parts.optimizer
+    judged = parts.ema.model if parts.ema is not None else tokenizer  # what is evaluated
     last_eval: dict[str, Any] = {}
     end = t.steps if stop_after is None else min(t.steps, step + stop_after)
     start_time = time.perf_counter() - elapsed
@@ -215,17 +220,19 @@ def _train(
             with autocast(precision, device):
                 out = model(x)
                 batch = LossInputs(x, out.reconstruction.float(), tokenizer, step, out.logits)
-                terms = {name: loss(batch) for name, loss in parts.losses.items()}
+                terms = compute_losses(parts.losses, batch)
             loss = sum(term.loss for term in terms.values()) + out.aux_loss
             seen = mean_over_ranks(loss)  # every rank takes the same decision below
             if not torch.isfinite(seen):  # a host sync per step: small next to a step
                 what = _loss_terms(loss, terms[t.loss].loss, out)
-                raise _diverged(run, recipe, step + 1, what, saved)
+                raise run.diverged(recipe, step + 1, what, saved)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip:
                 torch.nn.utils.clip_grad_norm_(tokenizer.parameters(), t.grad_clip)
             optimizer.step()
+            if parts.ema is not None:
+                parts.ema.update(tokenizer)
             detached = LossInputs(x, batch.reconstruction.detach(), tokenizer, step)
             updates = {name: loss_fn.update(detached) for name, loss_fn in parts.losses.items()}
             step += 1
@@ -254,12 +261,12 @@ def _train(
                 bad := nonfinite_tensors(tokenizer.state_dict())
             ):  # a finite loss, then a step to non-finite weights: show and save nothing
                 what = f"its optimizer step left non-finite weights ({', '.join(bad[:2])})"
-                raise _diverged(run, recipe, step, what, saved)
+                raise run.diverged(recipe, step, what, saved)
             if shown and main:
                 try:
-                    last_eval = evaluate_and_show(run, recipe, tokenizer, parts.eval_set, step, log)
+                    last_eval = evaluate_and_show(run, recipe, judged, parts.eval_set, step, log)
                 except NonFiniteEvaluation as exc:
-                    raise _diverged(run, recipe, step, str(exc), saved) from None
+                    raise run.diverged(recipe, step, str(exc), saved) from None
             if step % t.checkpoint_every == 0 or step == end:
                 rngs = {k: gather(v) for k, v in rng_states().items()}  # every rank's
                 if main:
@@ -274,21 +281,9 @@ def _train(
     if not main:
         return RunResult(run_dir=run.path, step=step, eval={})
     if step == t.steps and not last_eval:  # a resume of a finished run
-        last_eval = evaluate_and_show(run, recipe, tokenizer, parts.eval_set, step, None)
+        last_eval = evaluate_and_show(run, recipe, judged, parts.eval_set, step, None)
     run.save_curves()
     return RunResult(run_dir=run.path, step=step, eval=last_eval)
-
-
-def _diverged(run: Run, recipe: Recipe, step: int, what: str, saved: int | None) -> TrainingError:
-    """The one-line error for divergence at (1-based) ``step``: ``what`` went non-finite."""
-    if saved is None:
-        kept = f"nothing was saved (no checkpoint before step {step}; the run folder is removed)"
-        how = f"rerun with a lower train.lr (now {recipe.train.lr:g}) or train.grad_clip"
-    else:
-        kept = f"the checkpoint of step {saved} is kept"
-        how = f"resume with a lower learning rate: tok train --resume {run.path} --set train.lr="
-        how += f"{recipe.train.lr / 10:g}"
-    return TrainingError(f"training diverged at step {step}: {what}; {kept}; {how}")
 
 
 def _loss_terms(loss: Any, recon: Any, out: Any) -> str:

@@ -7,6 +7,7 @@ A dataset reads its items by key into uint8 tensors ``(n, c, h, w)`` — videos
 """
 
 from .base import Dataset, Samples, data_root
+from .crops import ImageCrops
 from .folder import IMAGE_EXTENSIONS, ImageFolder, ImageSkippedWarning
 from .mnist import MNIST
 from .moving_mnist import MovingMNIST
@@ -17,6 +18,7 @@ __all__ = [
     "Dataset",
     "Samples",
     "data_root",
+    "ImageCrops",
     "ImageFolder",
     "ImageShards",
     "ImageSkippedWarning",

