@@ -42,6 +42,12 @@ LATENT_TARGETS = {
 }
 
 
+# the photo recipes: what the perceptual and adversarial losses must buy over the control
+# on the 2,048 test crops (tok eval; bench/RESULTS.md, "Real photos")
+PHOTO_RECIPES = ("vqgan_photos", "vqgan_photos_control")
+PHOTO_PSNR = PHOTO_PSNR_PLACEHOLDER
+
+
 def train_and_eval(recipe: str, run: Path, *sets: str) -> tuple[dict, str]:
     """Train ``recipes/{recipe}.toml`` into ``run`` (``--set`` each of ``sets``), then
     ``tok eval`` it on the whole test split: ``(the eval JSON, train's stderr)``."""
@@ -99,10 +105,24 @@ def test_continuous_recipe_reaches_its_targets(recipe, tmp_path):
     assert result["active_dims"] >= active
 
 
+@pytest.mark.slow
+def test_the_vqgan_losses_beat_their_control_on_perceptual_metrics(tmp_path):
+    full, stderr = train_and_eval("vqgan_photos", tmp_path / "full")
+    control, _ = train_and_eval("vqgan_photos_control", tmp_path / "control")
+    assert "collapse" not in stderr
+    for result in (full, control):
+        assert result["images"] == 2048  # the fixed crops of photos/test
+        assert result["bits_per_pixel"] == pytest.approx(0.25, abs=0.01)
+        assert result["psnr"] >= PHOTO_PSNR
+    # measured with Lite2, not the Lite0 the perceptual loss trains against
+    assert full["feature_distance_lite2"] < control["feature_distance_lite2"]
+    assert full["fd_effnet_lite2"] < control["fd_effnet_lite2"]
+
+
 def test_every_recipe_has_a_target():
     """Not slow: a new recipe cannot slip past the slow suite."""
     recipes = {p.stem for p in (ROOT / "recipes").glob("*.toml")}
-    assert recipes == set(TARGETS) | set(LATENT_TARGETS)
+    assert recipes == set(TARGETS) | set(LATENT_TARGETS) | set(PHOTO_RECIPES)
 
 
 SEQ1D = ("seq1d_mnist_k16", "seq1d_mnist", "seq1d_mnist_k64")  # K = 16, 32, 64
