@@ -76,6 +76,21 @@ def one_error(err: str, *needles: str) -> str:
     return lines[0]
 
 
+def photo_crops(size: int, n: int = 4) -> torch.Tensor:
+    """Centre crops ``size × size`` of the first ``n`` real test photos
+    (``$TOK_DATA_DIR/photos/test``): float ``(n, 3, size, size)`` in ``[0, 1]``."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(os.environ["TOK_DATA_DIR"]) / "photos" / "test"
+    out = []
+    for path in sorted(folder.glob("*.jpg"))[:n]:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+        out.append(torch.from_numpy(image[top : top + size, left : left + size].copy()))
+    return torch.stack(out).permute(0, 3, 1, 2).float() / 255
+
+
 def moving_square(t: int, h: int = 28, w: int = 28, c: int = 1) -> torch.Tensor:
     """uint8 ``(t, c, h, w)``: a white 6x6 square moving down-right over black, plus a grey bar."""
     video = torch.zeros(t, c, h, w, dtype=torch.uint8)

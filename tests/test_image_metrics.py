@@ -4,14 +4,11 @@ ImageQuality's values, spreads, unavailable metrics and protocol — on real pho
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from conftest import photo_crops
 
 from tok.errors import TokError
 from tok.features import efficientnet_lite
@@ -27,14 +24,7 @@ from tok.image_metrics import (
 
 
 def photos(size: int, n: int = 4) -> torch.Tensor:
-    """Centre crops ``size × size`` of the first ``n`` real test photos: float ``(n, 3, s, s)``."""
-    folder = Path(os.environ["TOK_DATA_DIR"]) / "photos" / "test"
-    out = []
-    for path in sorted(folder.glob("*.jpg"))[:n]:
-        image = np.asarray(Image.open(path).convert("RGB"))
-        top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-        out.append(torch.from_numpy(image[top : top + size, left : left + size].copy()))
-    return torch.stack(out).permute(0, 3, 1, 2).float() / 255
+    return photo_crops(size, n)
 
 
 def noisy(x: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
@@ -285,6 +275,11 @@ def test_tiny_images_get_reasons_not_errors():
         result["unavailable"]["ssim"] == "images of 8×8 pixels are smaller than its 11-pixel window"
     )
     assert "ms_ssim" in result["unavailable"] and "ssim" not in result
+    lite0 = ImageQuality(features="lite0")
+    x = torch.rand(2, 1, 28, 28)
+    lite0.update(x, x)
+    reason = lite0.result()["unavailable"]["feature_distance_lite0"]
+    assert reason == "images of 28×28 pixels are too small for EfficientNet-Lite0"
 
 
 def test_one_image_has_no_spread_and_no_frechet_distance():

@@ -222,7 +222,9 @@ class ImageQuality:
     set); ``unavailable`` (metric → reason); and ``protocol`` (what measured what).
 
     Perceptual metrics (feature distance, Fréchet distances, LPIPS) need RGB: grayscale
-    is repeated to three channels; other channel counts make them unavailable.
+    is repeated to three channels; other channel counts make them unavailable, and so do
+    images too small for a network (EfficientNet-Lite0 needs 32 px, Lite1 and Lite2 16 px,
+    LPIPS-AlexNet about 32 px).
 
     :param features: the EfficientNet-Lite of the Fréchet and feature distances
         (``"lite0"``, ``"lite1"``, ``"lite2"``; default Lite2, not the Lite0 the
@@ -278,10 +280,18 @@ class ImageQuality:
             return
         try:
             self._net = efficientnet_lite(self.features, device=self.device)
+            self._net(torch.zeros(1, 3, h, w, device=self.device))
             self._fd = _frechet(_Identity(1280)).to(self.device)
         except TokError as exc:
+            self._net = None
             for name in (self.distance_name, self.fd_name):
                 self.unavailable[name] = _first_line(exc)
+        except RuntimeError:  # its fixed "same" padding outgrows a small image
+            self._net = None
+            for name in (self.distance_name, self.fd_name):
+                self.unavailable[name] = (
+                    f"images of {h}×{w} pixels are too small for EfficientNet-Lite{self.features[-1]}"
+                )
         from .pretrained import inception_fid, lpips_network
 
         try:
