@@ -47,12 +47,13 @@ from .checkpoint import STATE_FORMAT, Checkpoint, load_state, save_state
 from .components import build
 from .data import Dataset, Samples
 from .errors import CheckpointError, FileAccessError, OutputDirError, RecipeError, TokError
+from .image_metrics import ImageQuality
 from .latents import evaluate_latents, likelihood_of
-from .metrics import CodeCounts, psnr
+from .metrics import CodeCounts, psnr, sample_std
 from .models import Tokenizer
 from .models.tokenizer import CONFIG, WEIGHTS, config_differences, recorded_config
 from .recipe import Recipe, apply_overrides, dumps_toml, parse_recipe
-from .registry import missing_plugin
+from .registry import missing_plugin, registry
 
 __all__ = ["Run", "Checkpoint", "evaluate", "STATE_FORMAT"]
 
@@ -65,6 +66,7 @@ def evaluate(
     batch_size: int = 500,
     device: torch.device | str | None = None,
     keep: int = 0,
+    quality: ImageQuality | None = None,
     **continuous: Any,
 ) -> dict[str, Any]:
     """Reconstruct ``samples`` and measure them (eval mode, fp32). A continuous
@@ -72,19 +74,24 @@ def evaluate(
     ``likelihood`` and ``active_threshold``).
 
     Returns ``psnr`` (mean dB over items, reconstructions clamped to
-    ``[0, 1]``), ``mse``, per-stream ``streams``
+    ``[0, 1]``) and ``psnr_std`` (its standard deviation over items), ``mse``, per-stream ``streams``
     (:func:`tok.metrics.codebook_stats`: ``usage``, ``attainable_usage``,
     ``perplexity``, ``perplexity_ratio``, ``used``, ``tokens``, ``dead``, ``size`` …),
     their means ``usage`` and ``perplexity``, ``bits_per_pixel``, ``images`` (the item
     count) and the raw ``counts`` (a :class:`tok.metrics.CodeCounts`: memory bounded by
     the codes seen, whatever the codebook size); with ``keep = n``, ``kept``: the first
     ``n`` items and their (clamped) reconstructions on the CPU, to draw without a rerun.
+    With ``quality`` (a fresh :class:`tok.image_metrics.ImageQuality`), its
+    :meth:`~tok.image_metrics.ImageQuality.result` too: SSIM, MS-SSIM, the
+    EfficientNet-Lite distances, LPIPS and rFID where they can be computed, their
+    spreads, ``unavailable`` and ``protocol`` — the heavy metrics, only when asked.
     """
     device = torch.device(device) if device is not None else next(tokenizer.parameters()).device
     if tokenizer.continuous:
         return evaluate_latents(
-            tokenizer, samples, batch_size=batch_size, device=device, keep=keep, **continuous
-        )
+            tokenizer, samples, batch_size=batch_size, device=device, keep=keep,
+            quality=quality, **continuous,
+        )  # fmt: skip
     was_training = tokenizer.training
     tokenizer.eval()
     sizes = tokenizer.quantizer.codebook_sizes
@@ -97,12 +104,15 @@ def evaluate(
         scores.append(psnr(recon, x).cpu())
         mses.append((recon - x).pow(2).flatten(1).mean(1).cpu())
         counts.update(out.indices)
+        if quality is not None:
+            quality.update(x, recon)
         kept[0].append(x[: max(0, keep - start)].cpu())
         kept[1].append(recon[: max(0, keep - start)].cpu())
     tokenizer.train(was_training)
     streams = counts.stats()
     return {
         "psnr": torch.cat(scores).mean().item(),
+        "psnr_std": sample_std(torch.cat(scores)),
         "mse": torch.cat(mses).mean().item(),
         "usage": sum(s["usage"] for s in streams) / len(streams),
         "perplexity": sum(s["perplexity"] for s in streams) / len(streams),
@@ -111,6 +121,7 @@ def evaluate(
         "images": len(samples),
         "counts": counts,
         **({"kept": (torch.cat(kept[0]), torch.cat(kept[1]))} if keep else {}),
+        **(quality.result() if quality is not None else {}),
     }
 
 
@@ -408,9 +419,14 @@ class Run:
         samples: int = 0,
         device: torch.device | str = "cpu",
         recipe: Recipe | None = None,
+        quality: ImageQuality | None = None,
     ) -> dict[str, Any]:
         """:func:`evaluate` the run's tokenizer on ``split`` of its dataset (the first
-        ``samples`` items; 0: all). Adds ``split`` to the result."""
+        ``samples`` items; 0: all), with the ``quality`` metrics if given. Adds ``split``
+        and ``protocol``: the split, the number of items, their shape ``[c, h, w]`` (or
+        ``[c, t, h, w]``), the dataset's ``[data]`` table (its crop/resize options are the
+        evaluation's) and, with ``quality``, what each metric measured with which network
+        (:meth:`tok.image_metrics.ImageQuality.protocol`)."""
         if samples < 0:
             raise TokError(f"--samples must be 0 (all) or a positive number, got {samples}")
         recipe = recipe or self.recipe()
@@ -423,7 +439,30 @@ class Run:
             if tokenizer.continuous
             else {}
         )
-        return {**evaluate(tokenizer, data, device=device, **extra), "split": split}
+        result = evaluate(tokenizer, data, device=device, quality=quality, **extra)
+        protocol = {
+            "split": split,
+            "items": len(data),
+            "shape": list(data.images.shape[1:]),
+            "data": _data_table(recipe),
+            "psnr": "10 log10(1 / MSE) per item, reconstructions clamped to [0, 1]; mean",
+            **result.pop("protocol", {}),
+        }
+        return {**result, "split": split, "protocol": protocol}
+
+
+def _data_table(recipe: Recipe) -> dict[str, Any]:
+    """The run's dataset as evaluated: its name and every constructor option, the
+    defaults the recipe leaves out included (crop, resize, size, …)."""
+    import inspect
+
+    cls = registry("datasets").get(recipe.data.name)
+    table: dict[str, Any] = {"name": recipe.data.name}
+    for name, p in inspect.signature(cls).parameters.items():
+        if p.kind is p.KEYWORD_ONLY and p.default is not p.empty:
+            table[name] = p.default
+    table.update(recipe.data.options)
+    return json.loads(json.dumps(table, default=str))
 
 
 MetricsLog = JsonLines  # metrics.jsonl: one row per logged step and per evaluation
