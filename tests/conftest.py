@@ -91,6 +91,30 @@ def photo_crops(size: int, n: int = 4) -> torch.Tensor:
     return torch.stack(out).permute(0, 3, 1, 2).float() / 255
 
 
+def torchvision_alexnet_file(path: Path) -> Path:
+    """torchvision's AlexNet state dict with random weights, saved at ``path`` as
+    torchvision ships its ImageNet one (the LPIPS loading path, not its values)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    return path
+
+
+def fidelity_inception_file(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A torch-fidelity-shaped InceptionV3 state dict with random weights, saved at
+    ``path`` (built with torch-fidelity's own download and loading stubbed out)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fidelity, "load_state_dict_from_url", lambda *a, **k: None)
+        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None)
+        torch.manual_seed(0)
+        state = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
+    torch.save(state, path)
+    return path
+
+
 def moving_square(t: int, h: int = 28, w: int = 28, c: int = 1) -> torch.Tensor:
     """uint8 ``(t, c, h, w)``: a white 6x6 square moving down-right over black, plus a grey bar."""
     video = torch.zeros(t, c, h, w, dtype=torch.uint8)

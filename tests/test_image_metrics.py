@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import photo_crops
+from conftest import fidelity_inception_file, photo_crops, torchvision_alexnet_file
 
 from tok.errors import TokError
 from tok.features import efficientnet_lite
@@ -289,3 +289,26 @@ def test_one_image_has_no_spread_and_no_frechet_distance():
     result = quality.result()
     assert result["ssim_std"] is None
     assert result["unavailable"]["fd_effnet_lite2"] == "it needs at least 2 images, got 1"
+
+
+def test_lpips_and_rfid_are_measured_where_their_weights_are(tmp_path, monkeypatch):
+    """With (random-valued, torchvision- and torch-fidelity-shaped) weight files named, the
+    two metrics are computed instead of reported unavailable."""
+    from tok.pretrained import lpips_network
+
+    alex = torchvision_alexnet_file(tmp_path / "alex.pth")
+    inception = fidelity_inception_file(tmp_path / "inception.pth", monkeypatch)
+    monkeypatch.setenv("TOK_INCEPTION_WEIGHTS", str(inception))
+    x = photos(64)
+    y = noisy(x, 0.05)
+    quality = ImageQuality(lpips_weights=alex)
+    quality.update(x, y)
+    result = quality.result()
+    assert result["unavailable"] == {}
+    with torch.no_grad():
+        model = lpips_network("alex", weights=alex)
+        reference = model(y, x, normalize=True).flatten().double()
+    assert result["lpips"] == pytest.approx(reference.mean().item(), rel=1e-6)
+    assert result["lpips_std"] == pytest.approx(reference.std().item(), rel=1e-6)
+    assert result["rfid"] > 0
+    assert "alex" in result["protocol"]["networks"]["lpips"]

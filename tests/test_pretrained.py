@@ -12,6 +12,7 @@ import lpips
 import pytest
 import torch
 import torchvision
+from conftest import fidelity_inception_file, torchvision_alexnet_file
 
 from tok.errors import TokError
 from tok.features import WeightsUnavailableError
@@ -34,11 +35,7 @@ def empty_torch_hub(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def alexnet_file(tmp_path_factory) -> Path:
-    """torchvision's AlexNet state dict (random weights), saved as torchvision ships it."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("alex") / "alexnet-owt-7be5be79.pth"
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
-    return path
+    return torchvision_alexnet_file(tmp_path_factory.mktemp("alex") / "alexnet-owt-7be5be79.pth")
 
 
 def test_checkpoints_dir_follows_torch_home(empty_torch_hub):
@@ -138,15 +135,8 @@ def test_another_networks_weights_are_named(tmp_path):
 def test_inception_fid_loads_checked_weights(tmp_path, monkeypatch):
     """A torch-fidelity-shaped InceptionV3 state dict (random weights, built with its
     download stubbed out) goes through tok's check and into torchmetrics' metric."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
-
-    with monkeypatch.context() as patch:
-        patch.setattr(fidelity, "load_state_dict_from_url", lambda *a, **k: None)
-        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None)
-        torch.manual_seed(0)
-        state = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
-    path = tmp_path / INCEPTION_FILE
-    torch.save(state, path)
+    path = fidelity_inception_file(tmp_path / INCEPTION_FILE, monkeypatch)
+    state = torch.load(path, weights_only=True)
     metric = inception_fid(weights=path)
     loaded = metric.inception.state_dict()
     assert torch.equal(loaded["Conv2d_1a_3x3.conv.weight"], state["Conv2d_1a_3x3.conv.weight"])

@@ -337,9 +337,10 @@ class ImageQuality:
                 self._fd.update(fr[-1].double().mean((2, 3)), real=False)
             if self._lpips is not None:
                 self._add("lpips", self._lpips(rs, xs, normalize=True).flatten())
-        if self._rfid is not None:
-            self._rfid.update(x, real=True)
-            self._rfid.update(recon, real=False)
+        if self._rfid is not None:  # InceptionV3 resizes to 299 px: 11 images per forward
+            for xs, rs in zip(x.split(11), recon.split(11), strict=True):
+                self._rfid.update(xs, real=True)
+                self._rfid.update(rs, real=False)
 
     def _add(self, name: str, values: Tensor) -> None:
         self.values.setdefault(name, []).append(values.detach().float().cpu())
