@@ -271,11 +271,13 @@ def _quality_lines(result: dict[str, Any]) -> list[str]:
         if name in result["unavailable"]:
             lines.append(f"  {name}: unavailable ({result['unavailable'][name]})")
         elif name in result:
-            note = f", {protocol['ms_ssim_scales']} scales" * (name == "ms_ssim")
             spread = _spread(result, name)
             if f"{name}_std" not in result:
                 spread = f"  (over {protocol['measured_count']} {protocol['measured']})"
-            lines.append(f"  {name:<15} {result[name]:.4f}{spread}{note}")
+            if name == "ms_ssim":
+                scales = f"{protocol['ms_ssim_scales']} scales"
+                spread = f"{spread[:-1]}; {scales})" if spread else f"  ({scales})"
+            lines.append(f"  {name:<15} {result[name]:.4f}{spread}")
     return lines
 
 
