@@ -257,21 +257,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spread(result: dict[str, Any], name: str) -> str:
+def _spread(result: dict[str, Any], name: str, over: str = "items") -> str:
     std = result.get(f"{name}_std")
-    return f"  (± {std:.4g} std over items)" if std is not None else ""
+    return f"  (± {std:.4g} std over {over})" if std is not None else ""
 
 
 def _quality_lines(result: dict[str, Any]) -> list[str]:
     """``tok eval``'s lines for the :class:`tok.image_metrics.ImageQuality` metrics: each
     value with its spread, or ``name: unavailable (reason)``."""
     protocol = result["protocol"]
+    over = "frames" if protocol["measured"].startswith("video") else "images"
     lines = []
     for name in protocol["networks"]:
         if name in result["unavailable"]:
             lines.append(f"  {name}: unavailable ({result['unavailable'][name]})")
         elif name in result:
-            spread = _spread(result, name)
+            spread = _spread(result, name, over)
             if f"{name}_std" not in result:
                 spread = f"  (over {protocol['measured_count']} {protocol['measured']})"
             if name == "ms_ssim":
