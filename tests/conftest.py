@@ -76,6 +76,45 @@ def one_error(err: str, *needles: str) -> str:
     return lines[0]
 
 
+def photo_crops(size: int, n: int = 4) -> torch.Tensor:
+    """Centre crops ``size × size`` of the first ``n`` real test photos
+    (``$TOK_DATA_DIR/photos/test``): float ``(n, 3, size, size)`` in ``[0, 1]``."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(os.environ["TOK_DATA_DIR"]) / "photos" / "test"
+    out = []
+    for path in sorted(folder.glob("*.jpg"))[:n]:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+        out.append(torch.from_numpy(image[top : top + size, left : left + size].copy()))
+    return torch.stack(out).permute(0, 3, 1, 2).float() / 255
+
+
+def torchvision_alexnet_file(path: Path) -> Path:
+    """torchvision's AlexNet state dict with random weights, saved at ``path`` as
+    torchvision ships its ImageNet one (the LPIPS loading path, not its values)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    return path
+
+
+def fidelity_inception_file(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A torch-fidelity-shaped InceptionV3 state dict with random weights, saved at
+    ``path`` (built with torch-fidelity's own download and loading stubbed out)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fidelity, "load_state_dict_from_url", lambda *a, **k: None)
+        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None)
+        torch.manual_seed(0)
+        state = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
+    torch.save(state, path)
+    return path
+
+
 def moving_square(t: int, h: int = 28, w: int = 28, c: int = 1) -> torch.Tensor:
     """uint8 ``(t, c, h, w)``: a white 6x6 square moving down-right over black, plus a grey bar."""
     video = torch.zeros(t, c, h, w, dtype=torch.uint8)

@@ -43,7 +43,17 @@ SUBCOMMAND_OPTIONS = {
         "--no-progress",
     ],
     "shards": ["--out", "--per-shard", "--no-progress", "src"],
-    "eval": ["--split", "--samples", "--device", "--json"],
+    "eval": [
+        "--split",
+        "--samples",
+        "--device",
+        "--fast",
+        "--features",
+        "--lpips-net",
+        "--lpips-weights",
+        "--inception-weights",
+        "--json",
+    ],
     "inspect": ["--split", "--samples", "--threshold", "--out", "--device", "--json"],
     "interpolate": ["--from", "--to", "--steps", "--out", "--device", "run"],
     "latent-map": ["--out", "--split", "--samples", "--grid", "--device", "run"],
@@ -268,7 +278,16 @@ def test_errors_are_tokerrors_with_nonzero_exit(capsys, tmp_path):
 # eval -------------------------------------------------------------------------
 
 
-def test_eval_prints_the_metrics(capsys, trained_run):
+@pytest.fixture
+def no_lpips_or_inception(tmp_path, monkeypatch):
+    """An empty torch hub: LPIPS and rFID are unavailable, whatever this machine holds."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("TOK_LPIPS_WEIGHTS", raising=False)
+    monkeypatch.delenv("TOK_INCEPTION_WEIGHTS", raising=False)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_eval_prints_the_metrics(capsys, trained_run, no_lpips_or_inception):
     code, out, err = tok_cli(capsys, "eval", trained_run, "--samples", "200")
     assert code == 0, err
     assert "200 test images" in out
@@ -305,6 +324,47 @@ def test_eval_prints_the_metrics(capsys, trained_run):
         str(s["dead"]),
     ]
     assert s["perplexity_ratio"] == pytest.approx(math.log2(s["perplexity"]) / math.log2(1000))
+    # the image-quality metrics, their spreads, and one line for each that cannot be had
+    assert f"{data['psnr_std']:.4g} std over items" in out
+    for name in ("ssim", "ms_ssim", "feature_distance_lite2", "fd_effnet_lite2"):
+        assert f"  {name:<15} {data[name]:.4f}" in out
+    assert 0 < data["ssim"] < 1 and data["ssim_std"] > 0 and 0 < data["ms_ssim"] < 1
+    assert data["feature_distance_lite2"] > 0 and data["fd_effnet_lite2"] > 0
+    assert "2 scales" in out  # 28 px: the most MS-SSIM scales torchmetrics accepts
+    assert set(data["unavailable"]) == {"lpips", "rfid"}
+    for name in ("lpips", "rfid"):
+        assert f"  {name}: unavailable ({data['unavailable'][name]})" in out
+    assert str(no_lpips_or_inception) in data["unavailable"]["lpips"]
+    protocol = data["protocol"]
+    assert protocol["split"] == "test" and protocol["items"] == 200
+    assert protocol["shape"] == [1, 28, 28] and protocol["data"]["name"] == "mnist"
+    assert protocol["ms_ssim_scales"] == 2
+    assert protocol["perceptual_input"] == "grayscale repeated to RGB"
+    assert "EfficientNet-Lite2" in protocol["networks"]["fd_effnet_lite2"]
+
+
+def test_eval_fast_measures_only_psnr_and_the_codebook(capsys, trained_run):
+    code, out, err = tok_cli(capsys, "eval", trained_run, "--samples", "50", "--fast", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert "ssim" not in data and "unavailable" not in data and data["psnr_std"] > 0
+    assert data["protocol"]["items"] == 50 and "networks" not in data["protocol"]
+
+
+def test_eval_of_a_continuous_run_adds_the_quality_metrics(
+    capsys, trained_vae, no_lpips_or_inception
+):
+    code, out, err = tok_cli(capsys, "eval", trained_vae, "--samples", "50", "--features", "lite1")
+    assert code == 0, err
+    for needle in (
+        "KL",
+        "psnr",
+        "ssim",
+        "feature_distance_lite1",
+        "fd_effnet_lite1",
+        "lpips: unavailable",
+    ):
+        assert needle in out
 
 
 def test_eval_of_a_folder_that_is_not_a_run(capsys, tmp_path):

@@ -203,6 +203,7 @@ def test_builtin_plugins_come_from_entry_points():
         "losses": {"losses": ["bernoulli_nll", "gaussian_nll", "l1", "mse"]},
         "perceptual": {"losses": ["perceptual"]},
         "adversarial": {"losses": ["adversarial"]},
+        "lpips": {"losses": ["lpips"]},
         "gaussian": {"bottlenecks": ["gaussian"]},
         "mlp": {"architectures": ["mlp"]},
     }.items():

@@ -213,7 +213,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .run import Run
 
     device = resolve_device(args.device, option="--device")
-    result = Run.open(args.run).evaluate(split=args.split, samples=args.samples, device=device)
+    quality = None
+    if not args.fast:
+        from .image_metrics import ImageQuality
+
+        quality = ImageQuality(
+            features=args.features, lpips_net=args.lpips_net, lpips_weights=args.lpips_weights,
+            inception_weights=args.inception_weights, device=device,
+        )  # fmt: skip
+    run = Run.open(args.run)
+    result = run.evaluate(split=args.split, samples=args.samples, device=device, quality=quality)
     result.pop("counts", None)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -225,7 +234,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  KL              {result['kl']:.2f} nats")
         if "neg_elbo" in result:
             print(f"  -ELBO           {result['neg_elbo']:.2f} nats")
-        print(f"  psnr            {result['psnr']:.2f} dB")
+        print(f"  psnr            {result['psnr']:.2f} dB{_spread(result, 'psnr')}")
+        for line in _quality_lines(result) if quality else []:
+            print(line)
         print(
             f"  active dims     {result['active_dims']} of {result['latent_dim']} "
             f"(KL ≥ {result['active_threshold']:g} nats)"
@@ -233,7 +244,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         return 0
     print(f"{args.run}: {result['images']} {args.split} images")
-    print(f"  psnr            {result['psnr']:.2f} dB")
+    print(f"  psnr            {result['psnr']:.2f} dB{_spread(result, 'psnr')}")
+    for line in _quality_lines(result) if quality else []:
+        print(line)
     print(f"  bits per pixel  {result['bits_per_pixel']:.3f}")
     print(f"  codebook usage  {percent(result['usage'])}")
     print(f"  perplexity      {result['perplexity']:.1f}")
@@ -242,6 +255,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print()
     print(_fmt_table(rows, headers))
     return 0
+
+
+def _spread(result: dict[str, Any], name: str, over: str = "items") -> str:
+    std = result.get(f"{name}_std")
+    return f"  (± {std:.4g} std over {over})" if std is not None else ""
+
+
+def _quality_lines(result: dict[str, Any]) -> list[str]:
+    """``tok eval``'s lines for the :class:`tok.image_metrics.ImageQuality` metrics: each
+    value with its spread, or ``name: unavailable (reason)``."""
+    protocol = result["protocol"]
+    over = "frames" if protocol["measured"].startswith("video") else "images"
+    lines = []
+    for name in protocol["networks"]:
+        if name in result["unavailable"]:
+            lines.append(f"  {name}: unavailable ({result['unavailable'][name]})")
+        elif name in result:
+            spread = _spread(result, name, over)
+            if f"{name}_std" not in result:
+                spread = f"  (over {protocol['measured_count']} {protocol['measured']})"
+            if name == "ms_ssim":
+                scales = f"{protocol['ms_ssim_scales']} scales"
+                spread = f"{spread[:-1]}; {scales})" if spread else f"  ({scales})"
+            lines.append(f"  {name:<15} {result[name]:.4f}{spread}")
+    return lines
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -683,7 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and a per-stream table: K codes, usage (codes used / K), perplexity, PPL/K, "
         "LOG2-RATIO (log2 perplexity / log2 K) and dead codes (K - used, exact for any K). "
         "Codes are counted sparsely for codebooks above 2^20 codes, so memory follows the "
-        "codes seen, not K. Every figure is defined in docs/codebook-health.md.",
+        "codes seen, not K. Every figure is defined in docs/codebook-health.md. Images also "
+        "get SSIM, MS-SSIM, the EfficientNet-Lite Fréchet and feature distances, LPIPS and "
+        "rFID where their weights exist (one 'unavailable' line each otherwise), with the "
+        "standard deviation over images; docs/metrics.md defines them and the protocol.",
     )
     p.add_argument("run", help="run folder written by `tok train`")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
@@ -691,6 +732,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--samples", type=int, default=0, help="use only the first N images (default: all)"
     )
     _device_option(p)
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="only PSNR and the codebook figures (no SSIM, MS-SSIM, Fréchet distances, "
+        "feature distance, LPIPS or rFID)",
+    )
+    p.add_argument(
+        "--features",
+        default="lite2",
+        choices=["lite0", "lite1", "lite2"],
+        help="EfficientNet-Lite of the Fréchet and feature distances (default: lite2, not the "
+        "lite0 the perceptual loss trains against)",
+    )
+    p.add_argument(
+        "--lpips-net",
+        default="alex",
+        choices=["alex", "vgg"],
+        help="LPIPS backbone (default: alex)",
+    )
+    p.add_argument(
+        "--lpips-weights",
+        metavar="PATH",
+        help="torchvision's AlexNet/VGG16 weight file for LPIPS (default: $TOK_LPIPS_WEIGHTS, "
+        "else torch hub's checkpoints folder)",
+    )
+    p.add_argument(
+        "--inception-weights",
+        metavar="PATH",
+        help="torch-fidelity's InceptionV3 weight file for rFID (default: "
+        "$TOK_INCEPTION_WEIGHTS, else torch hub's checkpoints folder)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
 

@@ -139,3 +139,19 @@ def build(kind: str, name: str, options: Mapping[str, Any], facts: Facts = Facts
 def create_quantizer(name: str, **kwargs: Any) -> Any:
     """Build the quantizer registered as ``name`` with keyword arguments (timm's ``create_model``)."""
     return build("quantizers", name, kwargs)
+
+
+def resolved_options(kind: str, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` of the registered ``kind`` ``name`` with every keyword-only default the
+    options leave out filled in, as JSON values (what an evaluation's protocol records:
+    a dataset's crop, resize and size included)."""
+    import inspect
+    import json
+
+    cls = registry(kind).get(name)
+    table: dict[str, Any] = {"name": name}
+    for key, p in inspect.signature(cls).parameters.items():
+        if p.kind is p.KEYWORD_ONLY and p.default is not p.empty:
+            table[key] = p.default
+    table.update(options)
+    return json.loads(json.dumps(table, default=str))

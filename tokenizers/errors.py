@@ -110,3 +110,21 @@ class CheckpointError(TokError):
 
 class TrainingError(TokError):
     """Training cannot go on (a non-finite loss): the run keeps its last checkpoint."""
+
+    @classmethod
+    def diverged(
+        cls, run: object, *, step: int, what: str, saved: int | None, lr: float
+    ) -> TrainingError:
+        """The one-line error for the run folder ``run`` that diverged at (1-based)
+        ``step``: ``what`` went non-finite; ``saved``: the step of the checkpoint on disk
+        (``None``: none); ``lr``: the recipe's ``train.lr``."""
+        if saved is None:
+            kept = (
+                f"nothing was saved (no checkpoint before step {step}; the run folder is removed)"
+            )
+            how = f"rerun with a lower train.lr (now {lr:g}) or train.grad_clip"
+        else:
+            kept = f"the checkpoint of step {saved} is kept"
+            how = f"resume with a lower learning rate: tok train --resume {run} --set train.lr="
+            how += f"{lr / 10:g}"
+        return cls(f"training diverged at step {step}: {what}; {kept}; {how}")

@@ -17,9 +17,10 @@ import torch
 from .components import build
 from .data import Samples
 from .losses import Loss, LossInputs
-from .metrics import psnr
+from .metrics import psnr, sample_std
 
 if TYPE_CHECKING:
+    from .image_metrics import ImageQuality
     from .models import Tokenizer
     from .recipe import Recipe
 
@@ -40,6 +41,7 @@ def evaluate_latents(
     keep: int = 0,
     likelihood: Loss | None = None,
     active_threshold: float = ACTIVE_THRESHOLD,
+    quality: ImageQuality | None = None,
 ) -> dict[str, Any]:
     """Reconstruct ``samples`` through a continuous tokenizer's latent means and measure
     them (eval mode, fp32): the VAE's figures, per item, in nats.
@@ -57,7 +59,7 @@ def evaluate_latents(
     the reconstruction decoded from one sample z ~ q(z|x) per image, drawn from a
     generator seeded with 0, so the figure is the usual one-sample estimate of
     E_q[−log p(x|z)] and repeats exactly) and ``neg_elbo`` = ``recon_nll + kl``;
-    ``images`` and ``kept`` as :func:`evaluate`. PSNR, ``mse`` and the kept pictures
+    ``images``, ``psnr_std``, ``kept`` and the ``quality`` metrics as :func:`evaluate`. PSNR, ``mse`` and the kept pictures
     decode the posterior means (what ``tok encode`` stores), clamped to ``[0, 1]``.
     """
     was_training = tokenizer.training
@@ -79,6 +81,8 @@ def evaluate_latents(
             drawn = tokenizer.sample_forward(x, generator=generator)
             inputs = LossInputs(x, drawn.reconstruction, tokenizer, 0, drawn.logits)
             nll += float(likelihood(inputs).loss) * len(x)
+        if quality is not None:
+            quality.update(x, recon)
         kept[0].append(x[: max(0, keep - start)].cpu())
         kept[1].append(recon[: max(0, keep - start)].cpu())
     tokenizer.train(was_training)
@@ -86,6 +90,7 @@ def evaluate_latents(
     kl_item = torch.cat(kl_items).mean().item()
     result: dict[str, Any] = {
         "psnr": torch.cat(scores).mean().item(),
+        "psnr_std": sample_std(torch.cat(scores)),
         "mse": torch.cat(mses).mean().item(),
         "kl": kl_item,
         "kl_dims": [round(float(v), 6) for v in kl_dims],
@@ -99,6 +104,8 @@ def evaluate_latents(
     if likelihood is not None:
         result["recon_nll"] = nll / len(samples)
         result["neg_elbo"] = result["recon_nll"] + kl_item
+    if quality is not None:
+        result.update(quality.result())
     if keep:
         result["kept"] = (torch.cat(kept[0]), torch.cat(kept[1]))
     return result

@@ -1,6 +1,7 @@
 """Reconstruction and codebook-health metrics.
 
 - :func:`psnr`: peak signal-to-noise ratio for images in ``[0, 1]``.
+- :func:`sample_std`: the spread of a per-image metric over the images.
 - :class:`CodeCounts`: how often each code of each stream was used, over many
   batches — dense for small codebooks, by the codes seen above
   :data:`DENSE_COUNT_LIMIT` codes (memory bounded by the codes seen, not by ``K``).
@@ -22,6 +23,7 @@ from torch import Tensor
 
 __all__ = [
     "psnr",
+    "sample_std",
     "DENSE_COUNT_LIMIT",
     "CodeCounts",
     "code_counts",
@@ -38,6 +40,14 @@ def psnr(x: Tensor, y: Tensor, *, data_range: float = 1.0) -> Tensor:
     """Per-sample PSNR in dB of ``x`` against ``y`` (``(b, ...)``, values in ``[0, data_range]``)."""
     mse = (x.float() - y.float()).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-10))
+
+
+def sample_std(values: Tensor) -> float | None:
+    """The sample standard deviation (``n − 1`` in the denominator, in float64) of per-image
+    values ``(n,)``: how much a mean metric owes to which images were drawn (its standard
+    error is this over ``√n``); ``None`` (JSON null) for fewer than 2 values."""
+    values = values.detach().double().flatten()
+    return values.std().item() if values.numel() > 1 else None
 
 
 #: Streams of at most this many codes are counted densely (one int64 counter per code,

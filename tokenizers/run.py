@@ -46,7 +46,7 @@ from ._io import (
     write_text,
 )
 from .checkpoint import STATE_FORMAT, Checkpoint, load_state, save_state
-from .components import build
+from .components import build, resolved_options
 from .data import Dataset, Samples
 from .errors import (
     CheckpointError,
@@ -54,10 +54,10 @@ from .errors import (
     OutputDirError,
     RecipeError,
     TokError,
-    TrainingError,
 )
+from .image_metrics import ImageQuality
 from .latents import evaluate_latents, likelihood_of
-from .metrics import CodeCounts, psnr
+from .metrics import CodeCounts, psnr, sample_std
 from .models import Tokenizer
 from .models.tokenizer import CONFIG, WEIGHTS, config_differences, recorded_config
 from .recipe import Recipe, apply_overrides, dumps_toml, parse_recipe
@@ -74,6 +74,7 @@ def evaluate(
     batch_size: int = 500,
     device: torch.device | str | None = None,
     keep: int = 0,
+    quality: ImageQuality | None = None,
     **continuous: Any,
 ) -> dict[str, Any]:
     """Reconstruct ``samples`` and measure them (eval mode, fp32). A continuous
@@ -81,19 +82,24 @@ def evaluate(
     ``likelihood`` and ``active_threshold``).
 
     Returns ``psnr`` (mean dB over items, reconstructions clamped to
-    ``[0, 1]``), ``mse``, per-stream ``streams``
+    ``[0, 1]``) and ``psnr_std`` (its standard deviation over items), ``mse``, per-stream ``streams``
     (:func:`tok.metrics.codebook_stats`: ``usage``, ``attainable_usage``,
     ``perplexity``, ``perplexity_ratio``, ``used``, ``tokens``, ``dead``, ``size`` …),
     their means ``usage`` and ``perplexity``, ``bits_per_pixel``, ``images`` (the item
     count) and the raw ``counts`` (a :class:`tok.metrics.CodeCounts`: memory bounded by
     the codes seen, whatever the codebook size); with ``keep = n``, ``kept``: the first
     ``n`` items and their (clamped) reconstructions on the CPU, to draw without a rerun.
+    With ``quality`` (a fresh :class:`tok.image_metrics.ImageQuality`), its
+    :meth:`~tok.image_metrics.ImageQuality.result` too: SSIM, MS-SSIM, the
+    EfficientNet-Lite distances, LPIPS and rFID where they can be computed, their
+    spreads, ``unavailable`` and ``protocol`` — the heavy metrics, only when asked.
     """
     device = torch.device(device) if device is not None else next(tokenizer.parameters()).device
     if tokenizer.continuous:
         return evaluate_latents(
-            tokenizer, samples, batch_size=batch_size, device=device, keep=keep, **continuous
-        )
+            tokenizer, samples, batch_size=batch_size, device=device, keep=keep,
+            quality=quality, **continuous,
+        )  # fmt: skip
     was_training = tokenizer.training
     tokenizer.eval()
     sizes = tokenizer.quantizer.codebook_sizes
@@ -106,12 +112,15 @@ def evaluate(
         scores.append(psnr(recon, x).cpu())
         mses.append((recon - x).pow(2).flatten(1).mean(1).cpu())
         counts.update(out.indices)
+        if quality is not None:
+            quality.update(x, recon)
         kept[0].append(x[: max(0, keep - start)].cpu())
         kept[1].append(recon[: max(0, keep - start)].cpu())
     tokenizer.train(was_training)
     streams = counts.stats()
     return {
         "psnr": torch.cat(scores).mean().item(),
+        "psnr_std": sample_std(torch.cat(scores)),
         "mse": torch.cat(mses).mean().item(),
         "usage": sum(s["usage"] for s in streams) / len(streams),
         "perplexity": sum(s["perplexity"] for s in streams) / len(streams),
@@ -120,6 +129,7 @@ def evaluate(
         "images": len(samples),
         "counts": counts,
         **({"kept": (torch.cat(kept[0]), torch.cat(kept[1]))} if keep else {}),
+        **(quality.result() if quality is not None else {}),
     }
 
 
@@ -415,22 +425,6 @@ class Run:
             self.file(self.LOSS_PNG), curves, title="loss", ylabel="loss", logy=True
         )
 
-    def diverged(self, recipe: Recipe, step: int, what: str, saved: int | None) -> TrainingError:
-        """The one-line error for training that diverged at (1-based) ``step``: ``what``
-        went non-finite; ``saved``: the step of the checkpoint on disk (``None``: none)."""
-        if saved is None:
-            kept = (
-                f"nothing was saved (no checkpoint before step {step}; the run folder is removed)"
-            )
-            how = f"rerun with a lower train.lr (now {recipe.train.lr:g}) or train.grad_clip"
-        else:
-            kept = f"the checkpoint of step {saved} is kept"
-            how = (
-                f"resume with a lower learning rate: tok train --resume {self.path} --set train.lr="
-            )
-            how += f"{recipe.train.lr / 10:g}"
-        return TrainingError(f"training diverged at step {step}: {what}; {kept}; {how}")
-
     # evaluation -------------------------------------------------------------------------
 
     def evaluate(
@@ -440,9 +434,14 @@ class Run:
         samples: int = 0,
         device: torch.device | str = "cpu",
         recipe: Recipe | None = None,
+        quality: ImageQuality | None = None,
     ) -> dict[str, Any]:
         """:func:`evaluate` the run's tokenizer on ``split`` of its dataset (the first
-        ``samples`` items; 0: all). Adds ``split`` to the result."""
+        ``samples`` items; 0: all), with the ``quality`` metrics if given. Adds ``split``
+        and ``protocol``: the split, the number of items, their shape ``[c, h, w]`` (or
+        ``[c, t, h, w]``), the dataset's ``[data]`` table (its crop/resize options are the
+        evaluation's) and, with ``quality``, what each metric measured with which network
+        (:meth:`tok.image_metrics.ImageQuality.protocol`)."""
         if samples < 0:
             raise TokError(f"--samples must be 0 (all) or a positive number, got {samples}")
         recipe = recipe or self.recipe()
@@ -455,7 +454,16 @@ class Run:
             if tokenizer.continuous
             else {}
         )
-        return {**evaluate(tokenizer, data, device=device, **extra), "split": split}
+        result = evaluate(tokenizer, data, device=device, quality=quality, **extra)
+        protocol = {
+            "split": split,
+            "items": len(data),
+            "shape": list(data.images.shape[1:]),
+            "data": resolved_options("datasets", recipe.data.name, recipe.data.options),
+            "psnr": "10 log10(1 / MSE) per item, reconstructions clamped to [0, 1]; mean",
+            **result.pop("protocol", {}),
+        }
+        return {**result, "split": split, "protocol": protocol}
 
 
 MetricsLog = JsonLines  # metrics.jsonl: one row per logged step and per evaluation

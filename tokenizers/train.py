@@ -42,6 +42,7 @@ from .distributed import (
     process_group,
 )
 from .ema import EMA
+from .errors import TrainingError
 from .evaluation import NonFiniteEvaluation, evaluate_and_show
 from .health import CollapseWarning
 from .locks import folder_lock
@@ -225,7 +226,9 @@ def _train(
             seen = mean_over_ranks(loss)  # every rank takes the same decision below
             if not torch.isfinite(seen):  # a host sync per step: small next to a step
                 what = _loss_terms(loss, terms[t.loss].loss, out)
-                raise run.diverged(recipe, step + 1, what, saved)
+                raise TrainingError.diverged(
+                    run.path, step=step + 1, what=what, saved=saved, lr=t.lr
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip:
@@ -261,12 +264,14 @@ def _train(
                 bad := nonfinite_tensors(tokenizer.state_dict())
             ):  # a finite loss, then a step to non-finite weights: show and save nothing
                 what = f"its optimizer step left non-finite weights ({', '.join(bad[:2])})"
-                raise run.diverged(recipe, step, what, saved)
+                raise TrainingError.diverged(run.path, step=step, what=what, saved=saved, lr=t.lr)
             if shown and main:
                 try:
                     last_eval = evaluate_and_show(run, recipe, judged, parts.eval_set, step, log)
                 except NonFiniteEvaluation as exc:
-                    raise run.diverged(recipe, step, str(exc), saved) from None
+                    raise TrainingError.diverged(
+                        run.path, step=step, what=str(exc), saved=saved, lr=t.lr
+                    ) from None
             if step % t.checkpoint_every == 0 or step == end:
                 rngs = {k: gather(v) for k, v in rng_states().items()}  # every rank's
                 if main:
