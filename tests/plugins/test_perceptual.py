@@ -8,19 +8,20 @@ import torch
 from tok.components import build
 from tok.errors import ConfigError
 from tok.features import efficientnet_lite
+from tok.image_metrics import features_distance
 from tok.losses import LossInputs
-from tok.plugins.perceptual import Perceptual, feature_distance
+from tok.plugins.perceptual import Perceptual
 
 
 def test_feature_distance_is_zero_for_equal_features_symmetric_and_bounded():
     torch.manual_seed(0)
-    a = [torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)]
-    b = [torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)]
-    assert torch.equal(feature_distance(a, a), torch.zeros(2))
-    assert torch.allclose(feature_distance(a, b), feature_distance(b, a))
-    assert ((feature_distance(a, b) > 0) & (feature_distance(a, b) <= 4)).all()
+    a = [torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2), torch.randn(2, 4, 1, 1)]  # + head
+    b = [torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2), torch.randn(2, 4, 1, 1)]
+    assert torch.equal(features_distance(a, a), torch.zeros(2))
+    assert torch.allclose(features_distance(a, b), features_distance(b, a))
+    assert ((features_distance(a, b) > 0) & (features_distance(a, b) <= 4)).all()
     # opposite unit vectors everywhere: the largest distance, 4
-    assert torch.allclose(feature_distance(a, [-f for f in a]), torch.full((2,), 4.0))
+    assert torch.allclose(features_distance(a, [-f for f in a]), torch.full((2,), 4.0))
 
 
 def test_the_loss_ranks_a_blurred_photo_crop_further_than_a_slightly_noisy_one_and_trains():
