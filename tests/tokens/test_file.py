@@ -45,7 +45,7 @@ def stored_dtype(path, tensor: str = "tokens") -> torch.dtype:
 def test_format_names():
     assert FORMAT == "tok.tokens/2"
     assert LATENT_FORMAT == "tok.tokens/3"
-    assert READ_FORMATS == ("tok.tokens/1", "tok.tokens/2", "tok.tokens/3")
+    assert READ_FORMATS == ("tok.tokens/1", "tok.tokens/2", "tok.tokens/3", "tok.tokens/4")
 
 
 # --------------------------------------------------------------------------- dtype
@@ -206,7 +206,7 @@ def test_v1_token_file_still_reads(tmp_path):
     assert load_tokens(path).keys == keys
 
 
-@pytest.mark.parametrize("fmt", ["tok.tokens/4", "tok.tokens/0"])
+@pytest.mark.parametrize("fmt", ["tok.tokens/5", "tok.tokens/0"])
 def test_unknown_token_file_format_is_one_clear_line(tmp_path, fmt):
     path = tmp_path / "00000.safetensors"
     meta = make_header().to_metadata() | {"format": fmt, "keys": '["a"]'}
@@ -215,7 +215,7 @@ def test_unknown_token_file_format_is_one_clear_line(tmp_path, fmt):
         read_tokens(path)
     assert str(info.value) == (
         f"{path} was written in format {fmt!r}, which this version of tok cannot read "
-        "(it reads tok.tokens/1, tok.tokens/2, tok.tokens/3); upgrade tok"
+        "(it reads tok.tokens/1, tok.tokens/2, tok.tokens/3, tok.tokens/4); upgrade tok"
     )
     assert "\n" not in str(info.value)
 

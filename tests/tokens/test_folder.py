@@ -23,6 +23,7 @@ from tok.tokens import (
     MANIFEST,
     MANIFEST_FORMAT,
     MANIFEST_READ_FORMATS,
+    RAGGED_MANIFEST_FORMAT,
     LatentHeader,
     Manifest,
     ShardEntry,
@@ -78,7 +79,12 @@ def validator() -> jsonschema.Draft202012Validator:
 def test_manifest_format_names():
     assert MANIFEST_FORMAT == "tok.manifest/2"
     assert LATENT_MANIFEST_FORMAT == "tok.manifest/3"
-    assert MANIFEST_READ_FORMATS == ("tok.tokens/1", "tok.manifest/2", "tok.manifest/3")
+    assert MANIFEST_READ_FORMATS == (
+        "tok.tokens/1",
+        "tok.manifest/2",
+        "tok.manifest/3",
+        "tok.manifest/4",
+    )
 
 
 # --------------------------------------------------------------------------- writing
@@ -615,7 +621,7 @@ def test_complete_v1_folder_resumes_with_nothing_to_do(tmp_path, validator):
 # --------------------------------------------------------------------------- unknown formats
 
 
-@pytest.mark.parametrize("fmt", ["tok.manifest/4", "tok.tokens/2"])
+@pytest.mark.parametrize("fmt", ["tok.manifest/5", "tok.tokens/2"])
 def test_unknown_manifest_format_is_one_clear_line(tmp_path, fmt):
     header = make_header(codebook_sizes=(8,), grid=(2,))
     out = tmp_path / "out"
@@ -625,7 +631,8 @@ def test_unknown_manifest_format_is_one_clear_line(tmp_path, fmt):
     (out / MANIFEST).write_text(json.dumps(manifest))
     line = (
         f"{out / MANIFEST} was written in format {fmt!r}, which this version of tok cannot "
-        "read (it reads tok.tokens/1, tok.manifest/2, tok.manifest/3); upgrade tok"
+        "read (it reads tok.tokens/1, tok.manifest/2, tok.manifest/3, tok.manifest/4); "
+        "upgrade tok"
     )
     with pytest.raises(TokenFileError) as info:
         load_tokens(out)
@@ -744,12 +751,17 @@ def test_schema_properties_are_the_record_fields():
     header_fields = [f.name for f in dataclasses.fields(TokenHeader)]
     assert list(schema["$defs"]["header"]["properties"]) == header_fields
     latent = schema["$defs"]["latent_header"]
-    assert list(latent["properties"]) == list(make_latent_header(full=True).to_dict())
+    full = make_latent_header(full=True).to_dict()
+    assert list(latent["properties"]) == [*full, "ragged"]
     assert set(latent["properties"]) == {"kind"} | {
         f.name for f in dataclasses.fields(LatentHeader)
     }
     assert latent["required"] == list(make_latent_header().to_dict())
-    assert schema["properties"]["format"]["enum"] == [MANIFEST_FORMAT, LATENT_MANIFEST_FORMAT]
+    assert schema["properties"]["format"]["enum"] == [
+        MANIFEST_FORMAT,
+        LATENT_MANIFEST_FORMAT,
+        RAGGED_MANIFEST_FORMAT,
+    ]
 
 
 def test_schema_validates_a_real_manifest(tmp_path, validator):
