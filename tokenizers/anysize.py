@@ -48,7 +48,15 @@ from torch import Tensor
 
 from .errors import ConfigError, TokError
 
-__all__ = ["strides", "padded_size", "pad_to_stride", "encode_any", "decode_any", "grid_for"]
+__all__ = [
+    "strides",
+    "padded_size",
+    "pad_to_stride",
+    "check_tiling",
+    "encode_any",
+    "decode_any",
+    "grid_for",
+]
 
 
 def strides(tokenizer: Any) -> tuple[int, ...]:
@@ -128,6 +136,31 @@ def pad_to_stride(x: Tensor, step: tuple[int, ...]) -> Tensor:
     return F.pad(x, pads, mode="replicate")
 
 
+def check_tiling(
+    tokenizer: Any, *, tile: int = 0, overlap: int | None = None, window: int = 0
+) -> None:
+    """Refuse, before any work, tiling options that do not fit ``tokenizer``: ``tile`` for
+    videos or ``window`` for images, ``tile``/``overlap`` not multiples of the stride,
+    ``overlap`` without ``tile`` or over half of it, ``window`` not ``1 + f_t · k``; and a
+    tokenizer of one size only (:func:`strides`).
+
+    :raises ConfigError: naming the option and what would fit.
+    """
+    step = strides(tokenizer)
+    video = len(tokenizer.input_shape) == 4
+    if tile and video:
+        raise ConfigError("--tile applies to images; cut long videos with --window")
+    if window and not video:
+        raise ConfigError("--window applies to videos; cut large images with --tile")
+    if overlap is not None and not tile:
+        raise ConfigError("--overlap applies with --tile only")
+    f = max(step[-2:])
+    _check_step("tile", tile, f)
+    if tile:
+        _margin(tile, overlap, f)
+    _check_window(window, step[0])
+
+
 def _check_step(name: str, value: int, f: int) -> None:
     if value < 0 or value % f:
         raise ConfigError(f"--{name} must be 0 (off) or a multiple of the stride {f}, got {value}")
@@ -147,7 +180,8 @@ def encode_any(
     window: int = 0,
 ) -> Tensor:
     """Encode inputs of any size: images ``(b, c, h, w)`` or videos ``(b, c, t, h, w)``,
-    float in ``[0, 1]``, one size for the batch.
+    float in ``[0, 1]`` or uint8 (converted a window or image at a time), one size for
+    the batch.
 
     :param tile: images: encode in tiles of ``tile × tile`` pixels (a multiple of the
         stride; 0: whole). Each tile's tokens come from its pixels plus ``overlap``
@@ -171,7 +205,7 @@ def encode_any(
         return _encode_windows(tokenizer, x, step, window)
     if window:
         raise ConfigError("--window applies to videos; cut large images with --tile")
-    xp = pad_to_stride(x, step)
+    xp = pad_to_stride(_floats(x), step)
     fh, fw = step
     f = max(fh, fw)
     _check_step("tile", tile, f)
@@ -206,11 +240,18 @@ def _encode_windows(tokenizer: Any, x: Tensor, step: tuple[int, ...], window: in
     _check_window(window, step[0])
     t = x.shape[2]
     if not window or t <= window:
-        return tokenizer.encode(pad_to_stride(x, step))
+        return tokenizer.encode(pad_to_stride(_floats(x), step))
     parts = [
-        tokenizer.encode(pad_to_stride(x[:, :, s : s + window], step)) for s in range(0, t, window)
+        tokenizer.encode(pad_to_stride(_floats(x[:, :, s : s + window]), step))
+        for s in range(0, t, window)
     ]
     return torch.cat(parts, dim=1)
+
+
+def _floats(x: Tensor) -> Tensor:
+    """uint8 pixels as float32 in ``[0, 1]`` (a window at a time: a long uint8 clip is a
+    quarter of its float32 size); float inputs as they are."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
 def decode_any(
