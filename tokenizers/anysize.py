@@ -71,8 +71,8 @@ def strides(tokenizer: Any) -> tuple[int, ...]:
     arch = tokenizer.architecture
     if len(grid) != len(shape) - 1:
         raise ConfigError(
-            f"the {tokenizer.architecture_name} architecture's grid {grid} does not follow the "
-            f"input's size: it takes {'x'.join(map(str, shape))} inputs only, not any size"
+            f"the {tokenizer.architecture_name} architecture takes its trained size only "
+            f"({'x'.join(map(str, shape))}): its grid {grid} does not follow the input's size"
         )
     spatial = tuple(s // g for s, g in zip(shape[-2:], grid[-2:], strict=True))
     if len(shape) == 3:
