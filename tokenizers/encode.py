@@ -317,6 +317,20 @@ def _encode_each(
     return rows, sizes, got
 
 
+#: ragged videos in ``preview.gif``: at most this many pixels per side (every k-th pixel)
+PREVIEW_SIDE = 256
+
+
+def _show(shown: list[torch.Tensor], row: torch.Tensor, *, ragged: bool) -> None:
+    """Add a decoded video to the preview: as it is, or for ragged rows (any size) every
+    k-th pixel, at most :data:`PREVIEW_SIDE` per side, and only the first one's shape."""
+    if ragged:
+        k = -(-max(row.shape[-2:]) // PREVIEW_SIDE)
+        row = row[..., ::k, ::k]
+    if not shown or row.shape == shown[0].shape:
+        shown.append(row)
+
+
 def _token_dir(out: Path, header: Header, keys: list[str], shard_size: int) -> TokenDir | None:
     """The token folder to write. Alone: ``out`` resumed if it holds anything (or
     refused now), else ``None`` (created with the first readable shard). Under
@@ -384,7 +398,8 @@ def decode_files(
     must be new or empty.
 
     Ragged rows (``tok encode --resize keep``) are decoded one at a time and cropped back
-    to the size each was encoded from; rows encoded in windows (``source_options``
+    to the size each was encoded from (the preview shows those of the first one's size,
+    at most :data:`PREVIEW_SIDE` pixels per side); rows encoded in windows (``source_options``
     ``window``) are decoded window by window (:func:`tok.anysize.decode_any`). ``tile``
     (pixels; 0: off) decodes images in tiles whose ``overlap`` is blended, for images too
     large to decode at once.
@@ -466,14 +481,8 @@ def decode_files(
                         f"{exc}; {start + i} of {len(stems)} files were written to {out}: "
                         "remove that folder (or choose another --out) and decode again"
                     ) from exc
-                if (
-                    videos
-                    and len(shown) < PREVIEW_VIDEOS
-                    and (
-                        not shown or row.shape == shown[0].shape  # ragged: the first one's size
-                    )
-                ):
-                    shown.append(row)
+                if videos and len(shown) < PREVIEW_VIDEOS:
+                    _show(shown, row, ragged=header.ragged)
         if preview is not None and shown:
             save_preview(preview, torch.stack(shown), fps=fps)
         return {
