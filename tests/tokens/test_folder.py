@@ -884,3 +884,32 @@ def test_a_manifest_of_latents_in_the_tokens_format_is_refused(tmp_path, validat
     with pytest.raises(TokenFileError, match="manifest field 'header' holds latents, which a "
                        "manifest of format 'tok.manifest/2' cannot"):  # fmt: skip
         Manifest.from_dict(manifest, path=out / MANIFEST)
+
+
+# --------------------------------------------------------------------------- ragged rows
+
+
+def test_a_folder_of_ragged_rows_writes_loads_and_validates(tmp_path, validator):
+    header = dataclasses.replace(make_header(codebook_sizes=(16,), grid=(4, 4)), ragged=True)
+    keys = ["a", "b", "c"]
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(0, 16, (*grid, 1), generator=g) for grid in [(2, 3), (4, 4), (1, 1)]]
+    sizes = [[8, 12], [16, 13], [2, 3]]
+    td = TokenDir.open(tmp_path / "out", header=header, keys=keys, shard_size=2)
+    td.write_shard(0, rows[:2], sizes=sizes[:2])
+    td.write_shard(1, None, skipped=["c"])  # a shard of zero ragged rows
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    validator.validate(manifest)
+    assert manifest["format"] == RAGGED_MANIFEST_FORMAT and manifest["header"]["ragged"] is True
+    tf = load_tokens(tmp_path / "out")
+    assert tf.keys == ["a", "b"] and tf.sizes.tolist() == sizes[:2]
+    assert all(torch.equal(r, w) for r, w in zip(tf.rows(), rows[:2], strict=True))
+    # a uniform header cannot resume it, and a manifest that mislabels it is refused
+    with pytest.raises(OutputDirError, match="it holds tokens ragged"):
+        TokenDir.open(tmp_path / "out", header=make_header(codebook_sizes=(16,), grid=(4, 4)),
+                      keys=keys, shard_size=2)  # fmt: skip
+    with pytest.raises(TokenFileError, match="holds ragged: true, which a manifest of format"):
+        Manifest.from_dict(manifest | {"format": "tok.manifest/2"}, path="m.json")
+    bad = copy.deepcopy(manifest)
+    bad["header"].pop("ragged")
+    assert not validator.is_valid(bad)
