@@ -689,3 +689,19 @@ def test_a_ragged_file_whose_grids_disagree_with_its_rows_is_refused(tmp_path):
               metadata=meta | {"format": "tok.tokens/2"})  # fmt: skip
     with pytest.raises(TokenFileError, match="only files of format 'tok.tokens/4' hold ragged"):
         read_tokens(path)
+
+
+def test_ragged_latent_files_round_trip_and_name_a_non_finite_rows_key(tmp_path):
+    header = dataclasses.replace(make_latent_header(latent_dim=3, grid=(4, 4)), ragged=True)
+    rows = [torch.randn(2, 3, 3), torch.randn(1, 5, 3)]
+    path = write_tokens(tmp_path / "l.safetensors", rows, keys=["a", "b"], header=header,
+                        sizes=[[8, 12], [4, 20]])  # fmt: skip
+    tf = read_tokens(path)
+    assert tf.kind == "latents" and tf.header.ragged and tf.tokens.shape == (11, 3)
+    assert all(torch.equal(a, b) for a, b in zip(tf.rows(), rows, strict=True))
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["format"] == "tok.tokens/4" and f.metadata()["kind"] == "latents"
+    rows[1][0, 4, 1] = float("nan")
+    with pytest.raises(TokenFileError, match="the first in row 'b'"):
+        write_tokens(tmp_path / "n.safetensors", rows, keys=["a", "b"], header=header,
+                     sizes=[[8, 12], [4, 20]])  # fmt: skip
