@@ -12,9 +12,11 @@ other size there and back, and splits inputs too large for memory:
   (and with the tiles below); replicate rather than reflect because reflect mirrors
   content into the border (a second copy of an edge a few pixels in, which the encoder
   spends tokens on) and fails for pads as large as the side, while replicate works
-  for every size and adds no new structure. Cosmos-Tokenizer pads with ``edge``
-  (= replicate) in ``pad_video_batch``/``pad_images`` (NVIDIA/Cosmos-Tokenizer,
-  ``cosmos_tokenizer/utils.py``). :func:`decode_any` crops back to the stored size.
+  for every size and adds no new structure. Cosmos-Tokenizer (``pad_video_batch``,
+  ``cosmos_tokenizer/utils.py``) replicates frames the same way (``mode="edge"``) but pads
+  space with zeros, centred; tok replicates in space too, because a zero border is an
+  edge the encoder spends tokens on and the decoder bleeds back into the picture.
+  :func:`decode_any` crops back to the stored size.
 - **Tiles** (images, ``tile`` pixels per side): encoding cuts the latent grid into
   ``tile / f`` squares; each square is encoded from its pixels plus ``overlap`` pixels of
   context on every side (clipped at the image's border) and only the square's own tokens
@@ -30,8 +32,9 @@ other size there and back, and splits inputs too large for memory:
   cut into consecutive windows of ``window`` frames, each encoded on its own (its first
   frame, like every causal clip's, alone), the windows' tokens concatenated in time;
   decoding splits the latent frames the same way. This is Cosmos-Tokenizer's temporal
-  windowing (``CausalVideoTokenizer`` with ``temporal_window``, ``video_lib.py``). A clip
-  no longer than one window is encoded whole.
+  windowing (``CausalVideoTokenizer.forward(video, temporal_window=17)``, consecutive
+  windows each padded on its own, ``cosmos_tokenizer/video_lib.py``). A clip no longer
+  than one window is encoded whole.
 
 Axis legend: ``b`` batch, ``c`` channels, ``t`` frames, ``h w`` pixels, ``i j`` latent
 rows and columns, ``s`` streams (or latent dimensions).
