@@ -143,9 +143,7 @@ def _efficientnet_lite_cpu(name: str) -> EfficientNetLiteFeatures:
 _ON_DEVICE: dict[tuple[str, str], EfficientNetLiteFeatures] = {}
 
 
-def efficientnet_lite(
-    name: str = "lite0", *, device: torch.device | str = "cpu"
-) -> EfficientNetLiteFeatures:
+def efficientnet_lite(name: str = "lite0", *, device: torch.device | str = "cpu") -> EfficientNetLiteFeatures:
     """The frozen EfficientNet-Lite ``name`` (``"lite0"``, ``"lite1"``, ``"lite2"``) on
     ``device``, loaded once per process and device (its weights are not part of any
     checkpoint).
@@ -155,17 +153,13 @@ def efficientnet_lite(
     """
     key = (name, str(torch.device(device)))
     if key not in _ON_DEVICE:
-        _ON_DEVICE[key] = (
-            _efficientnet_lite_cpu(name)
-            if key[1] == "cpu"
-            else (_copy_to(_efficientnet_lite_cpu(name), device))
+        _ON_DEVICE[key] = _efficientnet_lite_cpu(name) if key[1] == "cpu" else (
+            _copy_to(_efficientnet_lite_cpu(name), device)
         )
     return _ON_DEVICE[key]
 
 
-def _copy_to(
-    features: EfficientNetLiteFeatures, device: torch.device | str
-) -> EfficientNetLiteFeatures:
+def _copy_to(features: EfficientNetLiteFeatures, device: torch.device | str) -> EfficientNetLiteFeatures:
     import copy
 
     return copy.deepcopy(features).to(device)
