@@ -19,6 +19,10 @@ Encoding (:func:`encode`):
    folder appears with the first shard that holds a row, so a source with
    nothing readable leaves nothing behind. A killed encode resumes.
 
+With ``resize = "keep"`` each item is read and encoded alone at its own size
+(:mod:`tok.anysize`: padded to the stride, optionally tiled or in windows) and the
+shards hold ragged rows (``tok.tokens/4``: each row with its grid and input size).
+
 Decoding (:func:`decode_files`) writes one file per row, named by the row's
 source key, each atomically (:func:`tok.media.write_item`: a PNG for an image,
 an mp4 or GIF for a video), plus ``preview.gif`` showing the first videos side
