@@ -202,3 +202,34 @@ def test_vtest_is_encoded_and_decoded_in_windows(video_run, tmp_path, capsys):
     assert tuple(tf.grids[0].tolist()) == (3 + 3 + 1, 36, 48)
     assert tf.header.source_options == {"resize": "keep", "fps": 0.25, "window": 9}
     assert read_video(decoded / "preview.gif").shape[-1] == 256  # every 3rd pixel
+
+
+def test_a_continuous_tokenizer_writes_ragged_latents(tmp_path, capsys):
+    """A VAE (conv + gaussian, untrained) at every photo's own size: ragged latent files
+    (``tok.tokens/4``, ``kind: "latents"``) of the latent means, in the asked dtype."""
+    torch.manual_seed(0)
+    arch = {"channels": [8, 16, 16], "blocks": [0, 1, 1], "latent_dim": 4}
+    run = Tokenizer.from_config(
+        {"architecture": {"name": "conv", "config": arch},
+         "bottleneck": {"name": "gaussian", "config": {}}, "input_shape": [3, 64, 64]}
+    ).eval().save(tmp_path / "vae")  # fmt: skip
+    src = linked(tmp_path / "src", [photos_dir() / "test" / "ski_chelsea.jpg",
+                                    photos_dir() / "test" / "ocv_messi.jpg"])  # fmt: skip
+    tokens, decoded = tmp_path / "latents", tmp_path / "decoded"
+    code, out, err = tok_cli(capsys, "encode", src, "--out", tokens, "--run", run, "--resize",
+                             "keep", "--latent-dtype", "float16", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert out.strip() == (
+        f"wrote 2 rows of latents (each its own grid)x4 (float16) in 1 shard(s) to {tokens}"
+    )
+    assert tok_cli(capsys, "decode", tokens, "--out", decoded, "--no-progress")[0] == 0
+    model = Tokenizer.load(run)
+    tf = load_tokens(tokens)
+    assert tf.kind == "latents" and tf.header.ragged and tf.header.dtype == "float16"
+    for i, key in enumerate(tf.keys):
+        image = read_image(src / f"{key}.jpg", channels=3)
+        alone = encode_any(model, image[None].float().div(255))[0]
+        assert torch.equal(tf.row(i), alone.half().float()), key
+        png = decode_image(str(decoded / f"{key}.png"))
+        want = decode_any(model, tf.row(i)[None], size=image.shape[1:])
+        assert png.shape == image.shape and torch.equal(png, to_uint8(want)[0])
