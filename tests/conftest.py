@@ -197,6 +197,65 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("trained") / "fsq_mnist")
 
 
+def photos_dir() -> Path:
+    """The real photos (``photos/train`` 45, ``photos/test`` 11 RGB JPEGs of different
+    sizes) under ``$TOK_DATA_DIR`` (fails the test clearly if they are missing)."""
+    root = Path(os.environ.get("TOK_DATA_DIR") or _SHARED_DATA) / "photos"
+    if not (root / "test").is_dir():
+        pytest.fail("these tests need the real photos: set TOK_DATA_DIR to the folder of photos/")
+    return root
+
+
+#: a tiny conv + FSQ tokenizer (stride 4) trained on 64x64 centre crops of the real photos
+PHOTO_RECIPE = """
+[data]
+name = "imagefolder"
+path = "{photos}"
+size = [64, 64]
+resize = "center-crop"
+
+[model]
+name = "conv"
+channels = [16, 32, 32]
+blocks = [0, 1, 1]
+latent_dim = 4
+
+[quantizer]
+name = "fsq"
+levels = [8, 5, 5, 5]
+
+[train]
+steps = 40
+batch_size = 8
+lr = 2e-3
+warmup_steps = 5
+eval_every = 40
+eval_samples = 11
+checkpoint_every = 40
+
+[output]
+dir = "{out}"
+"""
+
+
+@pytest.fixture(scope="session")
+def photo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder of a tiny conv + FSQ tokenizer trained for 40 steps on 64x64 crops of
+    the real photos (``photos/train``): a tokenizer trained on crops, for full-size photos."""
+    from tok.recipe import load_recipe
+    from tok.train import CollapseWarning, train
+
+    work = tmp_path_factory.mktemp("photo_run")
+    recipe = work / "photos.toml"
+    recipe.write_text(PHOTO_RECIPE.format(photos=photos_dir(), out=work / "run"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CollapseWarning)  # 40 steps: not what is tested
+        train(load_recipe(recipe, []), progress=False)
+    return work / "run"
+
+
 @pytest.fixture(scope="session")
 def mnist_pngs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1,000 real MNIST test digits as grayscale PNGs, ``<label>/<index>.png`` (keys like ``7/00000``)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
-from conftest import RECIPE, TINY, mnist_dir, one_error, snapshot
+from conftest import RECIPE, TINY, mnist_dir, one_error, photos_dir, snapshot
 from safetensors.torch import load_file
 
 from tok.components import build
@@ -298,6 +298,22 @@ def test_two_process_latent_encode_equals_one_process_byte_for_byte(
     assert two.stdout.count("wrote 70 rows of latents 1x20 (bfloat16) in 4 shard(s)") == 1
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert manifest["format"] == "tok.manifest/3" and manifest["complete"]
+    assert contents(tmp_path / "two") == contents(tmp_path / "one")
+    assert len(contents(tmp_path / "one")) == 5  # 4 shards and the manifest
+
+
+def test_two_process_ragged_encode_equals_one_process_byte_for_byte(photo_run, tmp_path):
+    """``--resize keep``: the full-size test photos (8 sizes) in shards of 3 ragged rows,
+    rank 1's shards adopted by rank 0, every file as one process's, byte for byte."""
+    src = photos_dir() / "test"
+    keep = ("--resize", "keep", "--shard-size", "3")
+    ok(alone("tok", "encode", str(src), "--tokenizer", str(photo_run), "--out",
+             str(tmp_path / "one"), "--no-progress", "--threads", "1", *keep))  # fmt: skip
+    two = alone("tok", "encode", str(src), "--tokenizer", str(photo_run), "--out",
+                str(tmp_path / "two"), "--no-progress", "--nproc", "2", *keep)  # fmt: skip
+    ok(two)
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["format"] == "tok.manifest/4" and manifest["num_items"] == 11
     assert contents(tmp_path / "two") == contents(tmp_path / "one")
     assert len(contents(tmp_path / "one")) == 5  # 4 shards and the manifest
 

@@ -144,6 +144,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         again += ["--fps", str(args.fps)] if args.fps is not None else []
         again += ["--threads", str(args.threads)] if args.threads else []
         again += ["--latent-dtype", args.latent_dtype] if args.latent_dtype else []
+        again += ["--tile", str(args.tile), "--window", str(args.window)]
+        again += ["--overlap", str(args.overlap)] if args.overlap is not None else []
         again += ["--no-progress"] * args.no_progress + ["--debug"] * args.debug
         return launch(["encode", *again], args.nproc)
     result = encode(
@@ -160,13 +162,17 @@ def cmd_encode(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         latent_dtype=args.latent_dtype,
+        tile=args.tile,
+        overlap=args.overlap,
+        window=args.window,
     )
     if _env_rank():  # under torchrun, rank 0 reports
         return 0
+    grid = "(each its own grid)" if result["grid"] == "ragged" else result["grid"]
     rows = (
-        f"latents {result['grid']}x{result['latent_dim']} ({result['dtype']})"
+        f"latents {grid}x{result['latent_dim']} ({result['dtype']})"
         if result["kind"] == "latents"
-        else f"tokens {result['grid']}x{result['streams']}"
+        else f"tokens {grid}x{result['streams']}"
     )
     print(
         f"wrote {result['items']} rows of {rows} in {result['shards']} shard(s) to {args.out}"
@@ -188,6 +194,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
         fps=args.fps,
         progress=not args.no_progress,
         device=args.device,
+        tile=args.tile,
+        overlap=args.overlap,
     )
     if result["kind"] == "videos":
         preview = f" and the preview {result['preview']}" if result["preview"] else ""
@@ -608,9 +616,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--resize",
-        choices=["error", "resize", "center-crop"],
+        choices=["error", "resize", "center-crop", "keep"],
         default="error",
-        help="images whose size differs from the tokenizer's: fail (default), resize, or resize+center-crop",
+        help="images whose size differs from the tokenizer's: fail (default), resize, "
+        "resize+center-crop, or keep: encode each image (video: each clip, all its frames) "
+        "at its own size, padded to the stride, into ragged token files (tok.tokens/4)",
+    )
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="images: encode in tiles of PX x PX pixels (a multiple of the stride) for "
+        "images too large for memory at once; 0: whole (default)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="with --tile: pixels of context around each tile (default: a quarter of --tile)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="videos: encode in temporal windows of FRAMES = 1 + temporal_factor*k frames "
+        "(as Cosmos-Tokenizer); 0: whole clip (default)",
     )
     p.add_argument(
         "--fps",
@@ -687,6 +720,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--fps", type=float, default=8.0, help="videos: frames per second to write (default: 8)"
+    )
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="images: decode in tiles of PX x PX pixels, overlaps blended (for images too "
+        "large to decode at once); 0: whole (default)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="with --tile: pixels blended between tiles (default: a quarter of --tile)",
     )
     _device_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -19,6 +19,10 @@ Encoding (:func:`encode`):
    folder appears with the first shard that holds a row, so a source with
    nothing readable leaves nothing behind. A killed encode resumes.
 
+With ``resize = "keep"`` each item is read and encoded alone at its own size
+(:mod:`tok.anysize`: padded to the stride, optionally tiled or in windows) and the
+shards hold ragged rows (``tok.tokens/4``: each row with its grid and input size).
+
 Decoding (:func:`decode_files`) writes one file per row, named by the row's
 source key, each atomically (:func:`tok.media.write_item`: a PNG for an image,
 an mp4 or GIF for a video), plus ``preview.gif`` showing the first videos side
@@ -36,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._io import check_writable
+from .anysize import check_tiling, decode_any, encode_any
 from .data.folder import walk_once
 from .data.sources import open_source
 from .device import resolve_device
@@ -69,7 +74,17 @@ __all__ = ["encode", "decode_files", "PREVIEW_VIDEOS"]
 PREVIEW_VIDEOS = 8
 
 
-def _check_shape(src: str, run: Any, shape: tuple[int, ...], tokenizer: Tokenizer) -> None:
+def _check_shape(
+    src: str, run: Any, shape: tuple[int, ...], tokenizer: Tokenizer, *, keep: bool = False
+) -> None:
+    if keep:  # any size: the channels and the kind of input must fit
+        want = tokenizer.input_shape
+        if len(shape) != len(want) or shape[0] != want[0]:
+            raise DatasetError(
+                f"{src} yields inputs of shape {shape} but the tokenizer in {run} takes "
+                f"{want[0]}-channel {'videos' if len(want) == 4 else 'images'}"
+            )
+        return
     if shape != tokenizer.input_shape:
         raise DatasetError(
             f"{src} yields inputs of shape {shape} but the tokenizer in {run} takes "
@@ -92,9 +107,21 @@ def encode(
     device: str = "cpu",
     threads: int = 0,
     latent_dtype: str | None = None,
+    tile: int = 0,
+    overlap: int | None = None,
+    window: int = 0,
 ) -> dict[str, Any]:
     """Encode ``src`` with the tokenizer in the run folder ``tokenizer`` into the token
     folder ``out``.
+
+    ``resize = "keep"`` encodes every image or video at its own size (padded to the
+    tokenizer's stride, :mod:`tok.anysize`) into ragged token files (``tok.tokens/4``:
+    each row with its grid and input size); ``"error"`` (default), ``"resize"`` and
+    ``"center-crop"`` bring every input to the tokenizer's size. ``tile`` (pixels, a
+    multiple of the stride; 0: off) encodes images in tiles with ``overlap`` pixels of
+    context, ``window`` (frames, ``1 + temporal_factor · k``; 0: off) videos in temporal
+    windows (:func:`tok.anysize.encode_any`); both are recorded in the header's
+    ``source_options`` and ``tok decode`` follows ``window``.
 
     ``src`` is what :func:`tok.data.sources.open_source` accepts; ``fps``
     resamples videos; ``limit`` keeps the first N items (0: all); ``threads`` sets
@@ -134,11 +161,20 @@ def encode(
             raise DatasetError(
                 "--fps applies to video tokenizers only; this tokenizer takes images"
             )
+        if resize == "keep" or tile or window:
+            check_tiling(model, tile=tile, overlap=overlap, window=window)  # before any work
         with folder_lock(out), walk_once():  # one writer per token folder (rank 0's lock)
             return _encode(src, Path(out), model, where, tokenizer, split=split,
                            shard_size=shard_size, batch_size=batch_size, resize=resize,
                            fps=fps, limit=limit, progress=progress,
-                           latent_dtype=latent_dtype)  # fmt: skip
+                           latent_dtype=latent_dtype,
+                           tiling={"tile": tile, "overlap": overlap, "window": window})  # fmt: skip
+
+
+def _tiling_options(tiling: dict[str, Any]) -> dict[str, Any]:
+    """The tiling options that change the tokens, as ``source_options`` records them
+    (none when off, so files encoded without them stay as before)."""
+    return {k: v for k, v in tiling.items() if v}
 
 
 def _check_codes(model: Tokenizer, latent_dtype: str | None) -> None:
@@ -160,28 +196,30 @@ def _check_codes(model: Tokenizer, latent_dtype: str | None) -> None:
 def _encode(
     src: str, out: Path, model: Tokenizer, where: torch.device, tokenizer: Any, *,
     split: str, shard_size: int, batch_size: int, resize: str, fps: float | None,
-    limit: int, progress: bool, latent_dtype: str | None,
+    limit: int, progress: bool, latent_dtype: str | None, tiling: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
+    keep = resize == "keep"
     with warnings.catch_warnings():
         if not is_main():  # rank 0 names the files the listing skips, once
             warnings.simplefilter("ignore")
+        options: dict[str, Any] = {"resize": resize, "fps": fps}
+        if keep:  # each item's own size and length, not the tokenizer's
+            options |= {"size": None, "frames": None}
         dataset, split = open_source(
-            src,
-            input_shape=model.input_shape,
-            split=split,
-            options={"resize": resize, "fps": fps},
+            src, input_shape=model.input_shape, split=split, options=options
         )
         keys = dataset.keys(split)
         if not is_main():
             dataset.report_skipped(split)  # forgotten here; decoding skips are reported
     keys = keys[:limit] if limit else keys
-    _check_shape(src, tokenizer, tuple(dataset.input_shape()), model)
+    _check_shape(src, tokenizer, tuple(dataset.input_shape()), model, keep=keep)
     header = header_for_tokenizer(
         model,
         dtype=latent_dtype,
         path=str(Path(tokenizer).resolve()),
         source=src,
-        source_options={"resize": resize, "fps": fps},
+        source_options={"resize": resize, "fps": fps, **_tiling_options(tiling)},
+        ragged=keep,
     )
     check_shard_headers(header, keys, shard_size)  # before any encoding
     if is_distributed() and not keys:
@@ -191,29 +229,34 @@ def _encode(
     tdir = _token_dir(out, header, keys, shard_size)
     plan = tdir.pending() if tdir else list(enumerate(plan_shards(keys, shard_size)))
     resumed = (tdir.num_shards if tdir else len(plan)) - len(plan)
-    held: list[tuple[int, torch.Tensor, list[str], list[str]]] = []
+    held: list[tuple[int, Any, list[str], list[str], list | None]] = []
     mine = plan[rank() :: world_size()]  # rank r: pending shards r, r + W, …
     for index, shard_keys in tqdm(
         mine, desc="encode", unit="shard", disable=not progress or not is_main()
     ):
-        samples = dataset.read(split, shard_keys)
-        if samples.keys:
-            _check_shape(src, tokenizer, tuple(samples.images.shape[1:]), model)
-        rows = [
-            model.encode(samples.floats(slice(i, i + batch_size)).to(where)).cpu()
-            for i in range(0, len(samples), batch_size)
-        ]
-        tokens = torch.cat(rows) if rows else header.empty()
-        read = set(samples.keys)
-        shard = (index, tokens, samples.keys, [k for k in shard_keys if k not in read])
-        if tdir is None and not samples.keys:  # alone, nothing readable yet: no folder yet
+        if keep:
+            tokens, sizes, got = _encode_each(src, tokenizer, dataset, split, shard_keys,
+                                              model, where, tiling)  # fmt: skip
+        else:
+            samples = dataset.read(split, shard_keys)
+            if samples.keys:
+                _check_shape(src, tokenizer, tuple(samples.images.shape[1:]), model)
+            rows = [
+                _encode_batch(model, samples.floats(slice(i, i + batch_size)).to(where), tiling)
+                for i in range(0, len(samples), batch_size)
+            ]
+            tokens = torch.cat(rows) if rows else header.empty()
+            sizes, got = None, samples.keys
+        read = set(got)
+        shard = (index, tokens, got, [k for k in shard_keys if k not in read], sizes)
+        if tdir is None and not got:  # alone, nothing readable yet: no folder yet
             held.append(shard)
             continue
         if tdir is None:
             tdir = TokenDir.open(out, header=header, keys=keys, shard_size=shard_size)
         try:
-            for i, t, kept, skipped in [*held, shard]:
-                tdir.write_shard(i, t, keys=kept, skipped=skipped, record=is_main())
+            for i, t, kept, skipped, sz in [*held, shard]:
+                tdir.write_shard(i, t, keys=kept, skipped=skipped, record=is_main(), sizes=sz)
         except FileAccessError as exc:  # a full disk: say what is kept
             done = tdir.num_shards - len(tdir.pending())  # this process knows its own only
             kept = (
@@ -243,12 +286,53 @@ def _encode(
         "skipped": len(tdir.skipped()),
         "shards": tdir.num_shards,
         "resumed": resumed,
-        "grid": "x".join(str(g) for g in model.grid),
+        "grid": "ragged" if keep else "x".join(str(g) for g in model.grid),
         "kind": header.kind,
     }
     if header.kind == "latents":
         return {**summary, "latent_dim": header.latent_dim, "dtype": header.dtype}
     return {**summary, "streams": header.num_streams}
+
+
+def _encode_batch(model: Tokenizer, x: torch.Tensor, tiling: dict[str, Any]) -> torch.Tensor:
+    """Codes of a batch of the tokenizer's own size, tiled or windowed when asked."""
+    if tiling["tile"] or tiling["window"]:
+        return encode_any(model, x, **tiling).cpu()
+    return model.encode(x).cpu()
+
+
+def _encode_each(
+    src: str, run: Any, dataset: Any, split: str, keys: list[str], model: Tokenizer,
+    where: torch.device, tiling: dict[str, Any],
+) -> tuple[list[torch.Tensor], list[list[int]], list[str]]:  # fmt: skip
+    """``--resize keep``: each item read and encoded alone, at its own size (so a row's
+    tokens are those of encoding that item by itself); its rows, input sizes and the keys
+    that read."""
+    rows, sizes, got = [], [], []
+    for key in keys:
+        samples = dataset.read(split, [key])
+        if not samples.keys:  # unreadable: skipped
+            continue
+        x = samples.images  # uint8: encode_any converts a window at a time
+        _check_shape(src, run, tuple(x.shape[1:]), model, keep=True)
+        rows.append(encode_any(model, x.to(where), **tiling)[0].cpu())
+        sizes.append(list(x.shape[2:]))
+        got.append(key)
+    return rows, sizes, got
+
+
+#: ragged videos in ``preview.gif``: at most this many pixels per side (every k-th pixel)
+PREVIEW_SIDE = 256
+
+
+def _show(shown: list[torch.Tensor], row: torch.Tensor, *, ragged: bool) -> None:
+    """Add a decoded video to the preview: as it is, or for ragged rows (any size) every
+    k-th pixel, at most :data:`PREVIEW_SIDE` per side, and only the first one's shape."""
+    if ragged:
+        k = -(-max(row.shape[-2:]) // PREVIEW_SIDE)
+        row = row[..., ::k, ::k]
+    if not shown or row.shape == shown[0].shape:
+        shown.append(row)
 
 
 def _token_dir(out: Path, header: Header, keys: list[str], shard_size: int) -> TokenDir | None:
@@ -302,6 +386,8 @@ def decode_files(
     fps: float = 8.0,
     progress: bool = True,
     device: str = "cpu",
+    tile: int = 0,
+    overlap: int | None = None,
 ) -> dict[str, Any]:
     """Decode a token file or folder into ``out``: ``KEY.png`` per image row, or for a video
     tokenizer ``KEY.mp4`` (``video_format = "gif"``: ``KEY.gif``) per row at ``fps`` frames
@@ -314,6 +400,13 @@ def decode_files(
     read back as float32; latents given to a discrete tokenizer, or tokens to a
     continuous one, raise :class:`TokenizerMismatchError` whatever ``force``. ``out``
     must be new or empty.
+
+    Ragged rows (``tok encode --resize keep``) are decoded one at a time and cropped back
+    to the size each was encoded from (the preview shows those of the first one's size,
+    at most :data:`PREVIEW_SIDE` pixels per side); rows encoded in windows (``source_options``
+    ``window``) are decoded window by window (:func:`tok.anysize.decode_any`). ``tile``
+    (pixels; 0: off) decodes images in tiles whose ``overlap`` is blended, for images too
+    large to decode at once.
 
     Returns ``items`` (rows written), ``kind`` (``"images"`` or ``"videos"``),
     ``format`` (``"png"``, ``"mp4"`` or ``"gif"``) and ``preview`` (the
@@ -365,12 +458,25 @@ def decode_files(
             preview = out / "preview.gif"
             while preview in taken:  # a row's own key is "preview"
                 preview = preview.with_name("_" + preview.name)
+        if tile or overlap is not None:
+            check_tiling(model, tile=tile, overlap=overlap, window=0)
+        window = int((header.source_options or {}).get("window") or 0)
+        plain = not (header.ragged or tile or window)
+        size = model.input_shape[1:]
         out.mkdir(parents=True, exist_ok=True)
         shown: list[torch.Tensor] = []
+        step = batch_size if plain else 1  # ragged rows: one at a time, each its own size
         for start in tqdm(
-            range(0, len(tf.keys), batch_size), desc="decode", unit="batch", disable=not progress
+            range(0, len(tf.keys), step), desc="decode", unit="batch", disable=not progress
         ):
-            rows = to_uint8(model.decode(tf.tokens[start : start + batch_size].to(where)).cpu())
+            if plain:
+                rows = to_uint8(model.decode(tf.tokens[start : start + step].to(where)).cpu())
+            else:
+                if header.ragged:
+                    size = tuple(int(v) for v in tf.sizes[start])
+                codes = tf.row(start)[None].to(where)
+                y = decode_any(model, codes, size=size, tile=tile, overlap=overlap, window=window)
+                rows = to_uint8(y.cpu())
             for i, (row, stem) in enumerate(zip(rows, stems[start:], strict=False)):
                 try:
                     write_item(stem, row, video_format=fmt, fps=fps)
@@ -380,7 +486,7 @@ def decode_files(
                         "remove that folder (or choose another --out) and decode again"
                     ) from exc
                 if videos and len(shown) < PREVIEW_VIDEOS:
-                    shown.append(row)
+                    _show(shown, row, ragged=header.ragged)
         if preview is not None and shown:
             save_preview(preview, torch.stack(shown), fps=fps)
         return {

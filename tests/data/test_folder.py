@@ -155,6 +155,20 @@ def test_mixed_sizes_are_an_error_naming_the_file(tmp_path):
         readable(ImageFolder(path=str(tmp_path), channels=1, size=[28, 28]))
 
 
+def test_keep_reads_each_image_at_its_own_size_one_size_at_a_time(tmp_path):
+    png(tmp_path / "a.png", solid(1, (1,), 8, 8))
+    png(tmp_path / "b.png", striped(9, 12))
+    folder = ImageFolder(path=str(tmp_path), channels=1, resize="keep")
+    assert folder.keys("test") == ["a", "b"]  # mixed sizes are no error
+    assert folder.read("test", ["b"]).images.shape == (1, 1, 9, 12)
+    assert torch.equal(folder.read("test", ["b"]).images[0], striped(9, 12))  # untouched
+    assert folder.read("test", ["a"]).images.shape == (1, 1, 8, 8)
+    with pytest.raises(DatasetError, match='2 sizes .* with resize = "keep" read them one key'):
+        folder.read("test", ["a", "b"])
+    with pytest.raises(DatasetError, match="'keep' keeps each item's own size, so it takes no"):
+        ImageFolder(path=str(tmp_path), channels=1, size=[8, 8], resize="keep")
+
+
 # splits, keys, hidden files ---------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from tok.errors import ConfigError, IndexRangeError, TokenFileError
 from tok.tokens import (
     FORMAT,
     LATENT_FORMAT,
+    RAGGED_FORMAT,
     READ_FORMATS,
     LatentHeader,
     TokenHeader,
@@ -45,7 +47,7 @@ def stored_dtype(path, tensor: str = "tokens") -> torch.dtype:
 def test_format_names():
     assert FORMAT == "tok.tokens/2"
     assert LATENT_FORMAT == "tok.tokens/3"
-    assert READ_FORMATS == ("tok.tokens/1", "tok.tokens/2", "tok.tokens/3")
+    assert READ_FORMATS == ("tok.tokens/1", "tok.tokens/2", "tok.tokens/3", "tok.tokens/4")
 
 
 # --------------------------------------------------------------------------- dtype
@@ -206,7 +208,7 @@ def test_v1_token_file_still_reads(tmp_path):
     assert load_tokens(path).keys == keys
 
 
-@pytest.mark.parametrize("fmt", ["tok.tokens/4", "tok.tokens/0"])
+@pytest.mark.parametrize("fmt", ["tok.tokens/5", "tok.tokens/0"])
 def test_unknown_token_file_format_is_one_clear_line(tmp_path, fmt):
     path = tmp_path / "00000.safetensors"
     meta = make_header().to_metadata() | {"format": fmt, "keys": '["a"]'}
@@ -215,7 +217,7 @@ def test_unknown_token_file_format_is_one_clear_line(tmp_path, fmt):
         read_tokens(path)
     assert str(info.value) == (
         f"{path} was written in format {fmt!r}, which this version of tok cannot read "
-        "(it reads tok.tokens/1, tok.tokens/2, tok.tokens/3); upgrade tok"
+        "(it reads tok.tokens/1, tok.tokens/2, tok.tokens/3, tok.tokens/4); upgrade tok"
     )
     assert "\n" not in str(info.value)
 
@@ -616,3 +618,90 @@ def test_header_for_tokenizer_of_a_continuous_tokenizer(tmp_path):
         header_for_tokenizer(fsq, dtype="float16")
     with pytest.raises(TokError, match="discrete .*'fsq'.* tokens, not latents"):
         LatentHeader.for_tokenizer(fsq)
+
+
+# --------------------------------------------------------------------------- ragged rows
+
+
+def ragged_rows(grids, streams=1, size=16, seed=0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, size, (*grid, streams), generator=g) for grid in grids]
+
+
+def test_ragged_file_round_trip_keeps_each_rows_grid_and_size(tmp_path):
+    header = dataclasses.replace(make_header(codebook_sizes=(16,), grid=(16, 16)), ragged=True)
+    rows = ragged_rows([(3, 5), (8, 8), (1, 2)])
+    sizes = [[12, 18], [32, 32], [4, 7]]
+    path = write_tokens(tmp_path / "r.safetensors", rows, keys=["a", "b", "c"], header=header,
+                        sizes=sizes)  # fmt: skip
+    tf = read_tokens(path)
+    assert tf.header == header and tf.header.ragged and tf.keys == ["a", "b", "c"]
+    assert tf.tokens.shape == (15 + 64 + 2, 1) and tf.tokens.dtype == torch.int64
+    assert tf.grids.tolist() == [[3, 5], [8, 8], [1, 2]] and tf.sizes.tolist() == sizes
+    assert all(torch.equal(a, b) for a, b in zip(tf.rows(), rows, strict=True))
+    assert torch.equal(tf.row(1), rows[1])
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        assert meta["format"] == RAGGED_FORMAT == "tok.tokens/4" and meta["ragged"] == "true"
+        assert f.get_tensor("tokens").dtype == torch.uint8
+    empty = write_tokens(tmp_path / "e.safetensors", [], keys=[], header=header)
+    assert read_tokens(empty).grids.shape == (0, 2) and read_tokens(empty).tokens.shape == (0, 1)
+
+
+def test_uniform_files_are_written_as_before_without_a_ragged_field(tmp_path):
+    header = make_header()
+    path = write_tokens(tmp_path / "u.safetensors", random_tokens(2, header), keys=["a", "b"],
+                        header=header)  # fmt: skip
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["format"] == "tok.tokens/2" and "ragged" not in f.metadata()
+        assert list(f.keys()) == ["tokens"]
+    assert "ragged" not in header.to_dict() and read_tokens(path).grids is None
+
+
+def test_ragged_rows_that_do_not_fit_are_refused_naming_what(tmp_path):
+    header = dataclasses.replace(make_header(codebook_sizes=(16,), grid=(4, 4)), ragged=True)
+    rows = ragged_rows([(2, 2), (1, 3)])
+    with pytest.raises(TokenFileError, match="ragged rows need sizes, 2 positive input sizes"):
+        write_tokens(tmp_path / "x.safetensors", rows, keys=["a", "b"], header=header)
+    with pytest.raises(TokenFileError, match="ragged rows are a list of tensors"):
+        write_tokens(tmp_path / "x.safetensors", torch.zeros(2, 4, 4, 1, dtype=torch.long),
+                     keys=["a", "b"], header=header, sizes=[[8, 8], [4, 12]])  # fmt: skip
+    rows[1][0, 2, 0] = 16
+    with pytest.raises(IndexRangeError, match="token index 16 in stream 0 of row 'b'"):
+        write_tokens(tmp_path / "x.safetensors", rows, keys=["a", "b"], header=header,
+                     sizes=[[8, 8], [4, 12]])  # fmt: skip
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_ragged_file_whose_grids_disagree_with_its_rows_is_refused(tmp_path):
+    header = dataclasses.replace(make_header(codebook_sizes=(16,), grid=(4, 4)), ragged=True)
+    path = tmp_path / "bad.safetensors"
+    meta = header.to_metadata() | {"keys": '["a"]'}
+    tensors = {"tokens": torch.zeros(5, 1, dtype=torch.uint8),
+               "grids": torch.tensor([[2, 3]]), "sizes": torch.tensor([[8, 12]])}  # fmt: skip
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(TokenFileError, match="the grids of its 1 rows hold 6 positions, but"):
+        read_tokens(path)
+    save_file({"tokens": torch.zeros(5, 1, dtype=torch.uint8)}, str(path), metadata=meta)
+    with pytest.raises(TokenFileError, match="has no 'grids' tensor"):
+        read_tokens(path)
+    save_file({"tokens": torch.zeros(1, 4, 4, 1, dtype=torch.uint8)}, str(path),
+              metadata=meta | {"format": "tok.tokens/2"})  # fmt: skip
+    with pytest.raises(TokenFileError, match="only files of format 'tok.tokens/4' hold ragged"):
+        read_tokens(path)
+
+
+def test_ragged_latent_files_round_trip_and_name_a_non_finite_rows_key(tmp_path):
+    header = dataclasses.replace(make_latent_header(latent_dim=3, grid=(4, 4)), ragged=True)
+    rows = [torch.randn(2, 3, 3), torch.randn(1, 5, 3)]
+    path = write_tokens(tmp_path / "l.safetensors", rows, keys=["a", "b"], header=header,
+                        sizes=[[8, 12], [4, 20]])  # fmt: skip
+    tf = read_tokens(path)
+    assert tf.kind == "latents" and tf.header.ragged and tf.tokens.shape == (11, 3)
+    assert all(torch.equal(a, b) for a, b in zip(tf.rows(), rows, strict=True))
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["format"] == "tok.tokens/4" and f.metadata()["kind"] == "latents"
+    rows[1][0, 4, 1] = float("nan")
+    with pytest.raises(TokenFileError, match="the first in row 'b'"):
+        write_tokens(tmp_path / "n.safetensors", rows, keys=["a", "b"], header=header,
+                     sizes=[[8, 12], [4, 20]])  # fmt: skip

@@ -23,6 +23,7 @@ from tok.tokens import (
     MANIFEST,
     MANIFEST_FORMAT,
     MANIFEST_READ_FORMATS,
+    RAGGED_MANIFEST_FORMAT,
     LatentHeader,
     Manifest,
     ShardEntry,
@@ -78,7 +79,12 @@ def validator() -> jsonschema.Draft202012Validator:
 def test_manifest_format_names():
     assert MANIFEST_FORMAT == "tok.manifest/2"
     assert LATENT_MANIFEST_FORMAT == "tok.manifest/3"
-    assert MANIFEST_READ_FORMATS == ("tok.tokens/1", "tok.manifest/2", "tok.manifest/3")
+    assert MANIFEST_READ_FORMATS == (
+        "tok.tokens/1",
+        "tok.manifest/2",
+        "tok.manifest/3",
+        "tok.manifest/4",
+    )
 
 
 # --------------------------------------------------------------------------- writing
@@ -615,7 +621,7 @@ def test_complete_v1_folder_resumes_with_nothing_to_do(tmp_path, validator):
 # --------------------------------------------------------------------------- unknown formats
 
 
-@pytest.mark.parametrize("fmt", ["tok.manifest/4", "tok.tokens/2"])
+@pytest.mark.parametrize("fmt", ["tok.manifest/5", "tok.tokens/2"])
 def test_unknown_manifest_format_is_one_clear_line(tmp_path, fmt):
     header = make_header(codebook_sizes=(8,), grid=(2,))
     out = tmp_path / "out"
@@ -625,7 +631,8 @@ def test_unknown_manifest_format_is_one_clear_line(tmp_path, fmt):
     (out / MANIFEST).write_text(json.dumps(manifest))
     line = (
         f"{out / MANIFEST} was written in format {fmt!r}, which this version of tok cannot "
-        "read (it reads tok.tokens/1, tok.manifest/2, tok.manifest/3); upgrade tok"
+        "read (it reads tok.tokens/1, tok.manifest/2, tok.manifest/3, tok.manifest/4); "
+        "upgrade tok"
     )
     with pytest.raises(TokenFileError) as info:
         load_tokens(out)
@@ -744,12 +751,17 @@ def test_schema_properties_are_the_record_fields():
     header_fields = [f.name for f in dataclasses.fields(TokenHeader)]
     assert list(schema["$defs"]["header"]["properties"]) == header_fields
     latent = schema["$defs"]["latent_header"]
-    assert list(latent["properties"]) == list(make_latent_header(full=True).to_dict())
+    full = make_latent_header(full=True).to_dict()
+    assert list(latent["properties"]) == [*full, "ragged"]
     assert set(latent["properties"]) == {"kind"} | {
         f.name for f in dataclasses.fields(LatentHeader)
     }
     assert latent["required"] == list(make_latent_header().to_dict())
-    assert schema["properties"]["format"]["enum"] == [MANIFEST_FORMAT, LATENT_MANIFEST_FORMAT]
+    assert schema["properties"]["format"]["enum"] == [
+        MANIFEST_FORMAT,
+        LATENT_MANIFEST_FORMAT,
+        RAGGED_MANIFEST_FORMAT,
+    ]
 
 
 def test_schema_validates_a_real_manifest(tmp_path, validator):
@@ -872,3 +884,32 @@ def test_a_manifest_of_latents_in_the_tokens_format_is_refused(tmp_path, validat
     with pytest.raises(TokenFileError, match="manifest field 'header' holds latents, which a "
                        "manifest of format 'tok.manifest/2' cannot"):  # fmt: skip
         Manifest.from_dict(manifest, path=out / MANIFEST)
+
+
+# --------------------------------------------------------------------------- ragged rows
+
+
+def test_a_folder_of_ragged_rows_writes_loads_and_validates(tmp_path, validator):
+    header = dataclasses.replace(make_header(codebook_sizes=(16,), grid=(4, 4)), ragged=True)
+    keys = ["a", "b", "c"]
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(0, 16, (*grid, 1), generator=g) for grid in [(2, 3), (4, 4), (1, 1)]]
+    sizes = [[8, 12], [16, 13], [2, 3]]
+    td = TokenDir.open(tmp_path / "out", header=header, keys=keys, shard_size=2)
+    td.write_shard(0, rows[:2], sizes=sizes[:2])
+    td.write_shard(1, None, skipped=["c"])  # a shard of zero ragged rows
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    validator.validate(manifest)
+    assert manifest["format"] == RAGGED_MANIFEST_FORMAT and manifest["header"]["ragged"] is True
+    tf = load_tokens(tmp_path / "out")
+    assert tf.keys == ["a", "b"] and tf.sizes.tolist() == sizes[:2]
+    assert all(torch.equal(r, w) for r, w in zip(tf.rows(), rows[:2], strict=True))
+    # a uniform header cannot resume it, and a manifest that mislabels it is refused
+    with pytest.raises(OutputDirError, match="it holds tokens ragged"):
+        TokenDir.open(tmp_path / "out", header=make_header(codebook_sizes=(16,), grid=(4, 4)),
+                      keys=keys, shard_size=2)  # fmt: skip
+    with pytest.raises(TokenFileError, match="holds ragged: true, which a manifest of format"):
+        Manifest.from_dict(manifest | {"format": "tok.manifest/2"}, path="m.json")
+    bad = copy.deepcopy(manifest)
+    bad["header"].pop("ragged")
+    assert not validator.is_valid(bad)

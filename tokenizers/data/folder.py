@@ -22,7 +22,9 @@ Policy (also in the README):
   first frame of a GIF. So one folder may mix them all.
 - Size: ``resize = "error"`` (default) requires every image to have the same
   size (``size`` if given); ``"resize"`` resizes to ``size``;
-  ``"center-crop"`` scales the short side to ``size`` and crops the centre.
+  ``"center-crop"`` scales the short side to ``size`` and crops the centre;
+  ``"keep"`` keeps each image's own size (``tok encode --resize keep``; no ``size``;
+  :meth:`FileDataset.read` then reads one size at a time).
 
 Reading is two steps, so that each file is decoded once: :meth:`FileDataset.keys`
 reads only the files' headers (:func:`tok.media.probe_image`), which is enough
@@ -59,7 +61,9 @@ __all__ = [
     "walk_once",
 ]
 
-Resize = Literal["error", "resize", "center-crop"]
+Resize = Literal["error", "resize", "center-crop", "keep"]
+#: every size policy (``resize``) of image folders and video datasets
+RESIZE_POLICIES = ("error", "resize", "center-crop", "keep")
 
 _LISTINGS: contextvars.ContextVar[dict[Path, tuple[list[Path], list[str]]] | None] = (
     contextvars.ContextVar("tok_listings", default=None)
@@ -143,8 +147,17 @@ def list_files(folder: Path) -> list[Path]:
 
 def check_resize(resize: str, size: list[int] | None) -> None:
     """The ``resize``/``size`` rules image folders and video datasets share."""
-    if resize not in ("error", "resize", "center-crop"):
-        raise DatasetError(f"resize must be 'error', 'resize' or 'center-crop', got {resize!r}")
+    if resize not in RESIZE_POLICIES:
+        raise DatasetError(
+            f"resize must be 'error', 'resize', 'center-crop' or 'keep', got {resize!r}"
+        )
+    if resize == "keep":
+        if size is not None:
+            raise DatasetError(
+                f"resize = 'keep' keeps each item's own size, so it takes no size (got "
+                f"{list(size)}); it is for tok encode --resize keep, not for training batches"
+            )
+        return
     if resize != "error" and size is None:
         raise DatasetError(f"resize = {resize!r} needs size = [height, width]")
 
@@ -284,7 +297,8 @@ class FileDataset(Dataset):
             raise self.size_error(
                 f"{self.noun} {name} is {hw[0]}x{hw[1]} but {said}; {self.noun}s must all "
                 f'have one size (or resize them: resize = "resize" or "center-crop" in a '
-                f"recipe, --resize resize or --resize center-crop for tok encode)"
+                f"recipe, --resize resize or --resize center-crop for tok encode; or encode "
+                f"each at its own size: tok encode --resize keep)"
             )
 
     def _fit(self, x: torch.Tensor) -> torch.Tensor:
@@ -383,6 +397,12 @@ class FileDataset(Dataset):
             loaded.append(self._fit(x))
             kept.append(key)
         self._skip(split, skipped)
+        if len({tuple(x.shape) for x in loaded}) > 1:  # resize = "keep"
+            sizes = sorted({"x".join(map(str, x.shape[1:])) for x in loaded})
+            raise DatasetError(
+                f"{self.noun}s of {len(sizes)} sizes ({', '.join(sizes[:3])}…) cannot be read "
+                f'as one batch; with resize = "keep" read them one key at a time'
+            )
         if loaded:
             self._shape = tuple(loaded[0].shape)
             images = torch.stack(loaded)
@@ -412,7 +432,8 @@ class ImageFolder(FileDataset):
     :param path: the folder.
     :param channels: 1 (grayscale) or 3 (RGB).
     :param size: ``[height, width]`` every image must have (or is brought to).
-    :param resize: ``"error"`` (sizes must match), ``"resize"`` or ``"center-crop"``.
+    :param resize: ``"error"`` (sizes must match), ``"resize"``, ``"center-crop"`` or
+        ``"keep"`` (each image at its own size, read one at a time; no ``size``).
     :param strict: fail on unreadable files instead of skipping them.
     """
 

@@ -31,7 +31,9 @@ Policy (also in the README and ``docs/design.md``):
   have the same number of frames.
 - **Size.** As image folders: ``resize = "error"`` (default) requires one
   size (``size`` if given), ``"resize"`` resizes every frame to ``size``,
-  ``"center-crop"`` scales the short side and crops the centre.
+  ``"center-crop"`` scales the short side and crops the centre, ``"keep"`` keeps
+  each video's own size and, with ``frames`` unset, its own length (``tok encode
+  --resize keep``).
 - **Unreadable files** (not a video, truncated, no video stream, too short)
   are **skipped with one warning** (:class:`VideoSkippedWarning`) naming each
   file and why; ``strict = true`` makes that an error. No readable video is
@@ -136,7 +138,7 @@ class _VideoDataset(FileDataset):
         if self.frames is not None and len(video) < self.frames:
             rate = f" at {self.fps:g} fps" if self.fps else ""
             raise MediaReadError(name, f"only {len(video)} frames{rate}, need {self.frames}")
-        if self.frames is None:
+        if self.frames is None and self.resize != "keep":
             first = self._state().setdefault("first_length", (name, len(video)))
             if len(video) != first[1]:
                 raise DatasetError(
@@ -169,7 +171,8 @@ class VideoFolder(_VideoDataset):
         shorter videos are skipped. ``None``: all frames, one length required.
     :param fps: resample to this frame rate (nearest timestamp); ``None`` keeps the source's.
     :param size: ``[height, width]`` the frames must have or are brought to.
-    :param resize: ``"error"``, ``"resize"`` or ``"center-crop"`` (as image folders).
+    :param resize: ``"error"``, ``"resize"``, ``"center-crop"`` or ``"keep"`` (as image
+        folders; ``"keep"`` with ``frames`` unset keeps each video's length too).
     :param strict: fail on unusable files instead of skipping them.
     """
 

@@ -56,6 +56,14 @@ rows than planned (a shard with every key skipped is a file of zero rows).
 Manifests of ``tok.tokens/1`` (no planned counts, nothing skipped) still read.
 Files or manifests of any other format are refused in one line naming it.
 
+**Ragged rows** (format ``tok.tokens/4``, :data:`RAGGED_FORMAT`; manifest
+``tok.manifest/4``): ``tok encode --resize keep`` encodes each image or clip at its own
+size, so rows have grids of their own. Such a file's header says ``ragged: true``; its
+rows tensor holds every row's positions one after another, ``(P, S)``, beside two int64
+tensors ``grids`` (each row's grid) and ``sizes`` (each row's input size before padding,
+what decoding crops back to). :class:`TokenFile` gives them as ``grids``/``sizes`` and
+each row by :meth:`TokenFile.row`.
+
 Every file is written under a temporary ``.tmp-*`` name and renamed into
 place (:func:`tok._io.atomic_path`), so a reader never sees half a file. A
 killed ``tok encode`` resumes: :meth:`TokenDir.open` keeps finished shards,
@@ -72,6 +80,7 @@ from .file import (
     FORMAT,
     LATENT_DTYPES,
     LATENT_FORMAT,
+    RAGGED_FORMAT,
     READ_FORMATS,
     Header,
     LatentHeader,
@@ -82,6 +91,7 @@ from .file import (
     header_from_metadata,
     keys_json,
     keys_sha256,
+    pack_rows,
     read_tokens,
     token_dtype,
     write_tokens,
@@ -92,6 +102,7 @@ from .manifest import (
     MANIFEST,
     MANIFEST_FORMAT,
     MANIFEST_READ_FORMATS,
+    RAGGED_MANIFEST_FORMAT,
     Manifest,
     ShardEntry,
     check_shard_headers,
@@ -117,7 +128,10 @@ __all__ = [
     "Manifest",
     "MANIFEST_FORMAT",
     "MANIFEST_READ_FORMATS",
+    "pack_rows",
     "plan_shards",
+    "RAGGED_FORMAT",
+    "RAGGED_MANIFEST_FORMAT",
     "READ_FORMATS",
     "read_token_dir",
     "read_tokens",

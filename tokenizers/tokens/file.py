@@ -31,11 +31,14 @@ from .._io import check_readable, write_safetensors
 from ..errors import IndexRangeError, TokenFileError
 from .header import (
     FORMAT,
+    GRIDS_TENSOR,
     INT_DTYPES,
     LATENT_DTYPES,
     LATENT_FORMAT,
     LATENT_TENSOR,
+    RAGGED_FORMAT,
     READ_FORMATS,
+    SIZES_TENSOR,
     STORE_DTYPES,
     TENSOR,
     Header,
@@ -52,6 +55,7 @@ from .keys import MAX_HEADER_BYTES, keys_json, keys_sha256, metadata_bytes
 __all__ = [
     "FORMAT",
     "LATENT_FORMAT",
+    "RAGGED_FORMAT",
     "READ_FORMATS",
     "LATENT_DTYPES",
     "token_dtype",
@@ -68,6 +72,7 @@ __all__ = [
     "TokenFile",
     "write_tokens",
     "read_tokens",
+    "pack_rows",
 ]
 
 
@@ -84,6 +89,13 @@ class TokenFile:
     keys: list[str]
     header: Header
     path: Path | None = None
+    #: ragged files (``header.ragged``, format ``tok.tokens/4``): each row's grid, int64
+    #: ``(N, len(grid))``; ``tokens`` then holds every row's positions one after
+    #: another, ``(P, S)`` (``P`` the sum of the grids' products). ``None`` otherwise.
+    grids: Tensor | None = None
+    #: ragged files: the input size each row was encoded from (``(h, w)`` or ``(t, h,
+    #: w)``, before padding), int64 ``(N, len(grid))``, what decoding crops back to.
+    sizes: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -93,6 +105,34 @@ class TokenFile:
         """``"tokens"`` or ``"latents"`` (the header's kind)."""
         return self.header.kind
 
+    def row(self, i: int) -> Tensor:
+        """Row ``i``: ``(*grid_i, S)`` tokens (or ``(*grid_i, l)`` latents), a view."""
+        if self.grids is None:
+            return self.tokens[i]
+        counts = self.grids.prod(1)
+        start = int(counts[:i].sum())
+        grid = [int(g) for g in self.grids[i]]
+        return self.tokens[start : start + int(counts[i])].reshape(*grid, self.tokens.shape[-1])
+
+    def rows(self) -> list[Tensor]:
+        """Every row as :meth:`row` gives it, in order."""
+        if self.grids is None:
+            return list(self.tokens)
+        counts = [int(c) for c in self.grids.prod(1)]
+        flat = torch.split(self.tokens, counts) if counts else []
+        return [
+            part.reshape(*(int(g) for g in grid), self.tokens.shape[-1])
+            for part, grid in zip(flat, self.grids, strict=True)
+        ]
+
+
+def pack_rows(rows: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Rows of their own grids, ``(*grid_i, width)`` each (at least one), as one ``(P,
+    width)`` tensor of their positions one after another and their grids, int64 ``(N,
+    len(grid))`` (how a ragged file stores them)."""
+    grids = torch.tensor([list(r.shape[:-1]) for r in rows], dtype=torch.int64)
+    return torch.cat([r.reshape(-1, r.shape[-1]) for r in rows]), grids
+
 
 # ---------------------------------------------------------------------------
 # single token files
@@ -100,10 +140,17 @@ class TokenFile:
 
 
 def _check_rows(
-    rows: Tensor, keys: list[str], header: Header, path: Path, *, reading: bool
+    rows: Tensor,
+    keys: list[str],
+    header: Header,
+    path: Path,
+    *,
+    reading: bool,
+    grids: Tensor | None = None,
 ) -> Tensor:
-    """Validate ``rows`` against ``header`` and ``keys``; return them on the CPU, as
-    int64 tokens or the latents in their stored dtype."""
+    """Validate ``rows`` against ``header`` and ``keys`` (ragged: the flat rows against
+    ``grids``); return them on the CPU, as int64 tokens or the latents in their stored
+    dtype."""
     verb = "" if reading else "cannot write "
     where = f"{verb}{path}: "
     latents = header.kind == "latents"
@@ -114,20 +161,26 @@ def _check_rows(
         got = rows.dtype if isinstance(rows, Tensor) else type(rows).__name__
         want = "a float tensor" if latents else "an integer tensor"
         raise TokenFileError(f"{where}{header.kind} must be {want}, got {got}")
-    width = header.row_shape[-1]
-    want = ("N", *header.row_shape)
-    if rows.ndim != len(want) or tuple(rows.shape[1:]) != header.row_shape:
-        what = f"{width} latent dimension(s)" if latents else f"{width} stream(s)"
-        raise TokenFileError(
-            f"{where}{header.kind} have shape {tuple(rows.shape)}, but the header says "
-            f"{want} (grid {header.grid}, {what})"
-        )
-    if len(keys) != rows.shape[0]:
-        raise TokenFileError(f"{where}{rows.shape[0]} rows of {header.kind} but {len(keys)} keys")
+    width = header.width
+    what = f"{width} latent dimension(s)" if latents else f"{width} stream(s)"
+    if header.ragged:
+        owner = _check_grids(rows, keys, header, grids, where, what)
+    else:
+        want = ("N", *header.row_shape)
+        if rows.ndim != len(want) or tuple(rows.shape[1:]) != header.row_shape:
+            raise TokenFileError(
+                f"{where}{header.kind} have shape {tuple(rows.shape)}, but the header says "
+                f"{want} (grid {header.grid}, {what})"
+            )
+        if len(keys) != rows.shape[0]:
+            raise TokenFileError(
+                f"{where}{rows.shape[0]} rows of {header.kind} but {len(keys)} keys"
+            )
+        owner = None
     if not all(isinstance(k, str) for k in keys):
         raise TokenFileError(f"{where}keys must be strings")
     if latents:
-        return _check_latents(rows, keys, header, where)
+        return _check_latents(rows, keys, header, where, owner)
     tokens = rows.detach().to("cpu", torch.int64)
     if tokens.numel():
         flat = tokens.reshape(-1, width)
@@ -136,15 +189,49 @@ def _check_rows(
         if bool(bad.any()):
             row, stream = (int(i) for i in bad.nonzero()[0])
             value, size = int(flat[row, stream]), header.codebook_sizes[stream]
+            of = f" of row {keys[int(owner[row])]!r}" if owner is not None else ""
             message = (
-                f"{where}token index {value} in stream {stream} is out of range for "
+                f"{where}token index {value} in stream {stream}{of} is out of range for "
                 f"codebook size {size} (valid: 0..{size - 1})"
             )
             raise TokenFileError(message) if reading else IndexRangeError(message)
     return tokens
 
 
-def _check_latents(rows: Tensor, keys: list[str], header: LatentHeader, where: str) -> Tensor:
+def _check_grids(
+    rows: Tensor, keys: list[str], header: Header, grids: Tensor | None, where: str, what: str
+) -> Tensor:
+    """Check ragged ``rows`` ``(P, width)`` against ``grids`` ``(N, len(grid))``; return
+    the row (index into ``keys``) of each position."""
+    if rows.ndim != 2 or rows.shape[1] != header.width:
+        raise TokenFileError(
+            f"{where}ragged {header.kind} have shape {tuple(rows.shape)}, but the header says "
+            f"(P, {header.width}) ({what})"
+        )
+    axes = len(header.grid)
+    if (
+        not isinstance(grids, Tensor)
+        or grids.dtype not in INT_DTYPES
+        or tuple(grids.shape) != (len(keys), axes)
+        or (grids.numel() and int(grids.min()) < 1)
+    ):
+        got = tuple(grids.shape) if isinstance(grids, Tensor) else type(grids).__name__
+        raise TokenFileError(
+            f"{where}the {GRIDS_TENSOR!r} of {len(keys)} ragged rows must be positive ints of "
+            f"shape ({len(keys)}, {axes}), got {got}"
+        )
+    counts = grids.long().prod(1) if len(keys) else torch.zeros(0, dtype=torch.int64)
+    if int(counts.sum()) != rows.shape[0]:
+        raise TokenFileError(
+            f"{where}the grids of its {len(keys)} rows hold {int(counts.sum())} positions, but "
+            f"the {header.kind} hold {rows.shape[0]}"
+        )
+    return torch.repeat_interleave(torch.arange(len(keys)), counts)
+
+
+def _check_latents(
+    rows: Tensor, keys: list[str], header: LatentHeader, where: str, owner: Tensor | None = None
+) -> Tensor:
     """``rows`` in the header's dtype on the CPU; :class:`TokenFileError` if any is not
     finite there (NaN, ±inf, or beyond the range of a narrower dtype)."""
     stored = rows.detach().to("cpu", header.storage_dtype)
@@ -152,7 +239,10 @@ def _check_latents(rows: Tensor, keys: list[str], header: LatentHeader, where: s
     count = int(bad.sum())
     if not count:
         return stored
-    first = int(bad.reshape(len(keys), -1).any(1).nonzero()[0])
+    if owner is not None:
+        first = int(owner[int(bad.any(-1).nonzero()[0])])
+    else:
+        first = int(bad.reshape(len(keys), -1).any(1).nonzero()[0])
     nan = int(torch.isnan(stored).sum())
     cause = ""
     if bool(torch.isfinite(rows.detach().cpu()).all()):  # finite until cast
@@ -172,7 +262,12 @@ def header_bytes(header: Header, keys: list[str]) -> int:
 
 
 def write_tokens(
-    path: str | os.PathLike[str], tokens: Tensor, *, keys: list[str], header: Header
+    path: str | os.PathLike[str],
+    tokens: Tensor | list[Tensor],
+    *,
+    keys: list[str],
+    header: Header,
+    sizes: Tensor | list | None = None,
 ) -> Path:
     """Write ``tokens`` with their ``keys`` to the token file ``path``; return the path.
 
@@ -184,10 +279,46 @@ def write_tokens(
     float16's range) raises :class:`TokenFileError` naming the first row's key. Shape,
     dtype and key count are validated (:class:`TokenFileError`) and nothing is written
     on any error; the file is written atomically. ``N`` may be 0.
+
+    With a ragged header (``header.ragged``: rows of their own grids, written by ``tok
+    encode --resize keep``), ``tokens`` is a list of ``N`` rows ``(*grid_i, S)`` (or
+    ``(*grid_i, l)``) and ``sizes`` the ``(N, len(grid))`` input sizes they were encoded
+    from (``(h, w)`` or ``(t, h, w)``); the file, format :data:`RAGGED_FORMAT`, stores the
+    rows' positions one after another plus the tensors ``grids`` and ``sizes``.
     """
     path = Path(path)
     keys = list(keys)
-    rows = _check_rows(tokens, keys, header, path, reading=False)
+    extra: dict[str, Tensor] = {}
+    grids = None
+    if header.ragged:
+        if isinstance(tokens, Tensor) and tokens.ndim == 2 and not keys:
+            tokens = []
+        if not isinstance(tokens, (list, tuple)) or not all(
+            isinstance(t, Tensor) and t.ndim == len(header.grid) + 1 for t in tokens
+        ):
+            raise TokenFileError(
+                f"cannot write {path}: ragged rows are a list of tensors (*grid, "
+                f"{header.width}), one per key"
+            )
+        if tokens:
+            tokens, grids = pack_rows(list(tokens))
+        else:
+            tokens, grids = header.empty(), torch.zeros((0, len(header.grid)), dtype=torch.int64)
+        size_t = torch.as_tensor(sizes if sizes is not None else [], dtype=torch.int64)
+        size_t = size_t.reshape(len(keys), -1) if size_t.numel() else size_t.reshape(0, 0)
+        if not keys:
+            size_t = size_t.reshape(0, len(header.grid))
+        if tuple(size_t.shape) != (len(keys), len(header.grid)) or (
+            size_t.numel() and int(size_t.min()) < 1
+        ):
+            raise TokenFileError(
+                f"cannot write {path}: ragged rows need sizes, {len(keys)} positive input "
+                f"sizes of {len(header.grid)} sides, got {tuple(size_t.shape)}"
+            )
+        extra = {GRIDS_TENSOR: grids.contiguous(), SIZES_TENSOR: size_t.contiguous()}
+    elif sizes is not None:
+        raise TokenFileError(f"cannot write {path}: sizes are stored for ragged rows only")
+    rows = _check_rows(tokens, keys, header, path, reading=False, grids=grids)
     meta = header.to_metadata()
     meta["keys"] = keys_json(keys)
     size = header_bytes(header, keys)
@@ -198,7 +329,7 @@ def write_tokens(
             "allows; write fewer rows per file"
         )
     stored = rows.to(header.storage_dtype).contiguous()
-    write_safetensors(path, {header.tensor: stored}, metadata=meta)
+    write_safetensors(path, {header.tensor: stored, **extra}, metadata=meta)
     return path
 
 
@@ -229,16 +360,23 @@ def _read_metadata(path: Path) -> dict[str, str]:
         )
     if fmt not in READ_FORMATS:
         raise TokenFileError(unreadable_format(fmt, path=path, reads=READ_FORMATS))
-    if meta.get("kind", "tokens") != "tokens" and fmt != LATENT_FORMAT:
+    if (meta.get("ragged") == "true") != (fmt == RAGGED_FORMAT):
+        raise TokenFileError(
+            f"{path}: only files of format {RAGGED_FORMAT!r} hold ragged rows, and all of them "
+            f"do (this one is {fmt!r}); the file was not written by tok or is damaged"
+        )
+    if meta.get("kind", "tokens") != "tokens" and fmt not in (LATENT_FORMAT, RAGGED_FORMAT):
         raise TokenFileError(
             f"{path}: a file of kind {meta['kind']!r} is of format {LATENT_FORMAT!r}, not "
             f"{fmt!r}; the file was not written by tok or is damaged"
         )
     tensor = LATENT_TENSOR if meta.get("kind") == "latents" else TENSOR
-    if tensor not in names:
-        raise TokenFileError(
-            f"{path} has no {tensor!r} tensor (it holds {', '.join(names) or 'no tensors'})"
-        )
+    wanted = [tensor, GRIDS_TENSOR, SIZES_TENSOR] if fmt == RAGGED_FORMAT else [tensor]
+    for tensor in wanted:
+        if tensor not in names:
+            raise TokenFileError(
+                f"{path} has no {tensor!r} tensor (it holds {', '.join(names) or 'no tensors'})"
+            )
     return meta
 
 
@@ -275,11 +413,23 @@ def read_tokens(path: str | os.PathLike[str]) -> TokenFile:
     header = header_from_metadata(meta, path=path)
     keys = _parse_keys(meta, path)
     name = header.tensor
+    grids = sizes = None
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.get_tensor(name)
+            if header.ragged:
+                grids, sizes = f.get_tensor(GRIDS_TENSOR), f.get_tensor(SIZES_TENSOR)
     except Exception as e:  # noqa: BLE001
         raise TokenFileError(f"{path}: cannot read the {name!r} tensor ({e})") from None
+    if sizes is not None and (
+        sizes.dtype not in INT_DTYPES
+        or tuple(sizes.shape) != (len(keys), len(header.grid))
+        or (sizes.numel() and int(sizes.min()) < 1)
+    ):
+        raise TokenFileError(
+            f"{path}: the {SIZES_TENSOR!r} tensor must hold {len(keys)} positive input sizes "
+            f"of {len(header.grid)} sides, got shape {tuple(sizes.shape)}"
+        )
     if header.kind == "latents":
         if raw.dtype != header.storage_dtype:
             raise TokenFileError(
@@ -289,5 +439,12 @@ def read_tokens(path: str | os.PathLike[str]) -> TokenFile:
         raise TokenFileError(
             f"{path}: {name!r} tensor has dtype {raw.dtype}, expected an integer dtype"
         )
-    rows = _check_rows(raw, keys, header, path, reading=True).to(header.read_dtype)
-    return TokenFile(tokens=rows, keys=keys, header=header, path=path)
+    rows = _check_rows(raw, keys, header, path, reading=True, grids=grids)
+    return TokenFile(
+        tokens=rows.to(header.read_dtype),
+        keys=keys,
+        header=header,
+        path=path,
+        grids=None if grids is None else grids.long(),
+        sizes=None if sizes is None else sizes.long(),
+    )

@@ -255,11 +255,12 @@ class TokenDir:
     def write_shard(
         self,
         index: int,
-        tokens: Tensor | None,
+        tokens: Tensor | list[Tensor] | None,
         *,
         keys: list[str] | None = None,
         skipped: Iterable[str] = (),
         record: bool = True,
+        sizes: Tensor | list | None = None,
     ) -> Path:
         """Write shard ``index`` and mark it done in the manifest; return the shard's path.
         With ``record=False`` only the shard's file is written (atomically): the process
@@ -270,7 +271,9 @@ class TokenDir:
         be exactly the planned keys less ``skipped``, in order, and ``tokens``
         holds their rows, ``(len(keys), *grid, S)`` integer tokens or, in a folder of
         latents, ``(len(keys), *grid, l)`` float latents. A shard whose every key is
-        skipped is written with zero rows (``tokens`` may then be ``None``).
+        skipped is written with zero rows (``tokens`` may then be ``None``). In a folder of
+        ragged rows (``header.ragged``) ``tokens`` is a list of rows ``(*grid_i, S)`` and
+        ``sizes`` their input sizes (:func:`tok.tokens.write_tokens`).
         Raises :class:`ConfigError` for a bad index, a skipped key that is not
         planned in this shard (or is given twice), ``keys`` that do not match,
         or ``tokens=None`` with rows to write; :class:`TokenFileError` or
@@ -323,8 +326,10 @@ class TokenDir:
                 raise ConfigError(
                     f"shard {index} has {len(written)} row(s) to write but tokens is None"
                 )
-            tokens = self.header.empty()
-        path = write_tokens(self.path / shard.file, tokens, keys=written, header=self.header)
+            tokens = [] if self.header.ragged else self.header.empty()
+        path = write_tokens(
+            self.path / shard.file, tokens, keys=written, header=self.header, sizes=sizes
+        )
         shards = list(self.manifest.shards)
         shards[index] = entry
         self.manifest = self.manifest.with_shards(shards, keys=self.keys)
@@ -411,7 +416,8 @@ def load_tokens(path: str | os.PathLike[str]) -> TokenFile:
     """Load a token file or a whole token folder; return one :class:`TokenFile`.
 
     For a folder the shards are concatenated in order (keys in source order,
-    skipped ones absent) and the result's ``path`` is the folder; a folder
+    skipped ones absent; ragged rows with their ``grids`` and ``sizes``) and the result's
+    ``path`` is the folder; a folder
     with no rows gives int64 tokens of shape ``(0, *grid, S)`` (float32 latents
     ``(0, *grid, l)`` for a folder of latents). Errors as
     :func:`tok.tokens.read_tokens` and :func:`iter_token_dir`.
@@ -425,4 +431,10 @@ def load_tokens(path: str | os.PathLike[str]) -> TokenFile:
         return TokenFile(tokens=header.empty(), keys=[], header=header, path=path)
     tokens = torch.cat([p.tokens for p in parts]) if len(parts) > 1 else parts[0].tokens
     keys = [k for p in parts for k in p.keys]
-    return TokenFile(tokens=tokens, keys=keys, header=parts[0].header, path=path)
+    grids = sizes = None
+    if parts[0].header.ragged:  # every shard's, checked by iter_token_dir
+        grids = torch.cat([p.grids for p in parts])
+        sizes = torch.cat([p.sizes for p in parts])
+    return TokenFile(
+        tokens=tokens, keys=keys, header=parts[0].header, path=path, grids=grids, sizes=sizes
+    )

@@ -24,6 +24,7 @@ from ..errors import ConfigError, TokenFileError, TokError
 __all__ = [
     "FORMAT",
     "LATENT_FORMAT",
+    "RAGGED_FORMAT",
     "READ_FORMATS",
     "LATENT_DTYPES",
     "TENSOR",
@@ -45,8 +46,15 @@ FORMAT = "tok.tokens/2"
 #: the format of the latent files (a continuous tokenizer's float latents) this version
 #: writes: ``tok.tokens/2`` plus the ``kind`` field and the latent header
 LATENT_FORMAT = "tok.tokens/3"
+#: the format of files whose rows have grids of their own (``--resize keep``, either kind):
+#: ``/3`` plus the ``ragged`` field and the ``grids`` and ``sizes`` tensors
+RAGGED_FORMAT = "tok.tokens/4"
 #: every token-file format this version reads (``tok.tokens/1``: no ``plugins``)
-READ_FORMATS = ("tok.tokens/1", "tok.tokens/2", "tok.tokens/3")
+READ_FORMATS = ("tok.tokens/1", "tok.tokens/2", "tok.tokens/3", RAGGED_FORMAT)
+#: the tensors of a ragged file besides its rows: each row's latent grid and the input
+#: size it was encoded from (int64 ``(N, len(grid))`` each)
+GRIDS_TENSOR = "grids"
+SIZES_TENSOR = "sizes"
 #: the name of the tensor in a token file
 TENSOR = "tokens"
 #: the name of the tensor in a latent file
@@ -130,7 +138,7 @@ def _check_plugins(value: Any) -> bool:
 
 #: the optional fields both kinds of header have: where the rows came from
 _OPTIONAL = ("tokenizer_config", "tokenizer_path", "source", "plugins", "source_options")
-_JSON_PROVENANCE = ("tokenizer_config", "plugins", "source_options")
+_JSON_PROVENANCE = ("tokenizer_config", "plugins", "source_options", "ragged")
 
 
 class _Header:
@@ -152,8 +160,17 @@ class _Header:
 
     grid: tuple[int, ...]
     tokenizer_sha256: str
+    ragged: bool
+
+    @property
+    def file_format(self) -> str:
+        """The format a file of these rows is written in: the kind's, or
+        :data:`RAGGED_FORMAT` for ragged rows."""
+        return RAGGED_FORMAT if self.ragged else self.format
 
     def _check_common(self) -> None:
+        if not isinstance(self.ragged, bool):
+            raise ConfigError(f"ragged must be true or false, got {self.ragged!r}")
         grid = _check_sizes(self.grid)
         if grid is None:
             raise ConfigError(f"grid must be a list of positive ints, got {self.grid!r}")
@@ -189,9 +206,20 @@ class _Header:
         ``"latents 1x20 float32"``."""
         raise NotImplementedError
 
+    @property
+    def width(self) -> int:  # pragma: no cover - abstract
+        """The last axis of a row: streams ``S`` for tokens, ``l`` for latents."""
+        raise NotImplementedError
+
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """The shape of the stored tensor without its first axis: ``row_shape``, or for
+        ragged rows (all rows' positions one after another) ``(width,)``."""
+        return (self.width,) if self.ragged else self.row_shape
+
     def empty(self) -> Tensor:
-        """No rows: ``(0, *row_shape)`` in the dtype rows are read back as."""
-        return torch.zeros((0, *self.row_shape), dtype=self.read_dtype)
+        """No rows: ``(0, *stored_shape)`` in the dtype rows are read back as."""
+        return torch.zeros((0, *self.stored_shape), dtype=self.read_dtype)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the header as a JSON-ready dict (lists for tuples; ``None`` fields left out;
@@ -204,6 +232,8 @@ class _Header:
             value = getattr(self, name)
             if value is not None:
                 d[name] = value
+        if self.ragged:  # absent, not false, in headers of uniform rows (as before /4)
+            d["ragged"] = True
         return d
 
     def to_metadata(self) -> dict[str, str]:
@@ -213,7 +243,7 @@ class _Header:
         latents); non-string fields are JSON-encoded. Raises :class:`TokenFileError` if
         one cannot be (e.g. a config holding a tensor).
         """
-        meta = {"format": self.format}
+        meta = {"format": self.file_format}
         for name, value in self.to_dict().items():
             if name in self._JSON_FIELDS:
                 try:
@@ -280,7 +310,10 @@ class _Header:
         options = d.get("source_options")
         if options is not None and not isinstance(options, dict):
             raise bad("source_options", "a JSON object")
+        if "ragged" in d and d["ragged"] is not True:
+            raise bad("ragged", "true (or absent)")
         return {
+            "ragged": bool(d.get("ragged", False)),
             "grid": grid,
             "tokenizer_sha256": d["tokenizer_sha256"],
             "tokenizer_config": tok_config,
@@ -342,6 +375,7 @@ class TokenHeader(_Header):
     source: str | None = None
     plugins: dict | None = None
     source_options: dict | None = None
+    ragged: bool = False
 
     def __post_init__(self) -> None:
         sizes = _check_sizes(self.codebook_sizes)
@@ -358,8 +392,12 @@ class TokenHeader(_Header):
         return len(self.codebook_sizes)
 
     @property
+    def width(self) -> int:
+        return self.num_streams
+
+    @property
     def row_shape(self) -> tuple[int, ...]:
-        """``(*grid, S)``."""
+        """``(*grid, S)`` (for ragged rows, ``grid`` is the tokenizer's trained grid)."""
         return (*self.grid, self.num_streams)
 
     @property
@@ -369,7 +407,8 @@ class TokenHeader(_Header):
 
     def describe(self) -> str:
         sizes = ", ".join(map(str, self.codebook_sizes))
-        return f"tokens {_size(self.row_shape)} (codebook sizes {sizes})"
+        shape = f"ragged (grid per row)x{self.width}" if self.ragged else _size(self.row_shape)
+        return f"tokens {shape} (codebook sizes {sizes})"
 
     @classmethod
     def for_tokenizer(
@@ -379,6 +418,7 @@ class TokenHeader(_Header):
         path: str | None = None,
         source: str | None = None,
         source_options: dict | None = None,
+        ragged: bool = False,
     ) -> TokenHeader:
         """The header of tokens made by ``tokenizer`` (a discrete :class:`tok.models.Tokenizer`).
 
@@ -399,6 +439,7 @@ class TokenHeader(_Header):
             quantizer=tokenizer.bottleneck_name,
             quantizer_config=tokenizer.quantizer.config(),
             codebook_sizes=tokenizer.quantizer.codebook_sizes,
+            ragged=ragged,
             **_provenance(tokenizer, path, source, source_options),
         )
 
@@ -464,6 +505,7 @@ class LatentHeader(_Header):
     source: str | None = None
     plugins: dict | None = None
     source_options: dict | None = None
+    ragged: bool = False
 
     def __post_init__(self) -> None:
         if not _positive_int(self.latent_dim):
@@ -473,6 +515,10 @@ class LatentHeader(_Header):
                 f"latents are stored as {', '.join(LATENT_DTYPES)}, not {self.dtype!r}"
             )
         self._check_common()
+
+    @property
+    def width(self) -> int:
+        return self.latent_dim
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -485,7 +531,8 @@ class LatentHeader(_Header):
         return LATENT_DTYPES[self.dtype]
 
     def describe(self) -> str:
-        return f"latents {_size(self.row_shape)} {self.dtype}"
+        shape = f"ragged (grid per row)x{self.width}" if self.ragged else _size(self.row_shape)
+        return f"latents {shape} {self.dtype}"
 
     @classmethod
     def for_tokenizer(
@@ -496,6 +543,7 @@ class LatentHeader(_Header):
         path: str | None = None,
         source: str | None = None,
         source_options: dict | None = None,
+        ragged: bool = False,
     ) -> LatentHeader:
         """The header of latents made by ``tokenizer`` (a continuous
         :class:`tok.models.Tokenizer`), stored as ``dtype``.
@@ -516,6 +564,7 @@ class LatentHeader(_Header):
             bottleneck_config=tokenizer.bottleneck.config(),
             latent_dim=tokenizer.bottleneck.latent_dim,
             dtype=dtype,
+            ragged=ragged,
             **_provenance(tokenizer, path, source, source_options),
         )
 
@@ -596,15 +645,16 @@ def header_for_tokenizer(
     path: str | None = None,
     source: str | None = None,
     source_options: dict | None = None,
+    ragged: bool = False,
 ) -> Header:
     """The header of the rows ``tokenizer`` makes: a :class:`LatentHeader` stored as
     ``dtype`` (default ``"float32"``) for a continuous tokenizer, else a
-    :class:`TokenHeader`.
+    :class:`TokenHeader`; ``ragged`` for rows of one grid each (``--resize keep``).
 
     Raises :class:`TokError` for a tokenizer never saved or loaded, :class:`ConfigError`
     for a ``dtype`` given with a discrete tokenizer or not in :data:`LATENT_DTYPES`.
     """
-    where = {"path": path, "source": source, "source_options": source_options}
+    where = {"path": path, "source": source, "source_options": source_options, "ragged": ragged}
     if tokenizer.continuous:
         return LatentHeader.for_tokenizer(tokenizer, dtype=dtype or "float32", **where)
     if dtype is not None:
@@ -639,7 +689,7 @@ def header_from_metadata(
     meta = dict(meta or {})
     cls = _kind_of(meta, where)
     d: dict[str, Any] = {}
-    for name in cls._FIELDS + _OPTIONAL:
+    for name in (*cls._FIELDS, *_OPTIONAL, "ragged"):
         if name not in meta:
             continue
         value = meta[name]

@@ -30,6 +30,7 @@ __all__ = [
     "MANIFEST",
     "MANIFEST_FORMAT",
     "MANIFEST_READ_FORMATS",
+    "RAGGED_MANIFEST_FORMAT",
     "ShardEntry",
     "Manifest",
     "plan_shards",
@@ -42,9 +43,17 @@ MANIFEST_FORMAT = "tok.manifest/2"
 #: the format of the manifests of latent folders (a continuous tokenizer's): ``/2`` whose
 #: header may be a latent header
 LATENT_MANIFEST_FORMAT = "tok.manifest/3"
+#: the format of the manifests of folders of ragged rows (``tok encode --resize keep``):
+#: ``/3`` whose header (of either kind) says ``ragged: true``
+RAGGED_MANIFEST_FORMAT = "tok.manifest/4"
 _LEGACY_FORMAT = "tok.tokens/1"  # manifests before skipped items had the token files' format
 #: every manifest format this version reads
-MANIFEST_READ_FORMATS = (_LEGACY_FORMAT, MANIFEST_FORMAT, LATENT_MANIFEST_FORMAT)
+MANIFEST_READ_FORMATS = (
+    _LEGACY_FORMAT,
+    MANIFEST_FORMAT,
+    LATENT_MANIFEST_FORMAT,
+    RAGGED_MANIFEST_FORMAT,
+)
 SHARD_SUFFIX = ".safetensors"
 
 # temporary files our own writers leave behind in a token folder
@@ -60,7 +69,10 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def manifest_format(header: Header) -> str:
-    """The format of a manifest recording ``header``: the oldest that holds its kind."""
+    """The format of a manifest recording ``header``: the oldest that holds its kind and
+    layout."""
+    if header.ragged:
+        return RAGGED_MANIFEST_FORMAT
     return LATENT_MANIFEST_FORMAT if header.kind == "latents" else MANIFEST_FORMAT
 
 
@@ -310,7 +322,16 @@ class Manifest:
         want_sha = "a sha256 (64 hex digits) as the folder is complete" if complete else "null"
         sha = f.get("keys_sha256", _sha if complete else (lambda v: v is None), want_sha)
         header = header_from_dict(f.get("header", lambda v: True, ""), path=path)
-        if header.kind == "latents" and d["format"] != LATENT_MANIFEST_FORMAT:
+        if header.ragged != (d["format"] == RAGGED_MANIFEST_FORMAT):
+            raise f.fail(
+                "header",
+                f"{'holds' if header.ragged else 'lacks'} ragged: true, which a manifest of "
+                f"format {d['format']!r} cannot; the manifest is damaged or was edited by hand",
+            )
+        if header.kind == "latents" and d["format"] not in (
+            LATENT_MANIFEST_FORMAT,
+            RAGGED_MANIFEST_FORMAT,
+        ):
             raise f.fail(
                 "header",
                 f"holds latents, which a manifest of format {d['format']!r} cannot; "
