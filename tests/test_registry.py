@@ -191,10 +191,12 @@ def test_builtin_plugins_come_from_entry_points():
         "causal3d": {"architectures": ["causal3d"]},
         "datasets": {
             "datasets": [
+                "fashionmnist",
                 "imagefolder",
                 "imageshards",
                 "mnist",
                 "movingmnist",
+                "video_crops",
                 "videofolder",
                 "videoshards",
             ]
