@@ -158,3 +158,18 @@ def test_streamed_batches_are_the_crops_of_their_keys(videos):
 
 def test_registered_as_video_crops():
     assert tok.get_dataset("video_crops") is VideoCrops
+
+
+def test_a_resumed_loader_gives_the_same_crops_as_one_that_ran_through(videos):
+    """Resume needs no loader state: batch k is a function of the seed and k; a worker
+    process (decoding its own copy of the clips) reads the same crops as this process."""
+    ds = crops(videos)
+    keys = ds.keys("train")
+    order = {"split": "train", "batch_size": 4, "seed": 3, "augment": Augment(hflip=True)}
+    through = Streamed(ds, keys, **order, step=0, workers=0, pin_memory=False)
+    batches = [next(through) for _ in range(3)]
+    through.close()
+    resumed = Streamed(crops(videos), keys, **order, step=2, workers=1, pin_memory=False)
+    assert torch.equal(next(resumed), batches[2])
+    resumed.close()
+    assert not torch.equal(batches[0], batches[1])
