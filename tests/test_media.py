@@ -306,3 +306,16 @@ def test_video_rotation_a_recipe_size_of_the_shown_shape_is_taken(tmp_path):
     phone_clip(tmp_path / "clips" / "portrait.mp4", -90, frames=4)
     ds = VideoFolder(path=str(tmp_path / "clips"), size=[32, 16], frames=4)
     assert ds.load("test").images.shape == (1, 3, 4, 32, 16)
+
+
+def test_read_video_short_side_scales_each_frame_by_area(tmp_path):
+    # 4x4 blocks of one grey each: area scaling to a quarter gives each block's grey exactly
+    blocks = torch.randint(0, 256, (3, 1, 6, 10), generator=torch.Generator().manual_seed(0))
+    video = blocks.to(torch.uint8).repeat_interleave(4, -2).repeat_interleave(4, -1)  # 24x40
+    path = write_video(tmp_path / "blocks.gif", video, fps=5)  # GIF: lossless for 256 greys
+    small = read_video(path, short_side=6)
+    assert small.shape == (3, 3, 6, 10)  # aspect kept: 24x40 -> 6x10
+    assert (small[:, 0].int() - blocks[:, 0]).abs().max() <= 1
+    assert read_video(path, short_side=12, fps=10).shape == (6, 3, 12, 20)  # with resampling
+    tall = write_video(tmp_path / "tall.gif", video.transpose(-1, -2).contiguous(), fps=5)
+    assert read_video(tall, short_side=6).shape == (3, 3, 10, 6)

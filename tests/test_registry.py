@@ -191,11 +191,13 @@ def test_builtin_plugins_come_from_entry_points():
         "causal3d": {"architectures": ["causal3d"]},
         "datasets": {
             "datasets": [
+                "fashionmnist",
                 "image_crops",
                 "imagefolder",
                 "imageshards",
                 "mnist",
                 "movingmnist",
+                "video_crops",
                 "videofolder",
                 "videoshards",
             ]

@@ -405,8 +405,24 @@ def _nearest(times: list[float], fps: float, count: int) -> list[int]:
     return torch.where(take_left, left, right).tolist()
 
 
+def _scaled(frame, short_side: int | None) -> dict:
+    """PyAV's ``to_ndarray`` arguments that scale ``frame`` to ``short_side`` (none: as is)."""
+    if short_side is None:
+        return {}
+    scale = short_side / min(frame.height, frame.width)
+    return {
+        "width": max(1, round(frame.width * scale)),
+        "height": max(1, round(frame.height * scale)),
+        "interpolation": "AREA",
+    }
+
+
 def read_video(
-    source: str | Path | bytes, *, fps: float | None = None, frames: int | None = None
+    source: str | Path | bytes,
+    *,
+    fps: float | None = None,
+    frames: int | None = None,
+    short_side: int | None = None,
 ) -> Tensor:
     """Decode a video file (a path, or its bytes) into uint8 RGB frames ``(t, 3, h, w)``,
     upright as players show them: a display matrix (phone clips) is applied, as EXIF
@@ -414,7 +430,10 @@ def read_video(
 
     ``fps`` resamples by nearest timestamp (``None``: the frames as stored);
     ``frames`` stops after that many output frames (fewer are returned when
-    the video is shorter). Raises :class:`MediaReadError` naming the file and
+    the video is shorter); ``short_side`` scales every frame as it is decoded
+    (FFmpeg's area filter, aspect ratio kept, each side rounded to whole pixels) so
+    its shorter side is that many pixels — a long 720p clip then never sits in
+    memory at full size. Raises :class:`MediaReadError` naming the file and
     the reason when the data is not a decodable video.
     """
     import av
@@ -434,7 +453,7 @@ def read_video(
                     t = len(arrays) / (rate or 1.0)
                 if times and t <= times[-1]:  # broken timestamps: fall back to the frame count
                     t = times[-1] + 1.0 / (rate or 1.0)
-                array = frame.to_ndarray(format="rgb24")
+                array = frame.to_ndarray(format="rgb24", **_scaled(frame, short_side))
                 turns = _quarter_turns(frame)  # as players show it (the display matrix)
                 arrays.append(np.rot90(array, turns) if turns else array)
                 times.append(t)

@@ -113,3 +113,46 @@ def test_a_dataset_without_labels_says_none(root):
     from tok.data import Dataset
 
     assert Dataset().labels("test", ["a"]) is None
+
+
+# Fashion-MNIST: MNIST's reader with FashionMNIST/raw, torchvision's class and its own keys
+
+
+def test_fashion_mnist_is_torchvisions_fashion_mnist_with_its_own_keys(root):
+    from tok.data import FashionMNIST
+
+    if not (root / "FashionMNIST" / "raw").is_dir():
+        pytest.fail("TOK_DATA_DIR must hold FashionMNIST/raw (the real Fashion-MNIST files)")
+    ref = torchvision.datasets.FashionMNIST(str(root), train=False, download=False)
+    ds = FashionMNIST(root=str(root), download=False)
+    samples = ds.load("test")
+    assert samples.images.shape == (10000, 1, 28, 28) and samples.images.dtype == torch.uint8
+    assert torch.equal(samples.images[:, 0], ref.data)
+    assert samples.keys[0] == "fashionmnist/test/00000" and len(ds.keys("train")) == 60000
+    # not the digits: the same reader, another dataset
+    assert not torch.equal(samples.images[:, 0], MNIST(root=str(root)).images("test")[:, 0])
+    keys = ["fashionmnist/test/00042", "fashionmnist/test/00007"]
+    assert torch.equal(ds.read("test", keys).images[:, 0], ref.data[[42, 7]])
+    assert torch.equal(ds.labels("test", keys), ref.targets[[42, 7]])
+    with pytest.raises(
+        DatasetError, match="no Fashion-MNIST test image with key 'mnist/test/00042'"
+    ):
+        ds.read("test", ["mnist/test/00042"])
+
+
+def test_fashion_mnist_missing_offline_names_its_folder(tmp_path):
+    from tok.data import FashionMNIST
+
+    with pytest.raises(DatasetMissingError) as info:
+        FashionMNIST(root=str(tmp_path), download=False).keys("test")
+    message = str(info.value)
+    assert message.startswith(f"Fashion-MNIST is not in {tmp_path / 'FashionMNIST' / 'raw'}")
+    assert all(name in message for name in FILES)
+
+
+def test_fashion_mnist_is_the_registered_fashionmnist_dataset():
+    import tok
+    from tok.data import FashionMNIST
+
+    assert tok.get_dataset("fashionmnist") is FashionMNIST
+    assert tok.get_dataset("fashion-mnist") is FashionMNIST

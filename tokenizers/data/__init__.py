@@ -9,10 +9,11 @@ A dataset reads its items by key into uint8 tensors ``(n, c, h, w)`` — videos
 from .base import Dataset, Samples, data_root
 from .crops import ImageCrops
 from .folder import IMAGE_EXTENSIONS, ImageFolder, ImageSkippedWarning
-from .mnist import MNIST
+from .mnist import MNIST, FashionMNIST
 from .moving_mnist import MovingMNIST
 from .shards import ImageShards
 from .video import VIDEO_EXTENSIONS, VideoFolder, VideoShards, VideoSkippedWarning
+from .video_crops import VideoCrops
 
 __all__ = [
     "Dataset",
@@ -24,7 +25,9 @@ __all__ = [
     "ImageSkippedWarning",
     "IMAGE_EXTENSIONS",
     "MNIST",
+    "FashionMNIST",
     "MovingMNIST",
+    "VideoCrops",
     "VideoFolder",
     "VideoShards",
     "VideoSkippedWarning",

@@ -1,9 +1,16 @@
-"""MNIST through torchvision, preloaded as one uint8 tensor."""
+"""MNIST and Fashion-MNIST through torchvision, each preloaded as one uint8 tensor.
+
+Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, https://arxiv.org/abs/1708.07747) is a
+drop-in replacement for MNIST — 28×28 grayscale, 60,000 ``train`` and 10,000 ``test``
+images, the same four ``*-ubyte`` files — showing ten kinds of clothing instead of
+digits; torchvision keeps it in ``FashionMNIST/raw``. :class:`FashionMNIST` is
+:class:`MNIST` with that folder, torchvision class and key prefix.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -13,7 +20,7 @@ from .base import Dataset, Samples, data_root, to_channels
 if TYPE_CHECKING:  # torchvision takes about 2 s to import: only when MNIST is read
     import torchvision
 
-__all__ = ["MNIST"]
+__all__ = ["MNIST", "FashionMNIST"]
 
 FILES = (
     "train-images-idx3-ubyte",
@@ -43,11 +50,21 @@ class MNIST(Dataset):
     supplied_args = ("channels",)
     preload = True  # 47 MB of pixels: train from memory
 
+    #: torchvision's class name (``torchvision.datasets.<folder>``), also the folder
+    #: under ``root`` that holds ``raw/``
+    folder: ClassVar[str] = "MNIST"
+    #: the first part of every key (``mnist/test/00042``)
+    prefix: ClassVar[str] = "mnist"
+    #: what messages call the dataset
+    title: ClassVar[str] = "MNIST"
+    #: what one item is, in messages
+    item: ClassVar[str] = "image"
+
     def __init__(
         self, *, root: str | None = None, download: bool = True, channels: int = 1
     ) -> None:
         if channels not in (1, 3):
-            raise DatasetError(f"mnist channels must be 1 or 3, got {channels!r}")
+            raise DatasetError(f"{self.prefix} channels must be 1 or 3, got {channels!r}")
         self.root = data_root(root)
         self.download = download
         self.channels = channels
@@ -67,14 +84,15 @@ class MNIST(Dataset):
         import torchvision
 
         train = split == "train"
+        source = getattr(torchvision.datasets, self.folder)  # MNIST or FashionMNIST
         try:
-            return torchvision.datasets.MNIST(str(self.root), train=train, download=False)
+            return source(str(self.root), train=train, download=False)
         except RuntimeError:
             pass
         if self.download:
-            made = [f for f in (Path(self.root), Path(self.root) / "MNIST") if not f.exists()]
+            made = [f for f in (Path(self.root), Path(self.root) / self.folder) if not f.exists()]
             try:
-                return torchvision.datasets.MNIST(str(self.root), train=train, download=True)
+                return source(str(self.root), train=train, download=True)
             except Exception as exc:  # noqa: BLE001 - any network or disk failure
                 first = (str(exc).strip().splitlines() or [""])[0].rstrip(":")
                 reason = f"downloading failed ({type(exc).__name__}: {first})"
@@ -82,26 +100,26 @@ class MNIST(Dataset):
                     _remove_empty(folder)
         else:
             reason = "download = false"
-        raw = Path(self.root) / "MNIST" / "raw"
+        raw = Path(self.root) / self.folder / "raw"
         raise DatasetMissingError(
-            f"MNIST is not in {raw} and {reason}; put {', '.join(FILES)} there "
-            f"(or set data.root / TOK_DATA_DIR to the folder that holds MNIST/raw)"
+            f"{self.title} is not in {raw} and {reason}; put {', '.join(FILES)} there "
+            f"(or set data.root / TOK_DATA_DIR to the folder that holds {self.folder}/raw)"
         )
 
     def keys(self, split: str) -> list[str]:
         n = len(self.images(split))
-        return [f"mnist/{split}/{i:05d}" for i in range(n)]
+        return [f"{self.prefix}/{split}/{i:05d}" for i in range(n)]
 
     def _rows(self, split: str, keys: list[str]) -> torch.Tensor:
         """The row of each key in the split's tensors."""
         n = len(self.images(split))
-        prefix = f"mnist/{split}/"
+        prefix = f"{self.prefix}/{split}/"
         rows = []
         for k in keys:
             i = k[len(prefix) :] if k.startswith(prefix) else ""
             if not (i.isdigit() and len(i) == 5 and int(i) < n):
                 raise DatasetError(
-                    f"no MNIST {split} image with key {k!r} (keys are {prefix}00000 to "
+                    f"no {self.title} {split} {self.item} with key {k!r} (keys are {prefix}00000 to "
                     f"{prefix}{n - 1:05d})"
                 )
             rows.append(int(i))
@@ -119,8 +137,26 @@ class MNIST(Dataset):
 
     def load(self, split: str) -> Samples:
         images = self.images(split)
-        keys = [f"mnist/{split}/{i:05d}" for i in range(len(images))]
+        keys = [f"{self.prefix}/{split}/{i:05d}" for i in range(len(images))]
         return Samples(images=to_channels(images, self.channels), keys=keys)
 
     def input_shape(self) -> tuple[int, int, int]:
         return (self.channels, 28, 28)
+
+
+class FashionMNIST(MNIST):
+    """Fashion-MNIST (Xiao et al. 2017), 28×28 grayscale clothing: 60,000 ``train`` and
+    10,000 ``test`` images, keys ``fashionmnist/{split}/{i:05d}``, labels 0–9 (T-shirt/top,
+    trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot).
+
+    :param root: folder holding ``FashionMNIST/raw/*-ubyte`` (torchvision's layout);
+        default ``$TOK_DATA_DIR``, else the user cache folder.
+    :param download: try to download when the files are missing.
+    :param channels: 1 (default) or 3 (the gray value repeated).
+    :raises DatasetMissingError: the files are missing and cannot be downloaded (the
+        message names the folder and the four files).
+    """
+
+    folder = "FashionMNIST"
+    prefix = "fashionmnist"
+    title = "Fashion-MNIST"
