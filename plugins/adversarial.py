@@ -35,13 +35,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from tok import hookimpl
 from tok.distributed import average_gradients, mean_over_ranks
 from tok.errors import ConfigError
-from tok.losses import Loss, LossInputs, LossOutput
+from tok.losses import Loss, LossInputs, LossOutput, frames_as_images
 from tok.models.blocks import make_norm
 
 __all__ = ["PatchGAN", "Adversarial", "adaptive_weight", "lecam_regularizer"]
@@ -91,9 +90,7 @@ class PatchGAN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim == 5:  # a video: every frame judged as an image
-            x = rearrange(x, "b c t h w -> (b t) c h w")
-        return self.net(x * 2 - 1)
+        return self.net(frames_as_images(x) * 2 - 1)  # a video: frame by frame
 
 
 def adaptive_weight(reconstruction_loss: Tensor, gan_loss: Tensor, last_layer: Tensor) -> Tensor:

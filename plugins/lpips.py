@@ -21,12 +21,11 @@ measured frame by frame), ``h w`` spatial.
 
 from __future__ import annotations
 
-from einops import rearrange
 from torch import nn
 
 from tok import hookimpl
 from tok.errors import ConfigError, TokError
-from tok.losses import Loss, LossInputs, LossOutput
+from tok.losses import Loss, LossInputs, LossOutput, frames_as_images
 from tok.pretrained import LPIPS_BACKBONES, lpips_network
 
 __all__ = ["LPIPSLoss"]
@@ -66,9 +65,7 @@ class LPIPSLoss(Loss):
 
     def forward(self, batch: LossInputs) -> LossOutput:
         x, recon = batch.inputs, batch.reconstruction.float()
-        if x.dim() == 5:
-            x = rearrange(x, "b c t h w -> (b t) c h w")
-            recon = rearrange(recon, "b c t h w -> (b t) c h w")
+        x, recon = frames_as_images(x), frames_as_images(recon)
         if x.shape[1] not in (1, 3):
             raise TokError(f"loss lpips needs RGB or grayscale inputs, got {x.shape[1]} channels")
         if x.shape[1] == 1:

@@ -28,7 +28,7 @@ from tok import hookimpl
 from tok.errors import ConfigError
 from tok.features import EFFICIENTNET_LITE, efficientnet_lite
 from tok.image_metrics import features_distance
-from tok.losses import Loss, LossInputs, LossOutput
+from tok.losses import Loss, LossInputs, LossOutput, frames_as_images
 
 __all__ = ["Perceptual"]
 
@@ -54,9 +54,7 @@ class Perceptual(Loss):
         efficientnet_lite(network)  # a missing package: an error now, not at step 1
 
     def forward(self, batch: LossInputs) -> LossOutput:
-        x, y = batch.inputs, batch.reconstruction
-        if x.ndim == 5:  # (b, c, t, h, w): every frame as an image
-            x, y = x.transpose(1, 2).flatten(0, 1), y.transpose(1, 2).flatten(0, 1)
+        x, y = frames_as_images(batch.inputs), frames_as_images(batch.reconstruction)
         net = efficientnet_lite(self.network, device=x.device)
         n = len(x)
         features = net(torch.cat([y, x.to(y.dtype)]))  # one pass for both

@@ -5,8 +5,8 @@ The README offers LFQ up to 62 bits and FSQ ``[16] * 14``. One counter per code 
 ``bincount(minlength=K)``) would fail to allocate it, so these commands succeeding
 is itself the proof that nothing allocates per code. On top of that, ``tok train``,
 ``tok eval`` and ``tok inspect`` run in one fresh process (``tok.cli.main``, the
-console script's function, once per command) whose peak resident memory is taken
-after each command and must stay under 4 GiB.
+console script's function, once per command) whose peak resident memory (``VmHWM``)
+is taken after each command and must stay under 4 GiB.
 """
 
 from __future__ import annotations
@@ -38,14 +38,17 @@ TOKENS = SAMPLES * 49
 MAX_RSS = 4 << 30
 
 _DRIVER = """
-import contextlib, io, json, resource, sys
+import contextlib, io, json, sys
 from tok import cli
 results = []
 for argv in json.loads(sys.argv[1]):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(argv)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    # VmHWM: the peak of this process's own memory. Not ru_maxrss, which Linux carries
+    # over exec from the parent (pytest, which may have grown to GBs by now)
+    with open("/proc/self/status") as f:
+        peak = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) * 1024  # kB
     results.append({"code": code, "out": out.getvalue(), "err": err.getvalue(), "peak": peak})
 print(json.dumps(results))
 """

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 
-__all__ = ["Loss", "LossInputs", "LossOutput", "compute_losses"]
+__all__ = ["Loss", "LossInputs", "LossOutput", "compute_losses", "frames_as_images"]
 
 
 @dataclass(frozen=True)
@@ -125,3 +125,9 @@ def compute_losses(losses: dict[str, Loss], batch: LossInputs) -> dict[str, Loss
         seen = dataclasses.replace(batch, others=others)
         first.update({name: losses[name](seen) for name in later})
     return {name: first[name] for name in losses}
+
+
+def frames_as_images(x: Tensor) -> Tensor:
+    """Videos ``(b, c, t, h, w)`` as images ``((b t), c, h, w)``, every frame one image;
+    images ``(b, c, h, w)`` unchanged — for losses that judge a video frame by frame."""
+    return x.transpose(1, 2).flatten(0, 1) if x.ndim == 5 else x

@@ -1,5 +1,6 @@
-"""tok.testing.check_dataset: every registered dataset passes it on real data (MNIST, PNGs
-of MNIST digits, Moving MNIST and real mp4/GIF files and .tar shards of them), and each
+"""tok.testing.check_dataset: every registered dataset passes it on real data (MNIST,
+Fashion-MNIST, PNGs of MNIST digits, Moving MNIST, real mp4/GIF files and .tar shards of
+them, crops of the real photos and clips of $TOK_DATA_DIR), and each
 deliberately broken dataset below fails it, naming the promise."""
 
 from __future__ import annotations
@@ -99,6 +100,22 @@ CONFIGS: dict[str, Callable[[pytest.FixtureRequest, Path], dict[str, Any]]] = {
     },
     "videofolder": lambda request, tmp: {"path": str(_video_files(tmp)), "channels": 1},
     "videoshards": lambda request, tmp: {"path": str(_video_shards(tmp)), "channels": 1},
+    "fashionmnist": lambda request, tmp: {"root": str(mnist_dir()), "download": False},
+    "image_crops": lambda request, tmp: {
+        "path": str(mnist_dir() / "photos"),
+        "size": [32, 48],
+        "train_crops": 24,
+        "test_crops": 12,
+    },
+    "video_crops": lambda request, tmp: {
+        "root": str(mnist_dir()),
+        "train_clips": ["carphone_pristine.mp4"],
+        "test_clips": ["tree.avi"],
+        "frames": 5,
+        "size": [32, 32],
+        "train_crops": 8,
+        "fps": 5.0,
+    },
 }
 
 
