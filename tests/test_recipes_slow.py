@@ -57,7 +57,8 @@ LATENT_TARGETS = {
 # the photo recipes: what the perceptual and adversarial losses must buy over the control
 # on the 2,048 test crops (tok eval; bench/RESULTS.md, "Real photos")
 PHOTO_RECIPES = ("vqgan_photos", "vqgan_photos_control")
-PHOTO_PSNR = 24.5  # measured on 2,048 crops, seeds 0 / 1: full 25.00 / 24.83 dB, control 25.78 / 25.34
+# measured on the 2,048 crops, seeds 0 / 1: full 25.00 / 24.83 dB, control 25.78 / 25.34 dB
+PHOTO_PSNR = 24.5
 
 
 def train_and_eval(recipe: str, run: Path, *sets: str) -> tuple[dict, str]:
