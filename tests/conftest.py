@@ -151,6 +151,31 @@ def mnist_dir() -> Path:
     return Path(root)
 
 
+def tiny_recipe(run: Path, *extra: str, steps: int = 4):
+    """The real fsq_mnist recipe shrunk to train in seconds into ``run``: a small model,
+    ``steps`` steps of 8 digits, evaluated and checkpointed at half time and the end,
+    every step logged; ``extra`` are further ``--set`` overrides."""
+    from tok.recipe import load_recipe
+
+    half = max(1, steps // 2)
+    return load_recipe(
+        RECIPE,
+        [
+            "model.channels=[8, 16]",
+            f"train.steps={steps}",
+            "train.batch_size=8",
+            "train.eval_samples=16",
+            f"train.eval_every={half}",
+            f"train.checkpoint_every={half}",
+            "train.log_every=1",
+            "train.collapse_threshold=0.0",
+            "output.samples=4",
+            f"output.dir='{run}'",
+            *extra,
+        ],
+    )
+
+
 def train_tiny(out: Path, *extra: str) -> Path:
     """Train the real fsq_mnist recipe for 20 steps into ``out``; return the run folder."""
     import warnings

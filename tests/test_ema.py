@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_recipe
 from safetensors.torch import load_file
 from torch import nn
 
@@ -53,21 +54,7 @@ def test_a_decay_outside_zero_one_is_refused_in_the_recipe():
 
 
 def _recipe(tmp_path, name, *extra):
-    return load_recipe(
-        ROOT / "recipes/fsq_mnist.toml",
-        [
-            "model.channels=[8, 16]",
-            "train.steps=4",
-            "train.batch_size=8",
-            "train.eval_samples=16",
-            "train.eval_every=2",
-            "train.checkpoint_every=2",
-            "train.collapse_threshold=0.0",
-            "output.samples=4",
-            f"output.dir='{tmp_path / name}'",
-            *extra,
-        ],
-    )
+    return tiny_recipe(tmp_path / name, *extra, steps=4)
 
 
 def test_a_run_with_ema_saves_the_average_as_its_tokenizer_and_the_trained_weights_in_raw(

